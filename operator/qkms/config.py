@@ -1,0 +1,74 @@
+"""Settings from the environment (the seed's names), overridable by flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from qkms.errors import InvalidInputError
+from qkms.model.enums import Environment, ProviderType
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _flag(name: str, value: str) -> bool:
+    text = value.strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise InvalidInputError(name, f"{value!r} is not a boolean (true/false)")
+
+
+def _enum(kind: type, name: str, value: str) -> Any:
+    try:
+        return kind(value.strip())
+    except ValueError:
+        allowed = ", ".join(m.value for m in kind)
+        raise InvalidInputError(name, f"{value!r} is not one of {allowed}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    environment: Environment = Environment.DEV
+    provider: ProviderType = ProviderType.LOCAL_DEV
+    audit_enabled: bool = True
+    pqc_enabled: bool = True
+    rotation_enabled: bool = True
+    data_dir: Path = Path(".qkms")
+    master_key_file: Path | None = None
+    key_cache_seconds: float = 60.0
+    provider_options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kek_path(self) -> Path:
+        return self.master_key_file or self.data_dir / "master.key"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        if "QKMS_ENVIRONMENT" in env:
+            values["environment"] = _enum(Environment, "QKMS_ENVIRONMENT", env["QKMS_ENVIRONMENT"])
+        if "KMS_PROVIDER" in env:
+            values["provider"] = _enum(ProviderType, "KMS_PROVIDER", env["KMS_PROVIDER"])
+        for var, key in (("AUDIT_ENABLED", "audit_enabled"), ("QKMS_PQC_ENABLED", "pqc_enabled"),
+                         ("QKMS_ROTATION_ENABLED", "rotation_enabled")):
+            if var in env:
+                values[key] = _flag(var, env[var])
+        if "QKMS_DATA_DIR" in env:
+            values["data_dir"] = Path(env["QKMS_DATA_DIR"])
+        if env.get("QKMS_MASTER_KEY_FILE"):
+            values["master_key_file"] = Path(env["QKMS_MASTER_KEY_FILE"])
+        if "QKMS_KEY_CACHE_SECONDS" in env:
+            try:
+                values["key_cache_seconds"] = float(env["QKMS_KEY_CACHE_SECONDS"])
+            except ValueError:
+                raise InvalidInputError("QKMS_KEY_CACHE_SECONDS", "must be a number") from None
+        values["provider_options"] = {
+            k: v for k, v in env.items()
+            if k.startswith(("VAULT_", "AWS_", "AZURE_", "HSM_"))
+        }
+        settings = cls(**values)
+        return replace(settings, **{k: v for k, v in overrides.items() if v is not None})

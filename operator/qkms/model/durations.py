@@ -1,0 +1,56 @@
+"""ISO 8601 durations (``P30D``, ``PT5S``, ``P7Y``) parsed once, with clear errors.
+
+Durations stay strings in the models and CRDs (what users wrote) and are
+parsed here when a decision needs them.  Calendar units (years, months) are
+kept calendar-aware by isodate, so ``P1M`` after 31 January is 28/29 February.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+
+import isodate
+
+from qkms.errors import InvalidDurationError
+
+# The pattern the CRDs enforce; parse_duration applies the same rule.
+DURATION_PATTERN = (
+    r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?$"
+)
+_DURATION_RE = re.compile(DURATION_PATTERN)
+
+Duration = timedelta | isodate.Duration
+
+
+def parse_duration(value: str, field: str) -> Duration:
+    """Parse a positive ISO 8601 duration or raise naming ``field``."""
+    text = str(value).strip()
+    if not _DURATION_RE.match(text):
+        raise InvalidDurationError(
+            field, f"{value!r} is not an ISO 8601 duration (examples: P30D, PT5S, P1Y)"
+        )
+    try:
+        duration = isodate.parse_duration(text)
+    except (isodate.ISO8601Error, ValueError) as exc:
+        raise InvalidDurationError(field, f"{value!r} is not an ISO 8601 duration") from exc
+    anchor = datetime(2000, 1, 1)
+    if anchor + duration <= anchor:
+        raise InvalidDurationError(field, f"{value!r} must be longer than zero")
+    return duration
+
+
+def validate_duration(value: str | None, field: str) -> str | None:
+    if value is not None:
+        parse_duration(value, field)
+    return value
+
+
+def add(moment: datetime, value: str, field: str = "duration") -> datetime:
+    return moment + parse_duration(value, field)
+
+
+def seconds(value: str, field: str = "duration", *, at: datetime | None = None) -> float:
+    """Length in seconds, measured from ``at`` for calendar units."""
+    start = at or datetime(2000, 1, 1)
+    return ((start + parse_duration(value, field)) - start).total_seconds()

@@ -1,0 +1,74 @@
+"""The one protocol every key provider implements.
+
+A provider holds private material and performs private operations.  Public
+operations (verify, encapsulate, public-key encrypt) run in software against
+the public key recorded at creation, which is equivalent and saves a round
+trip.  ``ref`` is the provider's opaque, JSON-serializable handle that the
+catalog persists; it never contains plaintext private material.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from qkms.model.algorithms import AlgorithmInfo
+from qkms.model.enums import ProviderType
+
+
+class Capability(StrEnum):
+    NATIVE = "native"  # generated and held inside the provider, non-exportable
+    ENVELOPE = "envelope"  # generated in software, stored wrapped by a provider key
+    SOFTWARE = "software"  # LOCAL_DEV: generated in software, sealed under the KEK
+    UNSUPPORTED = "unsupported"
+
+
+@dataclass(frozen=True)
+class KeyHandle:
+    key_id: str
+    algorithm: AlgorithmInfo
+    ref: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    ref: dict[str, Any]
+    public_key: bytes | None
+    mode: Capability
+
+
+@dataclass(frozen=True)
+class ProviderHealth:
+    status: str  # healthy | degraded | unhealthy
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Provider(Protocol):
+    type: ProviderType
+
+    def capability(self, algorithm: AlgorithmInfo) -> Capability: ...
+
+    async def create(self, key_id: str, algorithm: AlgorithmInfo) -> CreatedKey: ...
+
+    async def new_version(self, previous: KeyHandle, key_id: str,
+                          algorithm: AlgorithmInfo) -> CreatedKey: ...
+
+    async def sign(self, key: KeyHandle, data: bytes) -> bytes: ...
+
+    async def encrypt(self, key: KeyHandle, plaintext: bytes, aad: bytes) -> bytes: ...
+
+    async def decrypt(self, key: KeyHandle, ciphertext: bytes, aad: bytes) -> bytes: ...
+
+    async def decapsulate(self, key: KeyHandle, ciphertext: bytes) -> bytes: ...
+
+    async def derive(self, key: KeyHandle, info: bytes, length: int,
+                     salt: bytes | None) -> bytes: ...
+
+    async def destroy(self, key: KeyHandle) -> None: ...
+
+    def forget(self, key_id: str) -> None:
+        """Drop any cached private material for ``key_id`` (after revoke or destroy)."""
+        ...
+
+    async def health(self) -> ProviderHealth: ...

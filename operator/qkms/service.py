@@ -1,0 +1,723 @@
+"""KeyManagementService: the seed's API, tying provider, lifecycle, catalog and audit.
+
+Every decision is delegated to ``lifecycle`` and ``model.algorithms`` (pure);
+this class orders the I/O: provider first, then the audit entry, then the
+catalog, so a failure at any step leaves no half-made key visible (at worst
+an orphaned, unreferenced provider record).  Mutations of one key are
+serialized by a per-key lock; ``use_key`` reads an immutable snapshot and
+takes no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import re
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from qkms import lifecycle
+from qkms.audit.entry import Actor, AuditEntry, AuditSink, MemoryAuditLog, digest
+from qkms.config import Settings
+from qkms.crypto import suite_for
+from qkms.crypto.base import InvalidCiphertext, PublicKey
+from qkms.errors import (
+    AuditStorageError,
+    DecryptionError,
+    EnvironmentMismatchError,
+    InvalidInputError,
+    KeyNotFoundError,
+    KeyStateError,
+    OperationNotAllowedError,
+    PQCDisabledError,
+    ProviderUnavailableError,
+    QkmsError,
+    RotationFailedError,
+)
+from qkms.events import EventBus
+from qkms.model import durations
+from qkms.model.algorithms import AlgorithmInfo, check_operation, check_usage, resolve_algorithm
+from qkms.model.enums import Operation, RotationReason, Usage, VersionState
+from qkms.model.keys import KeyMetadata, KeyRecord, KeyVersion
+from qkms.providers import build_provider
+from qkms.providers.base import KeyHandle, Provider
+from qkms.store.catalog import Catalog
+from qkms.store.records import FileRecordStore, RecordStore
+from qkms.store.sealed import SealedStore
+from qkms.store.sealing import Sealer, load_or_create_kek
+
+log = logging.getLogger("key-management:service")
+
+KEY_ID_RE = re.compile(r"^key_(?P<env>[a-z]+)_(?P<id>[0-9a-f]{16,64})$")
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?(/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)?$")
+TOKEN_PREFIX = "qkms:v1:"
+MAX_DERIVE_LENGTH = 255 * 32
+E = TypeVar("E")
+
+
+@dataclass(frozen=True)
+class OperationResult:
+    """The result of ``use_key``; secret outputs are kept out of ``repr``."""
+
+    operation: str
+    key_id: str
+    name: str
+    version: int
+    algorithm: str
+    signature: bytes | None = None
+    ciphertext: str | bytes | None = None  # ENCRYPT: token; ENCAPSULATE: KEM ciphertext
+    plaintext: bytes | None = field(default=None, repr=False)
+    shared_secret: bytes | None = field(default=None, repr=False)
+    derived_key: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class RotationResult:
+    name: str
+    old_key_id: str
+    new_key_id: str
+    reason: str
+    version: int
+    algorithm: str
+    old_state: str
+    grace_until: datetime | None = None
+    replayed: bool = False
+
+
+def _enum(kind: type[E], value: Any, field_name: str) -> E:
+    try:
+        return kind(str(value).strip().upper())  # type: ignore[call-arg]
+    except ValueError:
+        allowed = ", ".join(m.value for m in kind)  # type: ignore[attr-defined]
+        raise InvalidInputError(field_name, f"{value!r} is not one of {allowed}") from None
+
+
+def _bytes(value: Any, field_name: str) -> bytes:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode()
+    raise InvalidInputError(field_name, f"must be bytes or str, not {type(value).__name__}")
+
+
+def _context(value: Any) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return _bytes(value, "context")
+
+
+def make_token(key_id: str, body: bytes) -> str:
+    return TOKEN_PREFIX + key_id + ":" + base64.urlsafe_b64encode(body).rstrip(b"=").decode()
+
+
+def parse_token(token: Any) -> tuple[str, bytes]:
+    """Split an ENCRYPT token into (key ID, body); refuse anything malformed."""
+    if isinstance(token, OperationResult):
+        token = token.ciphertext
+    text = token.decode("ascii", "replace") if isinstance(token, bytes) else str(token)
+    if not text.startswith(TOKEN_PREFIX) or text.count(":") != 3:
+        raise InvalidInputError("data", "not a qkms ciphertext token (qkms:v1:<key_id>:<data>)")
+    key_id, body = text[len(TOKEN_PREFIX):].split(":")
+    try:
+        return key_id, base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidInputError("data", "ciphertext token is not valid base64url") from None
+
+
+def token_aad(key_id: str, context: bytes) -> bytes:
+    """Bind the version and the caller's context into the AEAD."""
+    return TOKEN_PREFIX.encode() + key_id.encode() + b"\x00" + context
+
+
+class KeyManagementService:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        records: RecordStore | None = None,
+        provider: Provider | None = None,
+        audit: AuditSink | None = None,
+        clock: Any = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self.environment = self.settings.environment
+        kek_path = self.settings.kek_path
+        older = [load_or_create_kek(p) for p in (kek_path.with_suffix(".old"),) if p.exists()]
+        self.sealed = SealedStore(records or FileRecordStore(self.settings.data_dir / "store"),
+                                  Sealer(load_or_create_kek(kek_path), *older))
+        self.catalog = Catalog(self.sealed)
+        self.catalog.load()
+        self.provider: Provider = provider or build_provider(self.settings, self.sealed)
+        self.audit: AuditSink = audit or MemoryAuditLog()
+        self.events = EventBus()
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._public: dict[str, PublicKey] = {}
+        self._last_reload = 0.0
+        self.counters: dict[str, Counter[str]] = {
+            "operations": Counter(), "rotations": Counter(), "failures": Counter(),
+            "created": Counter(),
+        }
+
+    # -- events --------------------------------------------------------------
+    def on(self, event: str, callback: Any) -> None:
+        self.events.on(event, callback)
+
+    # -- lookups -------------------------------------------------------------
+    def _resolve(self, ref: Any) -> tuple[KeyRecord, KeyVersion | None]:
+        """Find a key by name or version key ID, refusing other environments."""
+        text = str(ref).strip()
+        match = KEY_ID_RE.match(text)
+        if match and match["env"] != self.environment.value:
+            raise EnvironmentMismatchError(text, match["env"], self.environment.value)
+        record = self._lookup(text, by_key_id=bool(match))
+        if record is None:
+            raise KeyNotFoundError(text)
+        if record.environment is not self.environment:
+            raise EnvironmentMismatchError(text, record.environment.value, self.environment.value)
+        return record, (lifecycle.find_version(record, text) if match else None)
+
+    def _lookup(self, text: str, *, by_key_id: bool) -> KeyRecord | None:
+        name = self.catalog.name_for_key_id(text) if by_key_id else text
+        record = self.catalog.get(name) if name else None
+        if record is None and time.monotonic() - self._last_reload > 1.0:
+            # Another process (a replica, the CLI) may have created it: reread, at most 1/s.
+            self._last_reload = time.monotonic()
+            self.catalog.load()
+            name = self.catalog.name_for_key_id(text) if by_key_id else text
+            record = self.catalog.get(name) if name else None
+        return record
+
+    def _public_key(self, version: KeyVersion) -> PublicKey:
+        cached = self._public.get(version.key_id)
+        if cached is None:
+            if version.public_key is None:
+                raise OperationNotAllowedError(f"{version.key_id} has no public key")
+            cached = suite_for(version.algorithm).load_public(version.public_key)
+            self._public[version.key_id] = cached
+        return cached
+
+    def _metadata(self, record: KeyRecord, version: KeyVersion) -> KeyMetadata:
+        pem = (self._public_key(version).pem()
+               if version.public_key is not None else None)
+        return KeyMetadata(
+            key_id=version.key_id, name=record.name, version=version.version,
+            algorithm=version.algorithm, usage=record.usage, environment=record.environment,
+            provider=version.provider, state=version.state, owner=record.owner,
+            created_at=version.created_at, rotation_schedule=record.rotation_schedule,
+            next_rotation=lifecycle.next_rotation(record), grace_until=version.grace_until,
+            public_key=version.public_key, public_key_pem=pem,
+            provider_mode=version.provider_ref.get("mode"),
+        )
+
+    async def get_key(self, key_id: str) -> KeyMetadata:
+        record, version = self._resolve(key_id)
+        return self._metadata(record, version or lifecycle.active_version(record) or record.current)
+
+    def get_record(self, key_id: str) -> KeyRecord:
+        return self._resolve(key_id)[0]
+
+    async def list_keys(self) -> list[KeyMetadata]:
+        return [self._metadata(r, lifecycle.active_version(r) or r.current)
+                for r in self.catalog.all() if r.environment is self.environment]
+
+    def jwks(self, key_id: str) -> dict[str, Any]:
+        """Public JWKs of every version that may still verify (active and grace)."""
+        record, _ = self._resolve(key_id)
+        keys = []
+        for version in lifecycle.verifying_versions(record, self.clock()):
+            if version.public_key is not None:
+                jwk = self._public_key(version).jwk(version.key_id)
+                if jwk is not None:
+                    keys.append(jwk)
+        return {"keys": keys}
+
+    # -- creation ------------------------------------------------------------
+    def _check_algorithm(self, algorithm: Any, usage: Usage) -> AlgorithmInfo:
+        info = resolve_algorithm(algorithm)
+        check_usage(info, usage)
+        if (info.post_quantum or info.hybrid) and not self.settings.pqc_enabled:
+            raise PQCDisabledError(
+                "algorithm", f"{info.name} is post-quantum and PQC is disabled by policy")
+        return info
+
+    def _new_key_id(self) -> str:
+        return f"key_{self.environment.value}_{secrets.token_hex(8)}"
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def create_key(
+        self,
+        *,
+        usage: Any,
+        algorithm: Any,
+        owner: str,
+        rotation_schedule: str | None = None,
+        grace_period: str | None = None,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+        actor: Any = None,
+    ) -> KeyMetadata:
+        actor = Actor.parse(actor)
+        try:
+            usage_enum = _enum(Usage, usage, "usage")
+            info = self._check_algorithm(algorithm, usage_enum)
+            owner = self._check_owner(owner)
+            schedule = rotation_schedule or lifecycle.DEFAULT_ROTATION[usage_enum.value]
+            grace = grace_period or lifecycle.DEFAULT_GRACE_PERIOD
+            durations.parse_duration(schedule, "rotation_schedule")
+            durations.parse_duration(grace, "grace_period")
+            if grace_period is None and durations.seconds(grace) >= durations.seconds(schedule):
+                grace = schedule_fraction(schedule)
+            lifecycle.validate_schedule(schedule, grace)
+            key_id = self._new_key_id()
+            name = self._check_name(name, owner, usage_enum, key_id)
+        except QkmsError as exc:
+            await self._record_failure("CREATE", exc, actor, name=name)
+            raise
+        async with self._lock(name):
+            if self.catalog.get(name) is not None:
+                exc = InvalidInputError("name", f"a key named {name!r} already exists")
+                await self._record_failure("CREATE", exc, actor, name=name)
+                raise exc
+            try:
+                created = await self.provider.create(key_id, info)
+            except QkmsError as exc:
+                await self._record_failure("CREATE", exc, actor, name=name)
+                raise
+            now = self.clock()
+            version = KeyVersion(
+                key_id=key_id, version=1, algorithm=info.name, created_at=now, changed_at=now,
+                provider=self.provider.type, provider_ref={**created.ref, "mode": created.mode.value},
+                public_key=created.public_key,
+            )
+            record = KeyRecord(
+                name=name, environment=self.environment, usage=usage_enum, owner=owner,
+                rotation_schedule=schedule, grace_period=grace, provider=self.provider.type,
+                created_at=now, last_rotated_at=now, versions=[version], labels=labels or {},
+            )
+            await self._record("CREATE", "success", actor, record, version,
+                               details={"algorithm": info.name, "mode": created.mode.value})
+            record = await asyncio.to_thread(self.catalog.put, record)
+        self.counters["created"][info.name] += 1
+        metadata = self._metadata(record, version)
+        await self.events.emit("keyCreated", metadata)
+        return metadata
+
+    @staticmethod
+    def _check_owner(owner: Any) -> str:
+        text = str(owner or "").strip()
+        if not text:
+            raise InvalidInputError("owner", "must not be empty")
+        if len(text) > 253 or any(ord(c) < 32 for c in text):
+            raise InvalidInputError("owner", "must be at most 253 printable characters")
+        return text
+
+    @staticmethod
+    def _check_name(name: str | None, owner: str, usage: Usage, key_id: str) -> str:
+        if name is None:
+            slug = re.sub(r"[^a-z0-9]+", "-", owner.lower()).strip("-")[:40] or "key"
+            return f"{slug}-{usage.value.lower().replace('_', '-')}-{key_id[-8:]}"
+        if not NAME_RE.match(name):
+            raise InvalidInputError(
+                "name", f"{name!r} must be lower-case DNS labels, optionally namespace/name")
+        return name
+
+    # -- use -----------------------------------------------------------------
+    async def use_key(
+        self,
+        key_id: Any,
+        operation: Any,
+        data: Any = b"",
+        *,
+        actor: Any = None,
+        signature: bytes | None = None,
+        context: Any = None,
+        salt: bytes | None = None,
+        length: int = 32,
+    ) -> Any:
+        """Run one operation; VERIFY returns a bool, the others an ``OperationResult``."""
+        actor = Actor.parse(actor)
+        op_name = str(operation).strip().upper()
+        record = version = None
+        try:
+            op = _enum(Operation, operation, "operation")
+            record, named = self._resolve(key_id)
+            version, result = await self._dispatch(op, record, named, data,
+                                                   signature, context, salt, length)
+        except QkmsError as exc:
+            await self._record_failure(op_name, exc, actor, record=record, version=version)
+            raise
+        details = {"valid": str(result).lower()} if isinstance(result, bool) else {}
+        await self._record(op_name, "success", actor, record, version,
+                           digests=self._digests(op, data), details=details)
+        return result
+
+    @staticmethod
+    def _digests(op: Operation, data: Any) -> dict[str, str]:
+        if op in (Operation.DECRYPT,) or isinstance(data, OperationResult):
+            return {}
+        return {"data": digest(_bytes(data, "data"))} if data else {}
+
+    def _usable(self, record: KeyRecord, named: KeyVersion | None, op: Operation) -> KeyVersion:
+        """The version an operation runs on: the one named, else the active one."""
+        version = named or lifecycle.active_version(record) or record.current
+        check_operation(resolve_algorithm(version.algorithm), record.usage, op)
+        lifecycle.check_use(version, op, self.clock())
+        return version
+
+    def _handle(self, version: KeyVersion) -> KeyHandle:
+        return KeyHandle(version.key_id, resolve_algorithm(version.algorithm), version.provider_ref)
+
+    async def _dispatch(self, op: Operation, record: KeyRecord, named: KeyVersion | None,
+                        data: Any, signature: bytes | None, context: Any,
+                        salt: bytes | None, length: int) -> tuple[KeyVersion, Any]:
+        if op is Operation.VERIFY:
+            return self._verify(record, named, _bytes(data, "data"), signature)
+        if op is Operation.DECRYPT:
+            return await self._decrypt(record, named, data, _context(context))
+        version = self._usable(record, named, op)
+        info = resolve_algorithm(version.algorithm)
+        handle = self._handle(version)
+
+        def result(**outputs: Any) -> OperationResult:
+            return OperationResult(op.value, version.key_id, record.name, version.version,
+                                   version.algorithm, **outputs)
+
+        if op is Operation.SIGN:
+            return version, result(signature=await self.provider.sign(handle, _bytes(data, "data")))
+        if op is Operation.ENCRYPT:
+            plaintext, aad = _bytes(data, "data"), token_aad(version.key_id, _context(context))
+            body = (await self.provider.encrypt(handle, plaintext, aad) if info.symmetric
+                    else self._public_key(version).encrypt(plaintext, aad))
+            return version, result(ciphertext=make_token(version.key_id, body))
+        if op is Operation.ENCAPSULATE:
+            ciphertext, secret = self._public_key(version).encapsulate()
+            return version, result(ciphertext=ciphertext, shared_secret=secret)
+        if op is Operation.DECAPSULATE:
+            try:
+                secret = await self.provider.decapsulate(handle, _bytes(data, "data"))
+            except (InvalidCiphertext, ValueError):
+                raise InvalidInputError("data", f"not a valid {info.name} ciphertext") from None
+            return version, result(shared_secret=secret)
+        if not isinstance(length, int) or not 1 <= length <= MAX_DERIVE_LENGTH:
+            raise InvalidInputError("length", f"must be an integer from 1 to {MAX_DERIVE_LENGTH}")
+        derived = await self.provider.derive(handle, _context(context) or _bytes(data, "data"),
+                                             length, salt)
+        return version, result(derived_key=derived)
+
+    def _verify(self, record: KeyRecord, named: KeyVersion | None, data: bytes,
+                signature: bytes | None) -> tuple[KeyVersion, bool]:
+        if signature is None:
+            raise InvalidInputError("signature", "is required for VERIFY")
+        signature = _bytes(signature, "signature")
+        now = self.clock()
+        candidates = [named] if named else lifecycle.verifying_versions(record, now)
+        if not candidates:
+            self._usable(record, None, Operation.VERIFY)  # raises with the reason
+        for version in candidates:
+            self._usable(record, version, Operation.VERIFY)
+            if self._public_key(version).verify(data, signature):
+                return version, True
+        return candidates[0], False
+
+    async def _decrypt(self, record: KeyRecord, named: KeyVersion | None, data: Any,
+                       context: bytes) -> tuple[KeyVersion, OperationResult]:
+        token_key_id, body = parse_token(data)
+        version = lifecycle.find_version(record, token_key_id)
+        if version is None or (named is not None and named.key_id != token_key_id):
+            raise InvalidInputError(
+                "data", f"ciphertext was made by {token_key_id}, not by a version of {record.name}")
+        self._usable(record, version, Operation.DECRYPT)
+        try:
+            plaintext = await self.provider.decrypt(self._handle(version), body,
+                                                    token_aad(version.key_id, context))
+        except (InvalidCiphertext, ValueError):
+            raise DecryptionError(
+                f"Decryption failed: ciphertext for {version.key_id} is invalid, was tampered "
+                "with, or its context differs") from None
+        return version, OperationResult(Operation.DECRYPT.value, version.key_id, record.name,
+                                        version.version, version.algorithm, plaintext=plaintext)
+
+    # -- rotation and revocation ---------------------------------------------
+    async def rotate_key(
+        self,
+        key_id: Any,
+        *,
+        reason: Any = RotationReason.SCHEDULED,
+        grace_period: str | None = None,
+        immediate: bool = False,
+        algorithm: Any = None,
+        actor: Any = None,
+        request_id: str | None = None,
+    ) -> RotationResult:
+        """Make a new version active; COMPROMISE revokes the old one at once.
+
+        A new ``algorithm`` (same usage) makes this a migration.  ``request_id``
+        makes the call idempotent: a request already handled is not repeated.
+        """
+        actor = Actor.parse(actor)
+        record = None
+        try:
+            why = _enum(RotationReason, reason, "reason")
+            if grace_period is not None:
+                durations.parse_duration(grace_period, "grace_period")
+            record, _ = self._resolve(key_id)
+            async with self._lock(record.name):
+                record = self.catalog.get(record.name) or record
+                if request_id and request_id in record.handled_requests:
+                    return self._replayed(record, why)
+                return await self._rotate(record, why, grace_period, immediate, algorithm,
+                                          actor, request_id)
+        except QkmsError as exc:
+            self.counters["failures"]["rotation"] += 1
+            await self._record_failure("ROTATE", exc, actor, record=record)
+            if isinstance(exc, InvalidInputError | KeyNotFoundError | EnvironmentMismatchError):
+                raise
+            if isinstance(exc, RotationFailedError):
+                raise
+            failure = RotationFailedError(exc.message)
+            failure.retryable = isinstance(exc, ProviderUnavailableError)  # type: ignore[attr-defined]
+            raise failure from exc
+
+    def _replayed(self, record: KeyRecord, why: RotationReason) -> RotationResult:
+        current = record.current
+        previous = record.versions[-2] if len(record.versions) > 1 else current
+        return RotationResult(record.name, previous.key_id, current.key_id, why.value,
+                              current.version, current.algorithm, previous.state.value,
+                              previous.grace_until, replayed=True)
+
+    async def _rotate(self, record: KeyRecord, why: RotationReason, grace_period: str | None,
+                      immediate: bool, algorithm: Any, actor: Actor,
+                      request_id: str | None) -> RotationResult:
+        old = lifecycle.active_version(record)
+        if old is None:
+            raise RotationFailedError(
+                f"{record.name} has no active version (it is "
+                f"{lifecycle.key_state(record).value.lower()})")
+        info = self._check_algorithm(algorithm or old.algorithm, record.usage)
+        migration = info.name != old.algorithm
+        if migration and why in (RotationReason.SCHEDULED, RotationReason.MANUAL):
+            why = RotationReason.MIGRATION
+        if grace_period is not None:
+            lifecycle.validate_schedule(record.rotation_schedule, grace_period)
+        new_key_id = self._new_key_id()
+        created = await self.provider.new_version(self._handle(old), new_key_id, info)
+        now = self.clock()
+        new = KeyVersion(
+            key_id=new_key_id, version=record.current.version + 1, algorithm=info.name,
+            created_at=now, changed_at=now, provider=self.provider.type,
+            provider_ref={**created.ref, "mode": created.mode.value},
+            public_key=created.public_key,
+        )
+        updated = lifecycle.rotate(record, new, reason=why, now=now,
+                                   grace_period=grace_period, immediate=immediate)
+        if request_id:
+            updated = updated.model_copy(
+                update={"handled_requests": [*record.handled_requests, request_id][-32:]})
+        demoted = lifecycle.find_version(updated, old.key_id)
+        assert demoted is not None
+        await self._record("MIGRATE" if migration else "ROTATE", "success", actor, updated, new,
+                           reason=why.value, details={"old_key_id": old.key_id,
+                                                      "old_state": demoted.state.value})
+        await asyncio.to_thread(self.catalog.put, updated)
+        if demoted.state is not VersionState.GRACE:
+            self.provider.forget(old.key_id)
+        self.counters["rotations"][why.value] += 1
+        result = RotationResult(record.name, old.key_id, new_key_id, why.value, new.version,
+                                info.name, demoted.state.value, demoted.grace_until)
+        await self.events.emit("keyRotated", result)
+        return result
+
+    async def revoke_key(self, key_id: Any, reason: str, *, actor: Any = None,
+                         request_id: str | None = None) -> dict[str, Any]:
+        """Revoke the key (by name or its active version) or one older version."""
+        actor = Actor.parse(actor)
+        record = None
+        try:
+            if not str(reason or "").strip():
+                raise InvalidInputError("reason", "must not be empty")
+            record, named = self._resolve(key_id)
+            async with self._lock(record.name):
+                record = self.catalog.get(record.name) or record
+                if request_id and request_id in record.handled_requests:
+                    return {"key_id": str(key_id), "name": record.name, "reason": reason,
+                            "revoked": [], "replayed": True}
+                updated = lifecycle.revoke(record, reason, self.clock(),
+                                           named.key_id if named else None)
+                if request_id:
+                    updated = updated.model_copy(update={
+                        "handled_requests": [*record.handled_requests, request_id][-32:]})
+                revoked = [v.key_id for v, w in zip(record.versions, updated.versions, strict=True)
+                           if v.state is not w.state]
+                await self._record("REVOKE", "success", actor, updated, named, reason=reason,
+                                   details={"revoked": ",".join(revoked)})
+                await asyncio.to_thread(self.catalog.put, updated)
+        except QkmsError as exc:
+            await self._record_failure("REVOKE", exc, actor, record=record)
+            raise
+        for revoked_id in revoked:
+            self.provider.forget(revoked_id)
+        event = {"key_id": str(key_id), "name": record.name, "reason": reason, "revoked": revoked}
+        await self.events.emit("keyRevoked", event)
+        return event
+
+    async def schedule_key_deletion(self, key_id: Any, window: str | None = None, *,
+                                    actor: Any = None) -> KeyRecord:
+        window = window or lifecycle.DEFAULT_DELETION_WINDOW
+        return await self._transition(
+            "SCHEDULE_DELETION", key_id, actor,
+            lambda r, now: lifecycle.schedule_deletion(r, window, now), {"window": window})
+
+    async def cancel_key_deletion(self, key_id: Any, *, actor: Any = None) -> KeyRecord:
+        return await self._transition("CANCEL_DELETION", key_id, actor, lifecycle.cancel_deletion)
+
+    async def _transition(self, operation: str, key_id: Any, actor: Any, change: Any,
+                          details: dict[str, str] | None = None) -> KeyRecord:
+        actor = Actor.parse(actor)
+        record = None
+        try:
+            record, _ = self._resolve(key_id)
+            async with self._lock(record.name):
+                record = self.catalog.get(record.name) or record
+                updated = change(record, self.clock())
+                await self._record(operation, "success", actor, updated, None, details=details)
+                return await asyncio.to_thread(self.catalog.put, updated)
+        except QkmsError as exc:
+            await self._record_failure(operation, exc, actor, record=record)
+            raise
+
+    async def advance(self, name: str, now: datetime | None = None) -> list[str]:
+        """Do whatever time has made due for one key: retire ended graces,
+        rotate on schedule, destroy versions past their deletion window."""
+        now = now or self.clock()
+        actions: list[str] = []
+        record = self.catalog.get(name)
+        if record is None or record.environment is not self.environment:
+            return actions
+        if self.settings.rotation_enabled and lifecycle.rotation_due(record, now):
+            await self.rotate_key(name, reason=RotationReason.SCHEDULED)
+            actions.append("rotated")
+        async with self._lock(name):
+            record = self.catalog.get(name)
+            assert record is not None
+            updated = lifecycle.expire_grace(record, now)
+            if updated is not record:
+                actions.append("retired")
+            for version in lifecycle.destroyable(updated, now):
+                await self.provider.destroy(self._handle(version))
+                self._public.pop(version.key_id, None)
+                actions.append("destroyed")
+            updated = lifecycle.destroy(updated, now)
+            if actions and actions != ["rotated"]:
+                await self._record("EXPIRE", "success", Actor(), updated, None,
+                                   details={"actions": ",".join(actions)})
+                await asyncio.to_thread(self.catalog.put, updated)
+        return actions
+
+    async def tick(self, now: datetime | None = None) -> dict[str, list[str]]:
+        """``advance`` every key of this environment; returns what happened per key."""
+        done = {}
+        for record in self.catalog.all():
+            actions = await self.advance(record.name, now)
+            if actions:
+                done[record.name] = actions
+        return done
+
+    # -- audit -----------------------------------------------------------------
+    async def _record(self, operation: str, result: str, actor: Actor,
+                      record: KeyRecord | None, version: KeyVersion | None, *,
+                      reason: str | None = None, digests: dict[str, str] | None = None,
+                      details: dict[str, str] | None = None,
+                      name: str | None = None) -> AuditEntry:
+        self.counters["operations"][f"{operation}:{result}"] += 1
+        entry = AuditEntry(
+            time=self.clock(), environment=self.environment.value, operation=operation,
+            result=result, actor=actor, key_name=record.name if record else name,
+            key_id=version.key_id if version else None,
+            version=version.version if version else None, reason=reason,
+            digests=digests or {}, details=details or {},
+        )
+        if self.settings.audit_enabled:
+            try:
+                entry = await self.audit.append(entry)
+            except AuditStorageError:
+                self.counters["failures"]["audit"] += 1
+                raise
+            except Exception as exc:
+                self.counters["failures"]["audit"] += 1
+                log.error("audit append failed: %s", type(exc).__name__)
+                raise AuditStorageError(type(exc).__name__) from exc
+        await self.events.emit("auditEvent", entry)
+        return entry
+
+    async def _record_failure(self, operation: str, exc: QkmsError, actor: Actor, *,
+                              record: KeyRecord | None = None, version: KeyVersion | None = None,
+                              name: str | None = None) -> None:
+        denied = isinstance(exc, KeyStateError | EnvironmentMismatchError |
+                            OperationNotAllowedError | InvalidInputError | KeyNotFoundError)
+        self.counters["failures"][exc.code] += 1
+        try:
+            await self._record(operation, "denied" if denied else "error", actor, record,
+                               version, reason=exc.message, name=name,
+                               details={"code": exc.code})
+        except AuditStorageError:
+            log.error("could not audit a failed %s", operation)
+
+    # -- statistics and health -------------------------------------------------
+    async def get_statistics(self) -> dict[str, Any]:
+        records = [r for r in self.catalog.all() if r.environment is self.environment]
+        versions = [v for r in records for v in r.versions]
+        return {
+            "environment": self.environment.value,
+            "keys": len(records),
+            "versions": len(versions),
+            "by_algorithm": dict(Counter(r.algorithm for r in records)),
+            "by_usage": dict(Counter(r.usage.value for r in records)),
+            "by_state": dict(Counter(lifecycle.key_state(r).value for r in records)),
+            "versions_by_state": dict(Counter(v.state.value for v in versions)),
+            "by_provider": dict(Counter(r.provider.value for r in records)),
+            "operations": dict(self.counters["operations"]),
+            "rotations": dict(self.counters["rotations"]),
+            "failures": dict(self.counters["failures"]),
+            "created": dict(self.counters["created"]),
+        }
+
+    async def health_check(self) -> dict[str, Any]:
+        components: dict[str, dict[str, Any]] = {}
+        components["store"] = {
+            "status": "degraded" if self.catalog.corrupt else "healthy",
+            "backend": self.sealed.records.describe(),
+            "keys": len(self.catalog.all()),
+            "corrupt_records": sorted(self.catalog.corrupt),
+        }
+        components["kek"] = {"status": "healthy", "kek_id": self.sealed.sealer.kek_id}
+        try:
+            provider = await asyncio.wait_for(self.provider.health(), timeout=5)
+            components["provider"] = {"status": provider.status, "type": self.provider.type.value,
+                                      **provider.detail}
+        except (TimeoutError, QkmsError, OSError) as exc:
+            components["provider"] = {"status": "unhealthy", "type": self.provider.type.value,
+                                      "error": str(exc) or type(exc).__name__}
+        components["audit"] = (await self.audit.health() if self.settings.audit_enabled
+                               else {"status": "degraded", "detail": "audit disabled"})
+        states = {c["status"] for c in components.values()}
+        status = ("unhealthy" if "unhealthy" in states
+                  else "degraded" if "degraded" in states else "healthy")
+        return {"status": status, "environment": self.environment.value,
+                "components": components}
+
+
+def schedule_fraction(schedule: str) -> str:
+    """A default grace for schedules shorter than the default: a fifth of the schedule."""
+    return f"PT{max(1, int(durations.seconds(schedule) / 5))}S"

@@ -1,0 +1,1 @@
+"""Where encrypted records persist (files now, Kubernetes Secrets in a cluster)."""

@@ -1,0 +1,113 @@
+"""Record stores: opaque, already-sealed blobs addressed by (kind, name).
+
+The store never sees plaintext key material; it only has to be durable and
+atomic.  ``FileRecordStore`` writes to a temp file, fsyncs it, renames it
+over the old record and fsyncs the directory, so a crash mid-write leaves
+either the old record or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from qkms.errors import InvalidInputError
+
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,250}$")
+SUFFIX = ".rec"
+
+
+def check_record_name(kind: str, name: str) -> None:
+    for field, value in (("record kind", kind), ("record name", name)):
+        if not _SAFE.match(value):
+            raise InvalidInputError(field, f"{value!r} must match {_SAFE.pattern}")
+
+
+class RecordStore(Protocol):
+    def get(self, kind: str, name: str) -> bytes | None: ...
+    def put(self, kind: str, name: str, data: bytes) -> None: ...
+    def delete(self, kind: str, name: str) -> None: ...
+    def list(self, kind: str) -> list[str]: ...
+    def describe(self) -> str: ...
+
+
+class FileRecordStore:
+    """Records as files ``<root>/<kind>/<name>.rec`` with atomic replacement."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def describe(self) -> str:
+        return f"files under {self.root}"
+
+    def _path(self, kind: str, name: str) -> Path:
+        check_record_name(kind, name)
+        return self.root / kind / f"{name}{SUFFIX}"
+
+    def get(self, kind: str, name: str) -> bytes | None:
+        try:
+            return self._path(kind, name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def put(self, kind: str, name: str, data: bytes) -> None:
+        path = self._path(kind, name)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=SUFFIX)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+
+    def delete(self, kind: str, name: str) -> None:
+        path = self._path(kind, name)
+        path.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+
+    def list(self, kind: str) -> list[str]:
+        folder = self.root / kind
+        if not folder.is_dir():
+            return []
+        return sorted(p.name[: -len(SUFFIX)] for p in folder.glob(f"*{SUFFIX}")
+                      if not p.name.startswith(".tmp-"))
+
+
+class MemoryRecordStore:
+    """A store that forgets on exit: for tests and throwaway demos."""
+
+    def __init__(self) -> None:
+        self._data: dict[tuple[str, str], bytes] = {}
+
+    def describe(self) -> str:
+        return "memory"
+
+    def get(self, kind: str, name: str) -> bytes | None:
+        return self._data.get((kind, name))
+
+    def put(self, kind: str, name: str, data: bytes) -> None:
+        check_record_name(kind, name)
+        self._data[(kind, name)] = bytes(data)
+
+    def delete(self, kind: str, name: str) -> None:
+        self._data.pop((kind, name), None)
+
+    def list(self, kind: str) -> list[str]:
+        return sorted(n for k, n in self._data if k == kind)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

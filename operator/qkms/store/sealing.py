@@ -1,0 +1,94 @@
+"""Sealing records under the key-encryption key (KEK) with AES-256-GCM.
+
+A sealed blob is ``MAGIC || kek_id(8) || nonce(12) || ciphertext+tag``.  The
+record's own address (kind and name) is the associated data, so a record
+copied over another, edited, or truncated fails to open and is reported by
+name.  ``kek_id`` (a digest prefix of the KEK) lets a store hold records under
+an old and a new KEK during ``qkms keys rewrap`` and tells a wrong KEK apart
+from tampering.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from qkms.errors import InvalidInputError, RecordCorruptError
+
+log = logging.getLogger("key-management:store")
+
+MAGIC = b"QKS1"
+_HEADER = len(MAGIC) + 8 + 12
+
+
+def kek_id(kek: bytes) -> bytes:
+    return hashlib.sha256(b"qkms-kek-id" + kek).digest()[:8]
+
+
+def load_or_create_kek(path: Path | str) -> bytes:
+    """Read the KEK (base64 or 32 raw bytes); create it with mode 0600 if missing."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        kek = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(base64.b64encode(kek) + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        log.warning("created a new master key (KEK) at %s with mode 0600; back it up: "
+                    "without it the embedded store cannot be opened", path)
+        return kek
+    return parse_kek(path.read_bytes(), str(path))
+
+
+def parse_kek(content: bytes, source: str) -> bytes:
+    if len(content) == 32:
+        return content
+    try:
+        kek = base64.b64decode(content.strip(), validate=True)
+    except ValueError:
+        kek = b""
+    if len(kek) != 32:
+        raise InvalidInputError("QKMS_MASTER_KEY_FILE",
+                                f"{source} must hold 32 bytes, raw or base64")
+    return kek
+
+
+class Sealer:
+    """Seals under the current KEK; opens under any KEK it was given."""
+
+    def __init__(self, kek: bytes, *older: bytes) -> None:
+        self._current = kek_id(kek)
+        self._keys = {kek_id(k): AESGCM(k) for k in (kek, *older)}
+
+    @property
+    def kek_id(self) -> str:
+        return self._current.hex()
+
+    def seal(self, plaintext: bytes, address: str) -> bytes:
+        nonce = secrets.token_bytes(12)
+        body = self._keys[self._current].encrypt(nonce, plaintext, address.encode())
+        return MAGIC + self._current + nonce + body
+
+    def open(self, blob: bytes, address: str) -> bytes:
+        if len(blob) < _HEADER + 16 or not blob.startswith(MAGIC):
+            raise RecordCorruptError(address, "truncated or not a sealed record")
+        key = self._keys.get(blob[4:12])
+        if key is None:
+            raise RecordCorruptError(address, f"sealed under an unknown KEK {blob[4:12].hex()}")
+        try:
+            return key.decrypt(blob[12:24], blob[24:], address.encode())
+        except InvalidTag:
+            raise RecordCorruptError(
+                address, "authentication failed (edited, truncated or swapped)") from None
+
+    def is_current(self, blob: bytes) -> bool:
+        return blob[4:12] == self._current
