@@ -104,7 +104,8 @@ def refusal(version: KeyVersion, operation: Operation, now: datetime) -> str | N
         return None
     if state is VersionState.GRACE:
         if not in_grace(version, now):
-            return f"grace period of {version.key_id} ended at {version.grace_until:%Y-%m-%dT%H:%M:%SZ}"
+            ended = f"{version.grace_until:%Y-%m-%dT%H:%M:%SZ}"
+            return f"grace period of {version.key_id} ended at {ended}"
         if operation in GRACE_OPERATIONS:
             return None
         return (f"{version.key_id} is in its grace period and only allows "

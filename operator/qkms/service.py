@@ -47,7 +47,7 @@ from qkms.model.algorithms import AlgorithmInfo, check_operation, check_usage, r
 from qkms.model.enums import Operation, RotationReason, Usage, VersionState
 from qkms.model.keys import KeyMetadata, KeyRecord, KeyVersion
 from qkms.providers import build_provider
-from qkms.providers.base import KeyHandle, Provider
+from qkms.providers.base import CreatedKey, KeyHandle, Provider
 from qkms.store.catalog import Catalog
 from qkms.store.records import FileRecordStore, RecordStore
 from qkms.store.sealed import SealedStore
@@ -56,8 +56,9 @@ from qkms.store.sealing import Sealer, load_or_create_kek
 log = logging.getLogger("key-management:service")
 
 KEY_ID_RE = re.compile(r"^key_(?P<env>[a-z]+)_(?P<id>[0-9a-f]{16,64})$")
-NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?(/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)?$")
-TOKEN_PREFIX = "qkms:v1:"
+_LABEL = r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?"
+NAME_RE = re.compile(rf"^{_LABEL}(/{_LABEL})?$")
+TOKEN_PREFIX = "qkms:v1:"  # noqa: S105 - a format marker, not a credential
 MAX_DERIVE_LENGTH = 255 * 32
 E = TypeVar("E")
 
@@ -296,11 +297,7 @@ class KeyManagementService:
                 await self._record_failure("CREATE", exc, actor, name=name)
                 raise
             now = self.clock()
-            version = KeyVersion(
-                key_id=key_id, version=1, algorithm=info.name, created_at=now, changed_at=now,
-                provider=self.provider.type, provider_ref={**created.ref, "mode": created.mode.value},
-                public_key=created.public_key,
-            )
+            version = self._version(key_id, 1, info, created, now)
             record = KeyRecord(
                 name=name, environment=self.environment, usage=usage_enum, owner=owner,
                 rotation_schedule=schedule, grace_period=grace, provider=self.provider.type,
@@ -313,6 +310,13 @@ class KeyManagementService:
         metadata = self._metadata(record, version)
         await self.events.emit("keyCreated", metadata)
         return metadata
+
+    def _version(self, key_id: str, number: int, info: AlgorithmInfo, created: CreatedKey,
+                 now: datetime) -> KeyVersion:
+        return KeyVersion(key_id=key_id, version=number, algorithm=info.name, created_at=now,
+                          changed_at=now, provider=self.provider.type,
+                          provider_ref={**created.ref, "mode": created.mode.value},
+                          public_key=created.public_key)
 
     @staticmethod
     def _check_owner(owner: Any) -> str:
@@ -514,12 +518,7 @@ class KeyManagementService:
         new_key_id = self._new_key_id()
         created = await self.provider.new_version(self._handle(old), new_key_id, info)
         now = self.clock()
-        new = KeyVersion(
-            key_id=new_key_id, version=record.current.version + 1, algorithm=info.name,
-            created_at=now, changed_at=now, provider=self.provider.type,
-            provider_ref={**created.ref, "mode": created.mode.value},
-            public_key=created.public_key,
-        )
+        new = self._version(new_key_id, record.current.version + 1, info, created, now)
         updated = lifecycle.rotate(record, new, reason=why, now=now,
                                    grace_period=grace_period, immediate=immediate)
         if request_id:

@@ -56,7 +56,8 @@ class Catalog:
         try:
             record = KeyRecord.model_validate_json(data)
         except ValidationError as exc:
-            raise RecordCorruptError(f"{KEYS}/{rec}", f"invalid content ({exc.error_count()} errors)") from None
+            raise RecordCorruptError(
+                f"{KEYS}/{rec}", f"invalid content ({exc.error_count()} errors)") from None
         if record_name(record.name) != rec:
             raise RecordCorruptError(f"{KEYS}/{rec}", f"holds key {record.name!r}")
         return record

@@ -31,6 +31,7 @@ class RecordStore(Protocol):
     def put(self, kind: str, name: str, data: bytes) -> None: ...
     def delete(self, kind: str, name: str) -> None: ...
     def list(self, kind: str) -> list[str]: ...
+    def kinds(self) -> list[str]: ...
     def describe(self) -> str: ...
 
 
@@ -74,6 +75,9 @@ class FileRecordStore:
         path.unlink(missing_ok=True)
         _fsync_dir(path.parent)
 
+    def kinds(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
+
     def list(self, kind: str) -> list[str]:
         folder = self.root / kind
         if not folder.is_dir():
@@ -100,6 +104,9 @@ class MemoryRecordStore:
 
     def delete(self, kind: str, name: str) -> None:
         self._data.pop((kind, name), None)
+
+    def kinds(self) -> list[str]:
+        return sorted({k for k, _ in self._data})
 
     def list(self, kind: str) -> list[str]:
         return sorted(n for k, n in self._data if k == kind)

@@ -1,0 +1,5 @@
+import sys
+
+from qkms.cli import main
+
+sys.exit(main())

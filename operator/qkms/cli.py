@@ -1,0 +1,334 @@
+"""The ``qkms`` command.
+
+Inputs and outputs are files or stdin/stdout (``-``), raw or base64
+(``--encoding``).  Results are JSON on stdout; errors go to stderr as
+``qkms: error: <message>`` with exit code 2 for bad input and 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, is_dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from qkms import __version__, logs
+from qkms.config import Settings
+from qkms.errors import InvalidInputError, QkmsError
+
+Handler = Callable[[argparse.Namespace], Any]
+COMMANDS: dict[str, Handler] = {}
+
+
+def command(name: str) -> Callable[[Handler], Handler]:
+    def register(func: Handler) -> Handler:
+        COMMANDS[name] = func
+        return func
+    return register
+
+
+# -- I/O helpers ---------------------------------------------------------------------
+
+def read_input(path: str | None, encoding: str, field: str = "--in") -> bytes:
+    raw = sys.stdin.buffer.read() if path in (None, "-") else _read_file(path, field)
+    if encoding == "raw":
+        return raw
+    try:
+        return base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInputError(
+            field, "is not valid base64 (use --encoding raw for bytes)") from None
+
+
+def _read_file(path: str, field: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(field, f"cannot read {path}: {exc.strerror}") from None
+
+
+def write_output(data: bytes | str, path: str | None, encoding: str) -> None:
+    if isinstance(data, str):
+        data = data.encode()
+    elif encoding == "base64":
+        data = base64.b64encode(data) + b"\n"
+    if path in (None, "-"):
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        Path(path).write_bytes(data)
+
+
+def to_json(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json", exclude={"public_key"})
+    elif is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(to_json(value), indent=2, default=str))
+
+
+def service(args: argparse.Namespace) -> Any:
+    from qkms.service import KeyManagementService
+
+    return KeyManagementService(settings_from(args))
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        environment=args.environment, provider=args.provider, data_dir=args.data_dir,
+        master_key_file=args.master_key_file,
+    )
+
+
+# -- keys -----------------------------------------------------------------------------
+
+@command("keys create")
+async def keys_create(args: argparse.Namespace) -> None:
+    print_json(await service(args).create_key(
+        usage=args.usage, algorithm=args.algorithm, owner=args.owner, name=args.name,
+        rotation_schedule=args.rotation_schedule, grace_period=args.grace_period,
+        actor={"type": "CLI", "id": args.actor}))
+
+
+@command("keys list")
+async def keys_list(args: argparse.Namespace) -> None:
+    keys = await service(args).list_keys()
+    print_json([{k: getattr(m, k) for k in ("name", "key_id", "version", "algorithm", "usage",
+                                           "state", "next_rotation")} for m in keys])
+
+
+@command("keys show")
+async def keys_show(args: argparse.Namespace) -> None:
+    svc = service(args)
+    print_json({"key": await svc.get_key(args.key), "versions": svc.get_record(args.key).versions})
+
+
+@command("keys public")
+async def keys_public(args: argparse.Namespace) -> None:
+    svc = service(args)
+    if args.format == "jwks":
+        write_output(json.dumps(svc.jwks(args.key), indent=2) + "\n", args.out, "raw")
+        return
+    meta = await svc.get_key(args.key)
+    if meta.public_key is None:
+        raise InvalidInputError("key", f"{meta.name} is symmetric and has no public key")
+    if args.format == "pem":
+        if meta.public_key_pem is None:
+            raise InvalidInputError("--format", f"{meta.algorithm} has no registered PEM form")
+        write_output(meta.public_key_pem, args.out, "raw")
+    else:
+        write_output(meta.public_key, args.out, args.encoding)
+
+
+@command("keys rotate")
+async def keys_rotate(args: argparse.Namespace) -> None:
+    print_json(await service(args).rotate_key(
+        args.key, reason=args.reason, grace_period=args.grace_period,
+        immediate=args.immediate, algorithm=args.algorithm,
+        actor={"type": "CLI", "id": args.actor}))
+
+
+@command("keys revoke")
+async def keys_revoke(args: argparse.Namespace) -> None:
+    print_json(await service(args).revoke_key(args.key, args.reason,
+                                              actor={"type": "CLI", "id": args.actor}))
+
+
+@command("keys delete")
+async def keys_delete(args: argparse.Namespace) -> None:
+    record = await service(args).schedule_key_deletion(args.key, args.window,
+                                                       actor={"type": "CLI", "id": args.actor})
+    print_json({"name": record.name, "versions": record.versions})
+
+
+@command("keys cancel-deletion")
+async def keys_cancel_deletion(args: argparse.Namespace) -> None:
+    record = await service(args).cancel_key_deletion(args.key,
+                                                     actor={"type": "CLI", "id": args.actor})
+    print_json({"name": record.name, "versions": record.versions})
+
+
+async def _use(args: argparse.Namespace, operation: str, data: Any, **options: Any) -> Any:
+    return await service(args).use_key(args.key, operation, data,
+                                       actor={"type": "CLI", "id": args.actor}, **options)
+
+
+@command("keys sign")
+async def keys_sign(args: argparse.Namespace) -> None:
+    result = await _use(args, "SIGN", read_input(args.input, "raw"))
+    write_output(result.signature, args.out, args.encoding)
+    print(f"signed with {result.key_id} (version {result.version})", file=sys.stderr)
+
+
+@command("keys verify")
+async def keys_verify(args: argparse.Namespace) -> None:
+    signature = read_input(args.signature, args.encoding, "--signature")
+    valid = await _use(args, "VERIFY", read_input(args.input, "raw"), signature=signature)
+    print("valid" if valid else "invalid")
+    if not valid:
+        raise SystemExit(1)
+
+
+@command("keys encrypt")
+async def keys_encrypt(args: argparse.Namespace) -> None:
+    result = await _use(args, "ENCRYPT", read_input(args.input, "raw"), context=args.context)
+    write_output(result.ciphertext + "\n", args.out, "raw")
+
+
+@command("keys decrypt")
+async def keys_decrypt(args: argparse.Namespace) -> None:
+    token = read_input(args.input, "raw").strip()
+    result = await _use(args, "DECRYPT", token, context=args.context)
+    write_output(result.plaintext, args.out, args.encoding)
+
+
+@command("keys encapsulate")
+async def keys_encapsulate(args: argparse.Namespace) -> None:
+    result = await _use(args, "ENCAPSULATE", b"")
+    write_output(result.ciphertext, args.out, args.encoding)
+    write_output(result.shared_secret, args.secret_out, args.encoding)
+
+
+@command("keys decapsulate")
+async def keys_decapsulate(args: argparse.Namespace) -> None:
+    result = await _use(args, "DECAPSULATE", read_input(args.input, args.encoding))
+    write_output(result.shared_secret, args.out, args.encoding)
+
+
+@command("keys derive")
+async def keys_derive(args: argparse.Namespace) -> None:
+    result = await _use(args, "DERIVE", b"", context=args.context, length=args.length)
+    write_output(result.derived_key, args.out, args.encoding)
+
+
+@command("keys rewrap")
+async def keys_rewrap(args: argparse.Namespace) -> None:
+    from qkms.store.rewrap import rewrap
+
+    settings = settings_from(args)
+    count = await asyncio.to_thread(rewrap, settings, args.new_master_key_file)
+    print_json({"rewrapped": count, "master_key_file": str(settings.kek_path)})
+
+
+@command("algorithms")
+async def algorithms(args: argparse.Namespace) -> None:
+    from qkms.model.algorithms import ALGORITHMS
+
+    print_json([{"name": a.name, "aliases": list(a.aliases), "family": a.family.value,
+                 "usages": sorted(u.value for u in a.usages), "library": a.library,
+                 "standard": a.standard, "post_quantum": a.post_quantum, "hybrid": a.hybrid}
+                for a in ALGORITHMS])
+
+
+@command("demo")
+async def demo(args: argparse.Namespace) -> None:
+    from qkms.demo import run_demo
+
+    await run_demo(settings_from(args))
+
+
+@command("version")
+async def version(args: argparse.Namespace) -> None:
+    print(f"qkms {__version__}")
+
+
+# -- parser ---------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qkms", description=__doc__.splitlines()[0])
+    parser.add_argument("--environment", help="dev, staging or prod (QKMS_ENVIRONMENT)")
+    parser.add_argument("--provider", help="key provider (KMS_PROVIDER), default LOCAL_DEV")
+    parser.add_argument("--data-dir", type=Path, help="embedded store folder (QKMS_DATA_DIR)")
+    parser.add_argument("--master-key-file", type=Path, help="KEK file (QKMS_MASTER_KEY_FILE)")
+    parser.add_argument("--actor", default="cli", help="who is acting, for the audit log")
+    top = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+    top.add_parser("version", help="print the version")
+    top.add_parser("algorithms", help="list supported algorithms")
+    top.add_parser("demo", help="run the seed's examples on a throwaway embedded store")
+    keys = top.add_parser("keys", help="manage and use keys in the embedded store")
+    sub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def key_cmd(name: str, help_text: str, *, io: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("key", help="key name or version key ID")
+        if io:
+            p.add_argument("--in", dest="input", default="-", help="input file, - for stdin")
+            p.add_argument("--out", default="-", help="output file, - for stdout")
+            p.add_argument("--encoding", choices=["base64", "raw"], default="base64",
+                           help="encoding of binary outputs (and binary inputs)")
+        return p
+
+    create = sub.add_parser("create", help="create a key")
+    create.add_argument("--usage", required=True)
+    create.add_argument("--algorithm", required=True)
+    create.add_argument("--owner", required=True)
+    create.add_argument("--name")
+    create.add_argument("--rotation-schedule")
+    create.add_argument("--grace-period")
+    sub.add_parser("list", help="list keys")
+    key_cmd("show", "show a key and its versions")
+    public = key_cmd("public", "export public material", io=True)
+    public.add_argument("--format", choices=["pem", "jwks", "raw"], default="pem")
+    rotate = key_cmd("rotate", "rotate a key")
+    rotate.add_argument("--reason", default="MANUAL")
+    rotate.add_argument("--grace-period")
+    rotate.add_argument("--immediate", action="store_true")
+    rotate.add_argument("--algorithm", help="migrate to another algorithm of the same usage")
+    key_cmd("revoke", "revoke a key or version").add_argument("--reason", required=True)
+    key_cmd("delete", "schedule deletion").add_argument("--window", default="P30D")
+    key_cmd("cancel-deletion", "cancel a scheduled deletion")
+    key_cmd("sign", "sign data", io=True)
+    verify = key_cmd("verify", "verify a signature (exit 1 if invalid)", io=True)
+    verify.add_argument("--signature", required=True, help="signature file")
+    for name in ("encrypt", "decrypt"):
+        key_cmd(name, f"{name} data", io=True).add_argument("--context")
+    encap = key_cmd("encapsulate", "KEM encapsulate to the key's public key", io=True)
+    encap.add_argument("--secret-out", required=True, help="where to write the shared secret")
+    key_cmd("decapsulate", "KEM decapsulate a ciphertext", io=True)
+    derive = key_cmd("derive", "derive key material (HKDF-SHA256)", io=True)
+    derive.add_argument("--context", required=True, help="HKDF info")
+    derive.add_argument("--length", type=int, default=32)
+    rewrap = sub.add_parser("rewrap", help="re-encrypt every record under a new master key")
+    rewrap.add_argument("--new-master-key-file", type=Path,
+                        help="file holding the new KEK (generated if absent)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure()
+    name = " ".join(p for p in (args.group, getattr(args, "action", None)) if p)
+    try:
+        asyncio.run(COMMANDS[name](args))
+    except InvalidInputError as exc:
+        print(f"qkms: error: {exc}", file=sys.stderr)
+        return 2
+    except QkmsError as exc:
+        print(f"qkms: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Logging: JSON lines for the operator and server, short lines for the CLI.
+
+``DEBUG=key-management:*`` (the seed's switch) turns on debug output for
+every qkms logger; ``DEBUG=key-management:service`` for one.  Loggers are
+named ``key-management:<part>`` so the switch maps onto them directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import UTC, datetime
+
+ROOT = "key-management"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+                "level": record.levelname.lower(), "logger": record.name,
+                "message": record.getMessage()}
+        for key in ("request_id", "key_id", "operation"):
+            if hasattr(record, key):
+                data[key] = getattr(record, key)
+        if record.exc_info and record.exc_info[0] is not None:
+            data["error"] = record.exc_info[0].__name__
+        return json.dumps(data)
+
+
+def debug_patterns(value: str | None) -> list[str]:
+    return [p.strip() for p in (value or "").split(",") if p.strip().startswith(ROOT)]
+
+
+class DebugFilter(logging.Filter):
+    """Pass debug records only from loggers the DEBUG switch names."""
+
+    def __init__(self, prefixes: list[str]) -> None:
+        super().__init__()
+        self.prefixes = tuple(prefixes)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG or record.name.startswith(self.prefixes)
+
+
+def configure(json_lines: bool = False, debug: str | None = None) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if json_lines
+                         else logging.Formatter("qkms: %(levelname)s: %(message)s"))
+    prefixes = [p.rstrip("*") for p in debug_patterns(
+        debug if debug is not None else os.environ.get("DEBUG"))]
+    handler.addFilter(DebugFilter(prefixes))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if prefixes else logging.INFO)
+    for noisy in ("asyncio", "urllib3", "kubernetes", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

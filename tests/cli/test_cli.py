@@ -1,0 +1,92 @@
+"""The qkms command: files or stdin/stdout, base64 or raw, errors on stderr."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def qkms(tmp_path):
+    env = {**os.environ, "QKMS_DATA_DIR": str(tmp_path / "data"),
+           "PYTHONPATH": str(ROOT / "operator")}
+
+    def run(*args: str, stdin: bytes = b"", check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "qkms", *args], input=stdin, env=env,
+                              capture_output=True, cwd=tmp_path, timeout=120)
+        if check and proc.returncode != 0:
+            raise AssertionError(proc.stderr.decode())
+        return proc
+    return run
+
+
+def test_create_sign_verify_rotate_revoke(qkms, tmp_path) -> None:
+    created = json.loads(qkms("keys", "create", "--usage", "SIGNING", "--algorithm",
+                              "Ed25519", "--owner", "team-a", "--name", "signer").stdout)
+    assert created["name"] == "signer" and created["version"] == 1
+    sig = qkms("keys", "sign", "signer", stdin=b"payload").stdout
+    assert len(base64.b64decode(sig)) == 64
+    (tmp_path / "sig").write_bytes(sig)
+    assert qkms("keys", "verify", "signer", "--signature", "sig",
+                stdin=b"payload").stdout.strip() == b"valid"
+    bad = qkms("keys", "verify", "signer", "--signature", "sig", stdin=b"other", check=False)
+    assert bad.returncode == 1 and bad.stdout.strip() == b"invalid"
+    rotated = json.loads(qkms("keys", "rotate", "signer", "--reason", "COMPROMISE").stdout)
+    assert rotated["old_state"] == "REVOKED"
+    listed = json.loads(qkms("keys", "list").stdout)
+    assert listed[0]["key_id"] == rotated["new_key_id"]
+    qkms("keys", "revoke", "signer", "--reason", "done")
+    refused = qkms("keys", "sign", "signer", stdin=b"x", check=False)
+    assert refused.returncode == 1 and b"Key revoked" in refused.stderr
+
+
+def test_encrypt_decrypt_with_files_and_raw_output(qkms, tmp_path) -> None:
+    qkms("keys", "create", "--usage", "ENCRYPTION", "--algorithm", "AES-256-GCM",
+         "--owner", "o", "--name", "vault")
+    (tmp_path / "plain.bin").write_bytes(b"\x00\x01secret")
+    qkms("keys", "encrypt", "vault", "--in", "plain.bin", "--out", "token.txt",
+         "--context", "t1")
+    qkms("keys", "decrypt", "vault", "--in", "token.txt", "--out", "back.bin",
+         "--encoding", "raw", "--context", "t1")
+    assert (tmp_path / "back.bin").read_bytes() == b"\x00\x01secret"
+
+
+def test_public_export_and_kem(qkms, tmp_path) -> None:
+    qkms("keys", "create", "--usage", "ENCRYPTION", "--algorithm", "Kyber768", "--owner", "o",
+         "--name", "kem")
+    pem = qkms("keys", "public", "kem", "--format", "pem").stdout
+    assert pem.startswith(b"-----BEGIN PUBLIC KEY-----")
+    qkms("keys", "encapsulate", "kem", "--out", "ct", "--secret-out", "ss")
+    out = qkms("keys", "decapsulate", "kem", "--in", "ct").stdout
+    assert out.strip() == (tmp_path / "ss").read_bytes().strip()
+
+
+def test_errors_go_to_stderr_with_the_field(qkms) -> None:
+    proc = qkms("keys", "create", "--usage", "SIGNING", "--algorithm", "Nope", "--owner", "o",
+                check=False)
+    assert proc.returncode == 2 and proc.stdout == b""
+    assert proc.stderr.splitlines()[-1].startswith(
+        b"qkms: error: algorithm: unknown algorithm 'Nope'")
+    proc = qkms("keys", "show", "key_dev_0000000000000000", check=False)
+    assert proc.returncode == 1 and b"Key not found: key_dev_0000000000000000" in proc.stderr
+
+
+def test_rewrap_and_version(qkms) -> None:
+    qkms("keys", "create", "--usage", "SIGNING", "--algorithm", "Ed25519", "--owner", "o",
+         "--name", "k")
+    assert json.loads(qkms("keys", "rewrap").stdout)["rewrapped"] == 2
+    assert qkms("keys", "sign", "k", stdin=b"x").returncode == 0
+    assert qkms("version").stdout.startswith(b"qkms ")
+
+
+def test_demo_runs_the_seed_examples(qkms) -> None:
+    out = qkms("demo").stdout.decode()
+    assert "health: healthy" in out and "shared secrets match: True" in out
