@@ -239,6 +239,28 @@ async def algorithms(args: argparse.Namespace) -> None:
                 for a in ALGORITHMS])
 
 
+@command("serve")
+async def serve(args: argparse.Namespace) -> None:
+    import signal
+
+    from qkms.standalone import BUNDLED_EXAMPLES, Standalone
+
+    settings = settings_from(args)
+    folder = args.manifests or BUNDLED_EXAMPLES
+    if not folder.is_dir():
+        raise InvalidInputError("--manifests", f"{folder} is not a folder")
+    if args.manifests is None:
+        print(f"qkms serve: no --manifests given; serving the bundled examples in {folder}")
+    out = args.out or settings.data_dir / "projections"
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    runner = Standalone(settings, folder, out, say=lambda line: print(line, flush=True))
+    await runner.run(stop, poll=args.poll, once=args.once)
+    print("qkms serve: stopped", flush=True)
+
+
 @command("demo")
 async def demo(args: argparse.Namespace) -> None:
     from qkms.demo import run_demo
@@ -264,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_parser("version", help="print the version")
     top.add_parser("algorithms", help="list supported algorithms")
     top.add_parser("demo", help="run the seed's examples on a throwaway embedded store")
+    serve_cmd = top.add_parser("serve", help="standalone mode: reconcile manifests from a folder")
+    serve_cmd.add_argument("--manifests", type=Path,
+                           help="folder of KeyPolicy/ManagedKey YAML (default: bundled examples)")
+    serve_cmd.add_argument("--out", type=Path,
+                           help="projection folder (default DATA_DIR/projections)")
+    serve_cmd.add_argument("--poll", type=float, default=1.0, help="seconds between folder checks")
+    serve_cmd.add_argument("--once", action="store_true", help="reconcile once and exit")
     keys = top.add_parser("keys", help="manage and use keys in the embedded store")
     sub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
 

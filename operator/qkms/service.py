@@ -164,6 +164,7 @@ class KeyManagementService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._public: dict[str, PublicKey] = {}
         self._last_reload = 0.0
+        self.last_audit: dict[str, AuditEntry] = {}  # newest entry per key name, for Events
         self.counters: dict[str, Counter[str]] = {
             "operations": Counter(), "rotations": Counter(), "failures": Counter(),
             "created": Counter(),
@@ -596,6 +597,20 @@ class KeyManagementService:
             await self._record_failure(operation, exc, actor, record=record)
             raise
 
+    async def update_schedule(self, key_id: Any, rotation_schedule: str, grace_period: str, *,
+                              actor: Any = None) -> KeyRecord:
+        """Re-plan a key's rotation (a policy or spec change); audited as POLICY_CHANGE."""
+        lifecycle.validate_schedule(rotation_schedule, grace_period)
+        return await self._transition(
+            "POLICY_CHANGE", key_id, actor,
+            lambda r, now: r.model_copy(update={"rotation_schedule": rotation_schedule,
+                                                "grace_period": grace_period}),
+            {"rotation_schedule": rotation_schedule, "grace_period": grace_period})
+
+    async def release_key(self, key_id: Any, *, actor: Any = None) -> KeyRecord:
+        """Record that the resource managing a key is gone while the key is retained."""
+        return await self._transition("RELEASE", key_id, actor, lambda r, now: r)
+
     async def advance(self, name: str, now: datetime | None = None) -> list[str]:
         """Do whatever time has made due for one key: retire ended graces,
         rotate on schedule, destroy versions past their deletion window."""
@@ -657,6 +672,8 @@ class KeyManagementService:
                 self.counters["failures"]["audit"] += 1
                 log.error("audit append failed: %s", type(exc).__name__)
                 raise AuditStorageError(type(exc).__name__) from exc
+        if entry.key_name:
+            self.last_audit[entry.key_name] = entry
         await self.events.emit("auditEvent", entry)
         return entry
 

@@ -1,0 +1,60 @@
+"""One KeyManagementService per environment, configured from that environment's KeyPolicy.
+
+Every environment keeps its own catalog under ``<data_dir>/<env>`` (or its own
+record store in a cluster), all sealed under the same master key.  A policy
+change that touches the service (provider, PQC, audit) rebuilds that
+environment's service; keys and their records are untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from qkms.config import Settings
+from qkms.model.enums import Environment
+from qkms.model.resources import KeyPolicy
+from qkms.service import KeyManagementService
+from qkms.store.records import RecordStore
+
+RecordsFactory = Callable[[Environment], RecordStore | None]
+
+
+class ServiceRegistry:
+    def __init__(self, settings: Settings, *, records: RecordsFactory | None = None,
+                 clock: Any = None) -> None:
+        self.settings = settings
+        self.records = records or (lambda env: None)
+        self.clock = clock
+        self._services: dict[Environment, tuple[tuple, KeyManagementService]] = {}
+
+    def settings_for(self, environment: Environment, policy: KeyPolicy | None) -> Settings:
+        changes: dict[str, Any] = {
+            "environment": environment,
+            "data_dir": self.settings.data_dir / environment.value,
+            "master_key_file": self.settings.kek_path,
+        }
+        if policy is not None:
+            changes.update(provider=policy.spec.provider.type,
+                           pqc_enabled=policy.spec.pqc_policy.enabled,
+                           audit_enabled=policy.spec.audit_policy.enabled,
+                           provider_options={**self.settings.provider_options,
+                                             **policy.spec.provider.settings})
+        return replace(self.settings, **changes)
+
+    def get(self, environment: Environment, policy: KeyPolicy | None = None
+            ) -> KeyManagementService:
+        settings = self.settings_for(environment, policy)
+        fingerprint = (settings.provider, settings.pqc_enabled, settings.audit_enabled,
+                       tuple(sorted(settings.provider_options.items())))
+        known = self._services.get(environment)
+        if known is None or known[0] != fingerprint:
+            service = KeyManagementService(settings, records=self.records(environment),
+                                           clock=self.clock)
+            self._services[environment] = (fingerprint, service)
+            return service
+        return known[1]
+
+    def all(self) -> list[KeyManagementService]:
+        return [service for _, service in self._services.values()]

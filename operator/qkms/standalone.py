@@ -1,0 +1,203 @@
+"""Standalone mode: reconcile KeyPolicy and ManagedKey YAML from a folder, GitOps style.
+
+No cluster needed.  The same ``KeyReconciler`` as the operator runs against
+the embedded store; projections are written as files under
+``<out>/<namespace>/<secret-or-configmap name>/<key>``, statuses as
+``<out>/status/<namespace>/<name>.json``.  The folder is re-read when any file
+changes; a ManagedKey whose file disappears is finalized as in a cluster.
+A bad file (malformed YAML, an invalid resource, a duplicate name) is
+reported by path and skipped: every other key keeps being served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qkms.config import Settings
+from qkms.errors import InvalidInputError
+from qkms.model.resources import (
+    KeyPolicy,
+    ManagedKey,
+    ManagedKeyStatus,
+    parse_key_policy,
+    parse_managed_key,
+)
+from qkms.reconcile.reconciler import KeyReconciler, Outcome
+from qkms.reconcile.registry import ServiceRegistry
+
+log = logging.getLogger("key-management:standalone")
+
+BUNDLED_EXAMPLES = Path(__file__).resolve().parent / "examples"
+
+
+@dataclass
+class Manifests:
+    policies: list[KeyPolicy] = field(default_factory=list)
+    keys: list[ManagedKey] = field(default_factory=list)
+    namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def manifest_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
+                  and p.name != "kustomization.yaml")
+
+
+def fingerprint(folder: Path) -> tuple:
+    marks = []
+    for path in manifest_files(folder):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        marks.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return tuple(marks)
+
+
+def load_manifests(folder: Path) -> Manifests:
+    """Parse every YAML document; collect per-file errors instead of stopping."""
+    found = Manifests()
+    seen: dict[tuple[str, str, str], Path] = {}
+    for path in manifest_files(folder):
+        try:
+            documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        except FileNotFoundError:
+            found.errors.append(f"{path}: disappeared while being read")
+            continue
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            found.errors.append(f"{path}: malformed YAML: {str(exc).splitlines()[0]}")
+            continue
+        for doc in documents:
+            if not isinstance(doc, dict):
+                found.errors.append(f"{path}: a document is not a mapping")
+                continue
+            kind = doc.get("kind")
+            meta = doc.get("metadata") or {}
+            if kind == "Namespace":
+                found.namespaces[str(meta.get("name"))] = dict(meta.get("labels") or {})
+                continue
+            if kind not in ("KeyPolicy", "ManagedKey"):
+                continue
+            meta.setdefault("namespace", "default") if kind == "ManagedKey" else None
+            meta.setdefault("generation", 1)
+            meta.setdefault("uid", f"standalone:{kind}:{meta.get('namespace', '')}:"
+                                   f"{meta.get('name')}")
+            doc["metadata"] = meta
+            ident = (kind, str(meta.get("namespace", "")), str(meta.get("name")))
+            if ident in seen:
+                found.errors.append(f"{path}: duplicate {kind} {ident[1]}/{ident[2]} "
+                                    f"(first defined in {seen[ident]}); ignored")
+                continue
+            try:
+                if kind == "KeyPolicy":
+                    found.policies.append(parse_key_policy(doc))
+                else:
+                    found.keys.append(parse_managed_key(doc))
+            except InvalidInputError as exc:
+                found.errors.append(f"{path}: {kind} {meta.get('name')}: {exc}")
+                continue
+            seen[ident] = path
+    return found
+
+
+def _write_atomic(path: Path, content: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(content)
+    os.replace(tmp, path)
+
+
+class Standalone:
+    def __init__(self, settings: Settings, folder: Path, out: Path,
+                 say: Callable[[str], None] = print, clock: Any = None) -> None:
+        self.folder, self.out, self.say = folder, out, say
+        self.registry = ServiceRegistry(settings, clock=clock)
+        self.reconciler = KeyReconciler(self.registry, clock=clock)
+        self.manifests = Manifests()
+        self.statuses: dict[tuple[str, str], ManagedKeyStatus] = {}
+        self.known: dict[tuple[str, str], tuple[ManagedKey, dict[str, str] | None]] = {}
+        self._fingerprint: tuple | None = None
+        self._reported: set[str] = set()
+
+    def refresh(self) -> bool:
+        """Re-read the folder if anything changed; returns whether it did."""
+        mark = fingerprint(self.folder)
+        if mark == self._fingerprint:
+            return False
+        self._fingerprint = mark
+        self.manifests = load_manifests(self.folder)
+        for error in self.manifests.errors:
+            if error not in self._reported:
+                self.say(f"error: {error}")
+        self._reported = set(self.manifests.errors)
+        return True
+
+    async def reconcile_all(self) -> float:
+        """Reconcile every key once; returns seconds until one needs attention again."""
+        wake = 3600.0
+        current = set()
+        for mk in self.manifests.keys:
+            ident = (mk.namespace or "default", mk.name or "")
+            current.add(ident)
+            if ident in self.statuses:
+                mk = mk.model_copy(update={"status": self.statuses[ident]})
+            labels = self.manifests.namespaces.get(ident[0])
+            self.known[ident] = (mk, labels)
+            outcome = await self.reconciler.reconcile(mk, labels, self.manifests.policies)
+            self._apply(mk, outcome)
+            wake = min(wake, outcome.requeue_after or 30.0)
+        for ident in set(self.statuses) - current:
+            await self._finalize(ident)
+        return wake
+
+    def _apply(self, mk: ManagedKey, outcome: Outcome) -> None:
+        ns, name = mk.namespace or "default", mk.name or ""
+        self.statuses[(ns, name)] = outcome.status
+        _write_atomic(self.out / "status" / ns / f"{name}.json",
+                      json.dumps(outcome.status.to_dict(), indent=2, sort_keys=True) + "\n")
+        projection = mk.spec.projection
+        if outcome.projection is not None and projection is not None:
+            for target in filter(None, (projection.secret_name, projection.config_map_name)):
+                for key, value in outcome.projection.items():
+                    path = self.out / ns / target / key
+                    if not path.exists() or path.read_text() != value:
+                        _write_atomic(path, value)
+        for event in outcome.events:
+            self.say(f"{event.type} {event.reason} {ns}/{name}: {event.message}")
+
+    async def _finalize(self, ident: tuple[str, str]) -> None:
+        self.statuses.pop(ident)
+        mk, labels = self.known.pop(ident)
+        message = await self.reconciler.delete(mk, labels, self.manifests.policies)
+        self.say(f"Normal KeyReleased {ident[0]}/{ident[1]}: manifest removed; {message}")
+
+    async def run(self, stop: asyncio.Event, poll: float = 1.0, once: bool = False) -> None:
+        self.refresh()
+        self.say(f"qkms serve: {len(self.manifests.keys)} ManagedKey(s), "
+                 f"{len(self.manifests.policies)} KeyPolicy(ies) from {self.folder}; "
+                 f"projections in {self.out}")
+        while True:
+            wake = await self.reconcile_all()
+            if once:
+                return
+            deadline = asyncio.get_running_loop().time() + wake
+            while not stop.is_set() and asyncio.get_running_loop().time() < deadline:
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=min(poll, wake))
+                except TimeoutError:
+                    pass
+                if self.refresh():
+                    break
+            if stop.is_set():
+                return
