@@ -148,13 +148,15 @@ class KeyManagementService:
         provider: Provider | None = None,
         audit: AuditSink | None = None,
         clock: Any = None,
+        kek: bytes | None = None,
     ) -> None:
+        """``kek`` comes from a Kubernetes Secret in a cluster; otherwise from the KEK file."""
         self.settings = settings or Settings.from_env()
         self.environment = self.settings.environment
         kek_path = self.settings.kek_path
         older = [load_or_create_kek(p) for p in (kek_path.with_suffix(".old"),) if p.exists()]
         self.sealed = SealedStore(records or FileRecordStore(self.settings.data_dir / "store"),
-                                  Sealer(load_or_create_kek(kek_path), *older))
+                                  Sealer(kek or load_or_create_kek(kek_path), *older))
         self.catalog = Catalog(self.sealed)
         self.catalog.load()
         self.provider: Provider = provider or build_provider(self.settings, self.sealed)
@@ -208,9 +210,13 @@ class KeyManagementService:
             self._public[version.key_id] = cached
         return cached
 
+    def public_pem(self, version: KeyVersion) -> str | None:
+        if version.public_key is None or version.state is VersionState.DESTROYED:
+            return None
+        return self._public_key(version).pem()
+
     def _metadata(self, record: KeyRecord, version: KeyVersion) -> KeyMetadata:
-        pem = (self._public_key(version).pem()
-               if version.public_key is not None else None)
+        pem = self.public_pem(version)
         return KeyMetadata(
             key_id=version.key_id, name=record.name, version=version.version,
             algorithm=version.algorithm, usage=record.usage, environment=record.environment,

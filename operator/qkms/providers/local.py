@@ -68,31 +68,32 @@ class LocalDevProvider:
             raise KeyNotFoundError(key.key_id)
         return suite_for(key.algorithm).load_private(base64.b64decode(record["private"]))
 
-    def _load(self, key: KeyHandle) -> PrivateKey:
+    async def _load(self, key: KeyHandle) -> PrivateKey:
         now = time.monotonic()
         hit = self._cache.get(key.key_id)
         if hit is not None and hit[0] > now:
             return hit[1]
-        loaded = self._load_sync(key)
+        # A miss reads the record store, which may be the Kubernetes API: off the loop.
+        loaded = await asyncio.to_thread(self._load_sync, key)
         if self.cache_seconds > 0:
             self._cache[key.key_id] = (now + self.cache_seconds, loaded)
         return loaded
 
     async def sign(self, key: KeyHandle, data: bytes) -> bytes:
-        return self._load(key).sign(data)
+        return (await self._load(key)).sign(data)
 
     async def encrypt(self, key: KeyHandle, plaintext: bytes, aad: bytes) -> bytes:
-        return self._load(key).encrypt(plaintext, aad)
+        return (await self._load(key)).encrypt(plaintext, aad)
 
     async def decrypt(self, key: KeyHandle, ciphertext: bytes, aad: bytes) -> bytes:
-        return self._load(key).decrypt(ciphertext, aad)
+        return (await self._load(key)).decrypt(ciphertext, aad)
 
     async def decapsulate(self, key: KeyHandle, ciphertext: bytes) -> bytes:
-        return self._load(key).decapsulate(ciphertext)
+        return (await self._load(key)).decapsulate(ciphertext)
 
     async def derive(self, key: KeyHandle, info: bytes, length: int,
                      salt: bytes | None) -> bytes:
-        return self._load(key).derive(info, length, salt)
+        return (await self._load(key)).derive(info, length, salt)
 
     async def health(self) -> ProviderHealth:
         try:

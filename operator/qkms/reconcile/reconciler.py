@@ -124,10 +124,7 @@ class KeyReconciler:
                                     "the policy's migrationDeadline"))
         projection = None
         if mk.spec.projection is not None:
-            active = lifecycle.active_version(record) or record.current
-            pem = None
-            if active.public_key is not None and active.state is not VersionState.DESTROYED:
-                pem = service._public_key(active).pem()
+            pem = service.public_pem(lifecycle.active_version(record) or record.current)
             projection = decisions.projection_data(record, mk.spec.projection.formats,
                                                    service.jwks(record.name), pem)
         annotations = mk.metadata.get("annotations") or {}

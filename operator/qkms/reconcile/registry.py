@@ -23,10 +23,11 @@ RecordsFactory = Callable[[Environment], RecordStore | None]
 
 class ServiceRegistry:
     def __init__(self, settings: Settings, *, records: RecordsFactory | None = None,
-                 clock: Any = None) -> None:
+                 clock: Any = None, kek: bytes | None = None) -> None:
         self.settings = settings
         self.records = records or (lambda env: None)
         self.clock = clock
+        self.kek = kek
         self._services: dict[Environment, tuple[tuple, KeyManagementService]] = {}
 
     def settings_for(self, environment: Environment, policy: KeyPolicy | None) -> Settings:
@@ -51,7 +52,7 @@ class ServiceRegistry:
         known = self._services.get(environment)
         if known is None or known[0] != fingerprint:
             service = KeyManagementService(settings, records=self.records(environment),
-                                           clock=self.clock)
+                                           clock=self.clock, kek=self.kek)
             self._services[environment] = (fingerprint, service)
             return service
         return known[1]

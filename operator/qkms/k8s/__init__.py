@@ -1,0 +1,1 @@
+"""Kubernetes: the CRDs, the Kopf handlers (thin), projection into Secrets/ConfigMaps, Events."""
