@@ -1,0 +1,112 @@
+"""Kopf handlers: each translates an event into one runtime call and nothing more.
+
+- ManagedKey create/update/resume: reconcile now.  A retryable provider fault
+  raises ``TemporaryError`` (Kopf backs off); a bad spec is reported in the
+  status and an Event and is not retried (``PermanentError``).
+- A daemon per ManagedKey sleeps until the key next needs attention (rotation,
+  end of grace, destruction) and reconciles then: no polling, so 1,000 idle
+  keys cost 1,000 sleeping tasks.
+- ManagedKey deletion runs the finalizer (Retain audits, Delete schedules).
+- KeyPolicy changes re-plan every key of that environment.
+- Projected Secrets/ConfigMaps that drift are restored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from qkms.model.resources import parse_key_policy
+
+from .runtime import OperatorRuntime, ProjectionTarget
+from .storage import GROUP, VERSION
+
+MANAGED_KEYS = (GROUP, VERSION, "managedkeys")
+KEY_POLICIES = (GROUP, VERSION, "keypolicies")
+PROJECTED = {"app.kubernetes.io/managed-by": "qkms", "qkms.io/managed-key": kopf.PRESENT}
+RUNTIME: dict[str, OperatorRuntime] = {}
+
+
+def runtime() -> OperatorRuntime:
+    return RUNTIME["runtime"]
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = "qkms.io/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="qkms.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="qkms.io", key="last-handled-configuration")
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    if "runtime" not in RUNTIME:
+        RUNTIME["runtime"] = await asyncio.to_thread(OperatorRuntime.from_env)
+
+
+@kopf.on.resume(*MANAGED_KEYS)
+@kopf.on.create(*MANAGED_KEYS)
+@kopf.on.update(*MANAGED_KEYS)
+async def reconcile_key(body: kopf.Body, **_: Any) -> None:
+    outcome = await runtime().reconcile(body)
+    if outcome.retry:
+        raise kopf.TemporaryError(outcome.status.conditions[-1].message, delay=30)
+    if outcome.status.phase == "Failed":
+        raise kopf.PermanentError(next(c.message for c in outcome.status.conditions
+                                       if c.type == "Ready"))
+
+
+@kopf.daemon(*MANAGED_KEYS, cancellation_timeout=5.0, initial_delay=1.0)
+async def key_clock(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    ident = (body["metadata"]["namespace"], body["metadata"]["name"])
+    waker = runtime().wakers.setdefault(ident, asyncio.Event())
+    delay = 0.0
+    while not stopped:
+        waker.clear()
+        stop_wait = asyncio.ensure_future(stopped.wait())
+        wake_wait = asyncio.ensure_future(waker.wait())
+        await asyncio.wait({stop_wait, wake_wait}, timeout=delay,
+                           return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        wake_wait.cancel()
+        if stopped:
+            break
+        if waker.is_set():  # a handler just reconciled: only re-plan the sleep
+            delay = runtime().next_delay(ident)
+            continue
+        try:
+            outcome = await runtime().reconcile(body)
+            delay = 30.0 if outcome.retry else (outcome.requeue_after or 3600.0)
+        except Exception:  # the daemon must survive a transient API error
+            logging.getLogger("key-management:operator").exception("timer for %s failed", ident)
+            delay = 30.0
+    runtime().wakers.pop(ident, None)
+
+
+@kopf.on.delete(*MANAGED_KEYS)
+async def finalize_key(body: kopf.Body, **_: Any) -> None:
+    await runtime().delete(body)
+
+
+@kopf.on.resume(*KEY_POLICIES)
+@kopf.on.create(*KEY_POLICIES)
+@kopf.on.update(*KEY_POLICIES)
+async def replan_policy(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    policy = parse_key_policy(body)
+    runtime().kube.forget_cache()
+    keys = await runtime().keys_under_policy(policy.spec.environment)
+    for key in keys:
+        await runtime().reconcile(key)
+    patch.status["keys"] = len(keys)
+    patch.status["observedGeneration"] = body["metadata"].get("generation")
+
+
+@kopf.on.event("", "v1", "secrets", labels=PROJECTED)
+@kopf.on.event("", "v1", "configmaps", labels=PROJECTED)
+async def repair_projection(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    meta = body["metadata"]
+    if meta.get("deletionTimestamp") and event.get("type") != "DELETED":
+        return
+    await runtime().repair(ProjectionTarget(meta["namespace"], body["kind"], meta["name"]))

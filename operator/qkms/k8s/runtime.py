@@ -1,0 +1,165 @@
+"""The operator's state and how a reconcile outcome reaches the cluster.
+
+One ``OperatorRuntime`` lives for the operator's lifetime.  It resolves what
+a ManagedKey needs (namespace labels, policies), runs the shared reconciler,
+and applies the outcome: status, annotation clean-up, projections, Events.
+It remembers each key's desired projection so that drift (an edited or
+deleted Secret/ConfigMap) is repaired without another reconcile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from qkms.config import Settings
+from qkms.errors import InvalidInputError
+from qkms.model.enums import Environment
+from qkms.model.resources import ManagedKey, parse_managed_key
+from qkms.reconcile import decisions
+from qkms.reconcile.reconciler import KeyReconciler, KubeEvent, Outcome
+from qkms.reconcile.registry import ServiceRegistry
+
+from .secret_store import SecretRecordStore, load_or_create_kek_secret
+from .storage import Kube
+
+log = logging.getLogger("key-management:operator")
+
+AUDIT_ANNOTATION = "qkms.io/audit-ref"
+
+
+@dataclass(frozen=True)
+class ProjectionTarget:
+    namespace: str
+    kind: str  # Secret | ConfigMap
+    name: str
+
+
+class OperatorRuntime:
+    def __init__(self, settings: Settings, kube: Kube, *, namespace: str,
+                 state: str = "secrets") -> None:
+        self.kube = kube
+        self.namespace = namespace
+        kek = None
+        records = None
+        if state == "secrets":
+            kek = load_or_create_kek_secret(kube.core, namespace)
+
+            def records(env: Environment) -> SecretRecordStore:
+                return SecretRecordStore(kube.core, namespace, env.value)
+        self.registry = ServiceRegistry(settings, records=records, kek=kek)
+        self.reconciler = KeyReconciler(self.registry)
+        self.locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.wakers: dict[tuple[str, str], asyncio.Event] = {}
+        self.projections: dict[ProjectionTarget, tuple[dict[str, Any], dict[str, str]]] = {}
+
+    @classmethod
+    def from_env(cls, kube: Kube | None = None) -> OperatorRuntime:
+        settings = Settings.from_env()
+        if "QKMS_DATA_DIR" not in os.environ:
+            settings = replace(settings, data_dir=Path("/tmp/qkms"))  # noqa: S108 - cache only
+        return cls(settings, kube or Kube(),
+                   namespace=os.environ.get("QKMS_NAMESPACE", "qkms-system"),
+                   state=os.environ.get("QKMS_STATE", "secrets"))
+
+    def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
+
+    async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
+        """Reconcile one ManagedKey body and apply the outcome; serialized per key."""
+        meta = body["metadata"]
+        ident = (meta["namespace"], meta["name"])
+        async with self._lock(ident):
+            try:
+                mk = parse_managed_key(body)
+            except InvalidInputError as exc:
+                outcome = self.reconciler._refused(_shell(body), "InvalidSpec", str(exc),
+                                                   self.reconciler.clock())
+                await self.apply(body, outcome)
+                return outcome
+            labels = await self.kube.namespace_labels(ident[0])
+            policies = await self.kube.key_policies()
+            outcome = await self.reconciler.reconcile(mk, labels, policies)
+            await self.apply(body, outcome)
+        waker = self.wakers.get(ident)
+        if waker is not None:
+            waker.set()
+        return outcome
+
+    def next_delay(self, ident: tuple[str, str]) -> float:
+        """Seconds until the key of (namespace, name) next needs attention."""
+        for service in self.registry.all():
+            record = service.catalog.get(f"{ident[0]}/{ident[1]}")
+            if record is not None:
+                return decisions.requeue_after(record, self.reconciler.clock())
+        return 30.0
+
+    async def apply(self, body: Mapping[str, Any], outcome: Outcome) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        # Dump with None kept: a merge patch with null clears a field (nextRotation, say).
+        status = outcome.status.model_dump(mode="json", by_alias=True)
+        await self.kube.patch_managed_key(namespace, name, {"status": status}, status=True)
+        if outcome.remove_annotations:
+            await self.kube.patch_managed_key(
+                namespace, name,
+                {"metadata": {"annotations": dict.fromkeys(outcome.remove_annotations)}})
+        projection = (body.get("spec") or {}).get("projection") or {}
+        if outcome.projection is not None:
+            for kind, field in (("Secret", "secretName"), ("ConfigMap", "configMapName")):
+                if projection.get(field):
+                    target = ProjectionTarget(namespace, kind, projection[field])
+                    self.projections[target] = (dict(body), outcome.projection)
+                    await self.kube.apply_projection(body, kind, target.name, outcome.projection)
+        for event in outcome.events:
+            await self.post(body, event, outcome)
+
+    async def post(self, body: Mapping[str, Any], event: KubeEvent,
+                   outcome: Outcome | None = None) -> None:
+        cid = outcome.status.last_audit_cid if outcome else None
+        annotations = {AUDIT_ANNOTATION: cid} if cid else {}
+        await self.kube.post_event(body, event.type, event.reason, event.message, annotations)
+
+    async def repair(self, target: ProjectionTarget) -> bool:
+        """Restore a projected object someone edited or deleted; returns whether it wrote."""
+        known = self.projections.get(target)
+        if known is None:
+            return False
+        owner, data = known
+        wrote = await self.kube.apply_projection(owner, target.kind, target.name, data)
+        if wrote:
+            log.info("repaired drift in %s %s/%s", target.kind, target.namespace, target.name)
+        return wrote
+
+    async def delete(self, body: Mapping[str, Any]) -> str:
+        meta = body["metadata"]
+        try:
+            mk = parse_managed_key(body)
+        except InvalidInputError:
+            return "the spec was invalid, so no key was created"
+        labels = await self.kube.namespace_labels(meta["namespace"])
+        message = await self.reconciler.delete(mk, labels, await self.kube.key_policies())
+        for kind in ("Secret", "ConfigMap"):
+            self.projections.pop(ProjectionTarget(meta["namespace"], kind, ""), None)
+        await self.post(body, KubeEvent("Normal", "KeyDeleted", message))
+        return message
+
+    async def keys_under_policy(self, environment: Environment) -> list[dict[str, Any]]:
+        bodies = []
+        for item in await self.kube.managed_keys():
+            labels = await self.kube.namespace_labels(item["metadata"]["namespace"])
+            if labels.get(decisions.ENVIRONMENT_LABEL) == environment.value:
+                bodies.append(item)
+        return bodies
+
+
+def _shell(body: Mapping[str, Any]) -> ManagedKey:
+    """A minimal ManagedKey for reporting on a body whose spec does not parse."""
+    meta = dict(body.get("metadata") or {})
+    return ManagedKey.model_construct(metadata=meta, spec=None,
+                                      status=ManagedKey.model_fields["status"].default_factory())

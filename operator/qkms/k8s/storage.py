@@ -1,0 +1,156 @@
+"""Every Kubernetes API call qkms makes, through the official client in a thread pool.
+
+Handlers and the reconciler never talk to the API directly: they ask this
+module for namespace labels and policies, and hand it statuses, projections
+and Events to write.  Reads of namespaces and policies are cached for a few
+seconds, because every ManagedKey reconcile needs them and they rarely change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from qkms.errors import InvalidInputError
+from qkms.model.resources import KeyPolicy, parse_key_policy
+from qkms.reconcile.decisions import KEY_LABEL, MANAGED_BY_LABEL
+
+log = logging.getLogger("key-management:k8s")
+
+GROUP, VERSION = "qkms.io", "v1alpha1"
+TIMEOUT = 10  # seconds, for every API call
+CACHE_SECONDS = 3.0
+
+
+def load_client() -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG)."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": body.get("kind", "ManagedKey"),
+            "name": meta["name"], "uid": meta["uid"], "controller": True,
+            "blockOwnerDeletion": True}
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient | None = None) -> None:
+        self.api = api or load_client()
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self._cache: dict[str, tuple[float, Any]] = {}
+
+    async def _call(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(func, *args, _request_timeout=TIMEOUT, **kwargs)
+
+    async def _cached(self, key: str, load: Any) -> Any:
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        value = await load()
+        self._cache[key] = (time.monotonic() + CACHE_SECONDS, value)
+        return value
+
+    def forget_cache(self) -> None:
+        self._cache.clear()
+
+    # -- reads ---------------------------------------------------------------
+    async def namespace_labels(self, namespace: str) -> dict[str, str]:
+        async def load() -> dict[str, str]:
+            ns = await self._call(self.core.read_namespace, namespace)
+            return dict(ns.metadata.labels or {})
+        return await self._cached(f"ns/{namespace}", load)
+
+    async def key_policies(self) -> list[KeyPolicy]:
+        async def load() -> list[KeyPolicy]:
+            listing = await self._call(self.custom.list_cluster_custom_object, GROUP, VERSION,
+                                       "keypolicies")
+            policies = []
+            for item in listing.get("items", []):
+                try:
+                    policies.append(parse_key_policy(item))
+                except InvalidInputError as exc:
+                    log.warning("ignoring KeyPolicy %s: %s", item["metadata"]["name"], exc)
+            return policies
+        return await self._cached("keypolicies", load)
+
+    async def managed_keys(self) -> list[dict[str, Any]]:
+        listing = await self._call(self.custom.list_cluster_custom_object, GROUP, VERSION,
+                                   "managedkeys")
+        return list(listing.get("items", []))
+
+    # -- writes --------------------------------------------------------------
+    async def patch_managed_key(self, namespace: str, name: str, patch: dict[str, Any],
+                                *, status: bool = False) -> None:
+        func = (self.custom.patch_namespaced_custom_object_status if status
+                else self.custom.patch_namespaced_custom_object)
+        await self._call(func, GROUP, VERSION, namespace, "managedkeys", name, patch)
+
+    async def apply_projection(self, owner: Mapping[str, Any], kind: str, name: str,
+                               data: Mapping[str, str]) -> bool:
+        """Create or repair a projected Secret/ConfigMap; returns whether it wrote."""
+        namespace = owner["metadata"]["namespace"]
+        labels = {MANAGED_BY_LABEL: "qkms", KEY_LABEL: owner["metadata"]["name"]}
+        encoded = ({k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+                   if kind == "Secret" else dict(data))
+        body: dict[str, Any] = {
+            "apiVersion": "v1", "kind": kind,
+            "metadata": {"name": name, "namespace": namespace, "labels": labels,
+                         "ownerReferences": [owner_reference(owner)]},
+            "data": encoded,
+        }
+        if kind == "Secret":
+            body["type"] = "Opaque"
+        read, create, replace = (
+            (self.core.read_namespaced_secret, self.core.create_namespaced_secret,
+             self.core.replace_namespaced_secret) if kind == "Secret" else
+            (self.core.read_namespaced_config_map, self.core.create_namespaced_config_map,
+             self.core.replace_namespaced_config_map))
+        try:
+            existing = await self._call(read, name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            await self._call(create, namespace, body)
+            return True
+        current_labels = existing.metadata.labels or {}
+        if (existing.data or {}) == encoded and all(current_labels.get(k) == v
+                                                    for k, v in labels.items()):
+            return False
+        body["metadata"]["resourceVersion"] = existing.metadata.resource_version
+        await self._call(replace, name, namespace, body)
+        return True
+
+    async def post_event(self, owner: Mapping[str, Any], type_: str, reason: str,
+                         message: str, annotations: Mapping[str, str] | None = None) -> None:
+        """An Event on the ManagedKey; ``annotations`` carry the audit reference."""
+        meta = owner["metadata"]
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"],
+                         "annotations": dict(annotations or {})},
+            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ManagedKey",
+                               "name": meta["name"], "namespace": meta["namespace"],
+                               "uid": meta.get("uid")},
+            "reason": reason, "message": message[:1024], "type": type_,
+            "source": {"component": "qkms"}, "reportingComponent": "qkms",
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            await self._call(self.core.create_namespaced_event, meta["namespace"], body)
+        except ApiException as exc:  # an Event is best effort, never a reason to fail
+            log.warning("could not post Event %s: %s", reason, exc.reason)
