@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
@@ -261,6 +262,49 @@ async def serve(args: argparse.Namespace) -> None:
     print("qkms serve: stopped", flush=True)
 
 
+@command("operator")
+async def operator(args: argparse.Namespace) -> None:
+    from qkms.k8s.main import run_operator
+
+    logs.configure(json_lines=True)
+    await run_operator(standalone=args.standalone, namespaces=args.namespace or [],
+                       liveness=args.liveness)
+
+
+@command("crds")
+async def crds(args: argparse.Namespace) -> None:
+    from qkms.k8s.crds import render_crds, write_crds
+
+    if args.write:
+        for path in write_crds(args.write):
+            print(f"wrote {path}", file=sys.stderr)
+    else:
+        sys.stdout.write(render_crds())
+
+
+@command("pqc status")
+async def pqc_status(args: argparse.Namespace) -> None:
+    from datetime import UTC
+
+    from qkms.reconcile.pqc import pqc_status as report
+
+    if args.manifests:
+        from qkms.standalone import load_manifests
+
+        found = load_manifests(args.manifests)
+        keys, namespaces, policies = found.keys, found.namespaces, found.policies
+    else:
+        from qkms.k8s.storage import Kube
+        from qkms.model.resources import parse_managed_key
+
+        kube = Kube()
+        keys = [parse_managed_key(b) for b in await kube.managed_keys()]
+        namespaces = {n: await kube.namespace_labels(n) for n in {k.namespace for k in keys}}
+        policies = await kube.key_policies()
+    rows = report(keys, namespaces, policies, datetime.now(UTC))
+    print_json([r for r in rows if r.quantum_vulnerable or args.all])
+
+
 @command("demo")
 async def demo(args: argparse.Namespace) -> None:
     from qkms.demo import run_demo
@@ -286,6 +330,21 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_parser("version", help="print the version")
     top.add_parser("algorithms", help="list supported algorithms")
     top.add_parser("demo", help="run the seed's examples on a throwaway embedded store")
+    op = top.add_parser("operator", help="run the Kubernetes operator (Kopf)")
+    op.add_argument("--standalone", action="store_true",
+                    help="no peering: run even if another replica is active")
+    op.add_argument("--namespace", action="append",
+                    help="serve only these namespaces (default: cluster-wide)")
+    op.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
+                    help="liveness endpoint URL ('' to disable)")
+    crd_cmd = top.add_parser("crds", help="print the CRDs generated from the models")
+    crd_cmd.add_argument("--write", type=Path, help="write them into this folder instead")
+    pqc = top.add_parser("pqc", help="post-quantum readiness")
+    pqc_sub = pqc.add_subparsers(dest="action", required=True, metavar="ACTION")
+    pqc_st = pqc_sub.add_parser("status", help="list keys on quantum-vulnerable algorithms")
+    pqc_st.add_argument("--manifests", type=Path,
+                        help="a manifests folder (default: the cluster in KUBECONFIG)")
+    pqc_st.add_argument("--all", action="store_true", help="list every key, not only those")
     serve_cmd = top.add_parser("serve", help="standalone mode: reconcile manifests from a folder")
     serve_cmd.add_argument("--manifests", type=Path,
                            help="folder of KeyPolicy/ManagedKey YAML (default: bundled examples)")
@@ -356,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader (head, less) went away: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -27,18 +27,15 @@ from qkms.errors import InvalidInputError, KeyRevokedError, KeyStateError, Rotat
 from qkms.model import durations
 from qkms.model.enums import GRACE_OPERATIONS, Operation, RotationReason, VersionState
 from qkms.model.keys import KeyRecord, KeyVersion
-
-DEFAULT_ROTATION = {
-    "SIGNING": "P30D",
-    "ENCRYPTION": "P90D",
-    "KEY_DERIVATION": "P180D",
-    "AUTHENTICATION": "P30D",
-    "TRANSPORT": "P7D",
-}
-DEFAULT_GRACE_PERIOD = "P7D"
-DELETION_WINDOW_MIN_DAYS = 7
-DELETION_WINDOW_MAX_DAYS = 30
-DEFAULT_DELETION_WINDOW = "P30D"
+from qkms.model.schedules import (  # noqa: F401 - part of the lifecycle vocabulary
+    DEFAULT_DELETION_WINDOW,
+    DEFAULT_GRACE_PERIOD,
+    DEFAULT_ROTATION,
+    DELETION_WINDOW_MAX_DAYS,
+    DELETION_WINDOW_MIN_DAYS,
+    validate_deletion_window,
+    validate_schedule,
+)
 
 LIVE = frozenset({VersionState.ACTIVE, VersionState.GRACE})
 FINAL = frozenset({VersionState.REVOKED, VersionState.DESTROYED})
@@ -126,30 +123,6 @@ def check_use(version: KeyVersion, operation: Operation, now: datetime) -> None:
     if version.state is VersionState.REVOKED:
         raise KeyRevokedError(f"Key revoked: {why}")
     raise KeyStateError(f"Key version not usable for {operation.value}: {why}")
-
-
-# -- validation ----------------------------------------------------------------
-
-def validate_schedule(rotation_schedule: str, grace_period: str) -> None:
-    """The grace period must be shorter than the rotation schedule."""
-    at = datetime(2000, 1, 1)
-    schedule = durations.seconds(rotation_schedule, "rotation_schedule", at=at)
-    grace = durations.seconds(grace_period, "grace_period", at=at)
-    if grace >= schedule:
-        raise InvalidInputError(
-            "grace_period",
-            f"{grace_period} must be shorter than the rotation schedule {rotation_schedule}",
-        )
-
-
-def validate_deletion_window(window: str) -> None:
-    days = durations.seconds(window, "deletion_window") / 86400
-    if not DELETION_WINDOW_MIN_DAYS <= days <= DELETION_WINDOW_MAX_DAYS:
-        raise InvalidInputError(
-            "deletion_window",
-            f"{window} must be between {DELETION_WINDOW_MIN_DAYS} and "
-            f"{DELETION_WINDOW_MAX_DAYS} days",
-        )
 
 
 # -- transitions ----------------------------------------------------------------

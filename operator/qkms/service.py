@@ -46,6 +46,7 @@ from qkms.model import durations
 from qkms.model.algorithms import AlgorithmInfo, check_operation, check_usage, resolve_algorithm
 from qkms.model.enums import Operation, RotationReason, Usage, VersionState
 from qkms.model.keys import KeyMetadata, KeyRecord, KeyVersion
+from qkms.model.schedules import effective_grace_period
 from qkms.providers import build_provider
 from qkms.providers.base import CreatedKey, KeyHandle, Provider
 from qkms.store.catalog import Catalog
@@ -282,11 +283,8 @@ class KeyManagementService:
             info = self._check_algorithm(algorithm, usage_enum)
             owner = self._check_owner(owner)
             schedule = rotation_schedule or lifecycle.DEFAULT_ROTATION[usage_enum.value]
-            grace = grace_period or lifecycle.DEFAULT_GRACE_PERIOD
             durations.parse_duration(schedule, "rotation_schedule")
-            durations.parse_duration(grace, "grace_period")
-            if grace_period is None and durations.seconds(grace) >= durations.seconds(schedule):
-                grace = schedule_fraction(schedule)
+            grace = effective_grace_period(schedule, grace_period)
             lifecycle.validate_schedule(schedule, grace)
             key_id = self._new_key_id()
             name = self._check_name(name, owner, usage_enum, key_id)
@@ -739,7 +737,3 @@ class KeyManagementService:
         return {"status": status, "environment": self.environment.value,
                 "components": components}
 
-
-def schedule_fraction(schedule: str) -> str:
-    """A default grace for schedules shorter than the default: a fifth of the schedule."""
-    return f"PT{max(1, int(durations.seconds(schedule) / 5))}S"

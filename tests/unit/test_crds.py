@@ -34,9 +34,14 @@ from qkms.k8s.crds import (
     write_crds,
 )
 from qkms.model.algorithms import ALGORITHMS
-from qkms.model.durations import DURATION_PATTERN
+from qkms.model.durations import DURATION_PATTERN as CRD_DURATION_PATTERN
 from qkms.model.enums import Usage
-from qkms.model.resources import CRD_DURATION_PATTERN, DELETION_WINDOW_PATTERN
+from qkms.model.resources import DELETION_WINDOW_PATTERN
+
+# An independent statement of the grammar, with lookahead (which RE2 lacks).
+DURATION_PATTERN = (
+    r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?$"
+)
 
 REPO = Path(__file__).parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "resources"

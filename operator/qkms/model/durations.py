@@ -14,10 +14,22 @@ import isodate
 
 from qkms.errors import InvalidDurationError
 
-# The pattern the CRDs enforce; parse_duration applies the same rule.
-DURATION_PATTERN = (
-    r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?$"
-)
+
+def _nonempty_regex(parts: list[str]) -> str:
+    """A non-empty, in-order selection of optional ``parts``, written without lookahead."""
+    return "(" + "|".join(
+        part + "".join(f"({rest})?" for rest in parts[i + 1:]) for i, part in enumerate(parts)
+    ) + ")"
+
+
+_DATE = _nonempty_regex([r"\d+Y", r"\d+M", r"\d+W", r"\d+D"])
+_TIME = "T" + _nonempty_regex([r"\d+H", r"\d+M", r"\d+(\.\d+)?S"])
+DURATION_PATTERN = rf"^P({_DATE}({_TIME})?|{_TIME})$"
+"""The ISO 8601 durations qkms accepts, in code and in the CRDs.
+
+Written without lookahead because the API server compiles CRD patterns as
+RE2; a test checks it against a plain lookahead form of the same grammar.
+"""
 _DURATION_RE = re.compile(DURATION_PATTERN)
 
 Duration = timedelta | isodate.Duration

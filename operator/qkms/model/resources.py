@@ -39,7 +39,6 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from qkms import lifecycle
 from qkms.errors import (
     InvalidDurationError,
     InvalidInputError,
@@ -47,8 +46,9 @@ from qkms.errors import (
     UnsupportedAlgorithmError,
 )
 
+from . import schedules as lifecycle
 from .algorithms import ALGORITHMS, check_usage, resolve_algorithm
-from .durations import parse_duration
+from .durations import DURATION_PATTERN, parse_duration
 from .enums import Environment, ProviderType, RotationReason, Usage, VersionState
 
 GROUP = "qkms.io"
@@ -59,22 +59,7 @@ ENVIRONMENT_LABEL = "qkms.io/environment"
 
 # -- field types ----------------------------------------------------------------
 
-def _nonempty_regex(parts: Sequence[str]) -> str:
-    """A non-empty, in-order selection of optional ``parts``, written without lookahead."""
-    return "(" + "|".join(
-        part + "".join(f"({rest})?" for rest in parts[i + 1:]) for i, part in enumerate(parts)
-    ) + ")"
 
-
-_DATE = _nonempty_regex([r"\d+Y", r"\d+M", r"\d+W", r"\d+D"])
-_TIME = "T" + _nonempty_regex([r"\d+H", r"\d+M", r"\d+(\.\d+)?S"])
-CRD_DURATION_PATTERN = rf"^P({_DATE}({_TIME})?|{_TIME})$"
-"""``durations.DURATION_PATTERN`` rewritten for RE2.
-
-The API server compiles ``pattern`` with Go's regexp (RE2), which has no
-lookahead, so the CRD carries this equivalent form; a test checks that both
-accept the same strings.
-"""
 
 DELETION_WINDOW_PATTERN = r"^P([7-9]|[12][0-9]|30)D$"
 """The deletion window in the one form the CRD can range-check: whole days, 7 to 30.
@@ -130,7 +115,7 @@ def _deletion_window(value: str) -> str:
 IsoDuration = Annotated[
     str,
     AfterValidator(_duration),
-    WithJsonSchema({"type": "string", "pattern": CRD_DURATION_PATTERN, "maxLength": 64}),
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "maxLength": 64}),
 ]
 AlgorithmName = Annotated[
     str,

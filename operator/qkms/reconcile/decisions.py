@@ -11,11 +11,11 @@ from typing import Any
 
 from qkms import lifecycle
 from qkms.errors import EnvironmentMismatchError, InvalidInputError
-from qkms.model import durations
 from qkms.model.algorithms import resolve_algorithm
 from qkms.model.enums import Environment, RotationReason, VersionState
 from qkms.model.keys import KeyRecord
 from qkms.model.resources import (
+    ENVIRONMENT_LABEL,
     Condition,
     ConditionType,
     KeyPolicy,
@@ -25,8 +25,8 @@ from qkms.model.resources import (
     ProjectionFormat,
     set_condition,
 )
+from qkms.model.schedules import effective_grace_period
 
-ENVIRONMENT_LABEL = "qkms.io/environment"
 ROTATE_ANNOTATION = "qkms.io/rotate"
 ROTATE_ID_ANNOTATION = "qkms.io/rotate-id"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -128,10 +128,9 @@ def desired_key(mk: ManagedKey, environment: Environment,
     schedule = mk.spec.rotation_schedule or (
         policy.spec.rotation_schedule.for_usage(usage) if policy
         else lifecycle.DEFAULT_ROTATION[usage.value])
-    grace = mk.spec.grace_period or (policy.spec.grace_period if policy
-                                     else lifecycle.DEFAULT_GRACE_PERIOD)
-    if mk.spec.grace_period is None and durations.seconds(grace) >= durations.seconds(schedule):
-        grace = f"PT{max(1, int(durations.seconds(schedule) / 5))}S"
+    grace = effective_grace_period(
+        schedule, mk.spec.grace_period,
+        policy.spec.grace_period if policy else lifecycle.DEFAULT_GRACE_PERIOD)
     try:
         lifecycle.validate_schedule(schedule, grace)
     except InvalidInputError as exc:
