@@ -49,8 +49,7 @@ class Manifests:
 
 
 def manifest_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
-                  and p.name != "kustomization.yaml")
+    return sorted(p for p in folder.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
 def fingerprint(folder: Path) -> tuple:
