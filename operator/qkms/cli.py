@@ -312,6 +312,18 @@ async def demo(args: argparse.Namespace) -> None:
     await run_demo(settings_from(args))
 
 
+@command("providers")
+async def providers(args: argparse.Namespace) -> None:
+    from qkms.providers.capabilities import table
+
+    rows = table()
+    if args.provider:
+        rows = [r for r in rows if r["provider"] == args.provider]
+    width = max(len(r["algorithm"]) for r in rows)
+    for row in rows:
+        print(f"{row['provider']:<16} {row['algorithm']:<{width}}  {row['mode']}")
+
+
 @command("version")
 async def version(args: argparse.Namespace) -> None:
     print(f"qkms {__version__}")
@@ -329,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     top = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     top.add_parser("version", help="print the version")
     top.add_parser("algorithms", help="list supported algorithms")
+    top.add_parser("providers", help="the capability table: native, envelope or software")
     top.add_parser("demo", help="run the seed's examples on a throwaway embedded store")
     op = top.add_parser("operator", help="run the Kubernetes operator (Kopf)")
     op.add_argument("--standalone", action="store_true",

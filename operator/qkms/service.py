@@ -579,12 +579,22 @@ class KeyManagementService:
     async def schedule_key_deletion(self, key_id: Any, window: str | None = None, *,
                                     actor: Any = None) -> KeyRecord:
         window = window or lifecycle.DEFAULT_DELETION_WINDOW
-        return await self._transition(
+        record = await self._transition(
             "SCHEDULE_DELETION", key_id, actor,
             lambda r, now: lifecycle.schedule_deletion(r, window, now), {"window": window})
+        days = int(durations.seconds(window) // 86400)
+        for version in record.versions:
+            if version.state is VersionState.PENDING_DELETION:
+                await self.provider.schedule_destroy(self._handle(version), days)
+        return record
 
     async def cancel_key_deletion(self, key_id: Any, *, actor: Any = None) -> KeyRecord:
-        return await self._transition("CANCEL_DELETION", key_id, actor, lifecycle.cancel_deletion)
+        record = await self._transition("CANCEL_DELETION", key_id, actor,
+                                        lifecycle.cancel_deletion)
+        for version in record.versions:
+            if version.state is not VersionState.DESTROYED:
+                await self.provider.cancel_destroy(self._handle(version))
+        return record
 
     async def _transition(self, operation: str, key_id: Any, actor: Any, change: Any,
                           details: dict[str, str] | None = None) -> KeyRecord:

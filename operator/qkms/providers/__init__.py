@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from qkms.config import Settings
 from qkms.errors import InvalidInputError
 from qkms.model.enums import ProviderType
@@ -9,12 +11,17 @@ from qkms.store.sealed import SealedStore
 
 from .base import Provider
 
+# Each provider module exposes ``build(settings, sealed) -> Provider``; SDKs are imported
+# only when that provider is selected.
+MODULES: dict[ProviderType, str] = {
+    ProviderType.LOCAL_DEV: "qkms.providers.local",
+}
+
 
 def build_provider(settings: Settings, sealed: SealedStore) -> Provider:
     """The provider ``settings`` selects; LOCAL_DEV is the default."""
-    if settings.provider is ProviderType.LOCAL_DEV:
-        from .local import LocalDevProvider
-
-        return LocalDevProvider(sealed, cache_seconds=settings.key_cache_seconds)
-    raise InvalidInputError(
-        "KMS_PROVIDER", f"{settings.provider.value} is not available in this build yet")
+    module = MODULES.get(settings.provider)
+    if module is None:
+        raise InvalidInputError(
+            "KMS_PROVIDER", f"{settings.provider.value} is not available in this build yet")
+    return importlib.import_module(module).build(settings, sealed)

@@ -67,6 +67,14 @@ class Provider(Protocol):
 
     async def destroy(self, key: KeyHandle) -> None: ...
 
+    async def schedule_destroy(self, key: KeyHandle, days: int) -> None:
+        """The service scheduled deletion in ``days`` (AWS ScheduleKeyDeletion, say)."""
+        ...
+
+    async def cancel_destroy(self, key: KeyHandle) -> None:
+        """The service cancelled a scheduled deletion."""
+        ...
+
     def forget(self, key_id: str) -> None:
         """Drop any cached private material for ``key_id`` (after revoke or destroy)."""
         ...

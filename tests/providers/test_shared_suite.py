@@ -1,0 +1,109 @@
+"""One suite, every provider: each algorithm it can hold, natively or by envelope."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
+
+from qkms.crypto import suite_for
+from qkms.errors import KeyRevokedError, KeyStateError
+from qkms.model.algorithms import ALGORITHMS
+from qkms.model.enums import Family, Usage, VersionState
+from qkms.providers.base import Capability
+from qkms.providers.capabilities import capability
+
+USAGE = {Family.SIGNATURE: Usage.SIGNING, Family.RSA: Usage.SIGNING, Family.AEAD: Usage.ENCRYPTION,
+         Family.KEM: Usage.ENCRYPTION, Family.KDF: Usage.KEY_DERIVATION}
+NAMES = [a.name for a in ALGORITHMS]
+
+
+def info(name):
+    return next(a for a in ALGORITHMS if a.name == name)
+
+
+async def exercise(svc, key, name) -> None:
+    """The operations of the key's usage, checked against an independent verifier."""
+    algo = info(name)
+    family = algo.family
+    if family in (Family.SIGNATURE, Family.RSA):
+        result = await svc.use_key(key.key_id, "SIGN", b"provider suite")
+        assert await svc.use_key(key.key_id, "VERIFY", b"provider suite",
+                                 signature=result.signature)
+        assert not await svc.use_key(key.key_id, "VERIFY", b"other", signature=result.signature)
+        # Offline, against the public key the provider returned.
+        assert suite_for(name).load_public(key.public_key).verify(b"provider suite",
+                                                                  result.signature)
+        if key.public_key_pem and name.startswith(("Ed25519", "ECDSA", "RSA")) and "+" not in name:
+            public = load_pem_public_key(key.public_key_pem.encode())
+            assert public.public_bytes  # parses with cryptography
+    elif family in (Family.AEAD, Family.KEM):
+        token = await svc.use_key(key.key_id, "ENCRYPT", b"secret", context="ctx")
+        assert (await svc.use_key(key.key_id, "DECRYPT", token, context="ctx")).plaintext \
+            == b"secret"
+        if family is Family.KEM:
+            encap = await svc.use_key(key.key_id, "ENCAPSULATE")
+            decap = await svc.use_key(key.key_id, "DECAPSULATE", encap.ciphertext)
+            assert decap.shared_secret == encap.shared_secret
+    else:
+        derived = await svc.use_key(key.key_id, "DERIVE", context="app", length=48)
+        assert len(derived.derived_key) == 48
+
+
+@pytest.mark.parametrize("name", NAMES)
+async def test_every_algorithm_the_provider_can_hold(provider_service, provider_type, name):
+    mode = capability(provider_type, info(name))
+    if mode is Capability.UNSUPPORTED:
+        pytest.fail(f"{name} is unsupported on {provider_type.value}: the table must say why")
+    key = await provider_service.create_key(usage=USAGE[info(name).family], algorithm=name,
+                                            owner="suite")
+    # The capability table is checked against what actually ran.
+    assert key.provider_mode == mode.value
+    await exercise(provider_service, key, name)
+
+
+@pytest.mark.parametrize("name", ["Ed25519", "ECDSA-P256", "AES-256-GCM", "ML-DSA-65",
+                                  "ML-KEM-768"])
+async def test_rotation_grace_and_refusal_after_it(provider_service, clock, name):
+    usage = USAGE[info(name).family]
+    key = await provider_service.create_key(usage=usage, algorithm=name, owner="suite")
+    if usage is Usage.SIGNING:
+        old = await provider_service.use_key(key.key_id, "SIGN", b"m")
+    else:
+        old = await provider_service.use_key(key.key_id, "ENCRYPT", b"m")
+    rotation = await provider_service.rotate_key(key.key_id, grace_period="P1D")
+    await exercise(provider_service, await provider_service.get_key(rotation.new_key_id), name)
+    if usage is Usage.SIGNING:
+        assert await provider_service.use_key(key.name, "VERIFY", b"m", signature=old.signature)
+    else:
+        assert (await provider_service.use_key(key.name, "DECRYPT", old)).plaintext == b"m"
+    clock.advance(days=1, seconds=1)
+    with pytest.raises(KeyStateError, match="grace period"):
+        if usage is Usage.SIGNING:
+            await provider_service.use_key(key.key_id, "VERIFY", b"m", signature=old.signature)
+        else:
+            await provider_service.use_key(key.name, "DECRYPT", old)
+
+
+async def test_revoke(provider_service):
+    key = await provider_service.create_key(usage="SIGNING", algorithm="ECDSA-P256", owner="s")
+    await provider_service.revoke_key(key.name, "suite")
+    with pytest.raises(KeyRevokedError):
+        await provider_service.use_key(key.name, "SIGN", b"m")
+
+
+async def test_schedule_deletion_cancel_and_destroy(provider_service, clock):
+    key = await provider_service.create_key(usage="ENCRYPTION", algorithm="AES-256-GCM",
+                                            owner="s")
+    token = await provider_service.use_key(key.key_id, "ENCRYPT", b"keep")
+    await provider_service.schedule_key_deletion(key.name, "P7D")
+    await provider_service.cancel_key_deletion(key.name)
+    assert (await provider_service.use_key(key.name, "DECRYPT", token)).plaintext == b"keep"
+    await provider_service.schedule_key_deletion(key.name, "P7D")
+    clock.advance(days=7, seconds=1)
+    await provider_service.tick()
+    assert (await provider_service.get_key(key.key_id)).state is VersionState.DESTROYED
+
+
+async def test_rsa_public_key_is_der_spki(provider_service):
+    key = await provider_service.create_key(usage="SIGNING", algorithm="RSA-2048", owner="s")
+    assert load_der_public_key(key.public_key).key_size == 2048
