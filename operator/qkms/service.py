@@ -536,7 +536,7 @@ class KeyManagementService:
                                                       "old_state": demoted.state.value})
         await asyncio.to_thread(self.catalog.put, updated)
         if demoted.state is not VersionState.GRACE:
-            self.provider.forget(old.key_id)
+            await self.provider.retire(self._handle(old))
         self.counters["rotations"][why.value] += 1
         result = RotationResult(record.name, old.key_id, new_key_id, why.value, new.version,
                                 info.name, demoted.state.value, demoted.grace_until)
@@ -570,8 +570,9 @@ class KeyManagementService:
         except QkmsError as exc:
             await self._record_failure("REVOKE", exc, actor, record=record)
             raise
-        for revoked_id in revoked:
-            self.provider.forget(revoked_id)
+        for version in updated.versions:
+            if version.key_id in revoked:
+                await self.provider.retire(self._handle(version))
         event = {"key_id": str(key_id), "name": record.name, "reason": reason, "revoked": revoked}
         await self.events.emit("keyRevoked", event)
         return event
@@ -642,6 +643,9 @@ class KeyManagementService:
             updated = lifecycle.expire_grace(record, now)
             if updated is not record:
                 actions.append("retired")
+                for old, new in zip(record.versions, updated.versions, strict=True):
+                    if old.state is not new.state:
+                        await self.provider.retire(self._handle(new))
             for version in lifecycle.destroyable(updated, now):
                 await self.provider.destroy(self._handle(version))
                 self._public.pop(version.key_id, None)

@@ -75,6 +75,11 @@ class Provider(Protocol):
         """The service cancelled a scheduled deletion."""
         ...
 
+    async def retire(self, key: KeyHandle) -> None:
+        """The version no longer verifies or decrypts (retired or revoked): a provider
+        with its own notion of that (Vault's min_decryption_version) applies it."""
+        ...
+
     def forget(self, key_id: str) -> None:
         """Drop any cached private material for ``key_id`` (after revoke or destroy)."""
         ...

@@ -34,6 +34,9 @@ class LocalDevProvider(SoftwareKeys):
     async def cancel_destroy(self, key: KeyHandle) -> None:
         """Nothing to undo."""
 
+    async def retire(self, key: KeyHandle) -> None:
+        self.forget(key.key_id)
+
     async def health(self) -> ProviderHealth:
         try:
             count = await self.count()
