@@ -39,6 +39,7 @@ class Settings:
     data_dir: Path = Path(".qkms")
     master_key_file: Path | None = None
     key_cache_seconds: float = 60.0
+    catalog_ttl: float = 1.0  # how stale another replica's rotation or revocation may be
     provider_options: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -61,11 +62,13 @@ class Settings:
             values["data_dir"] = Path(env["QKMS_DATA_DIR"])
         if env.get("QKMS_MASTER_KEY_FILE"):
             values["master_key_file"] = Path(env["QKMS_MASTER_KEY_FILE"])
-        if "QKMS_KEY_CACHE_SECONDS" in env:
-            try:
-                values["key_cache_seconds"] = float(env["QKMS_KEY_CACHE_SECONDS"])
-            except ValueError:
-                raise InvalidInputError("QKMS_KEY_CACHE_SECONDS", "must be a number") from None
+        for var, key in (("QKMS_KEY_CACHE_SECONDS", "key_cache_seconds"),
+                         ("QKMS_CATALOG_TTL_SECONDS", "catalog_ttl")):
+            if var in env:
+                try:
+                    values[key] = float(env[var])
+                except ValueError:
+                    raise InvalidInputError(var, "must be a number") from None
         values["provider_options"] = {
             k: v for k, v in env.items()
             if k.startswith(("VAULT_", "AWS_", "AZURE_", "HSM_"))

@@ -193,7 +193,7 @@ class KeyManagementService:
 
     def _lookup(self, text: str, *, by_key_id: bool) -> KeyRecord | None:
         name = self.catalog.name_for_key_id(text) if by_key_id else text
-        record = self.catalog.get(name) if name else None
+        record = self.catalog.get_fresh(name, self.settings.catalog_ttl) if name else None
         if record is None and time.monotonic() - self._last_reload > 1.0:
             # Another process (a replica, the CLI) may have created it: reread, at most 1/s.
             self._last_reload = time.monotonic()
@@ -362,8 +362,18 @@ class KeyManagementService:
         try:
             op = _enum(Operation, operation, "operation")
             record, named = self._resolve(key_id)
-            version, result = await self._dispatch(op, record, named, data,
-                                                   signature, context, salt, length)
+            try:
+                version, result = await self._dispatch(op, record, named, data,
+                                                       signature, context, salt, length)
+            except KeyStateError:
+                # Another replica may have rotated or revoked it: decide on fresh state.
+                fresh = await asyncio.to_thread(self.catalog.reload_one, record.name)
+                if fresh is None or fresh.revision == record.revision:
+                    raise
+                record = fresh
+                named = lifecycle.find_version(fresh, named.key_id) if named else None
+                version, result = await self._dispatch(op, record, named, data,
+                                                       signature, context, salt, length)
         except QkmsError as exc:
             await self._record_failure(op_name, exc, actor, record=record, version=version)
             raise
@@ -694,6 +704,12 @@ class KeyManagementService:
             self.last_audit[entry.key_name] = entry
         await self.events.emit("auditEvent", entry)
         return entry
+
+    async def audit_denied(self, operation: str, key_name: str | None, actor: Any,
+                           exc: QkmsError) -> None:
+        """Audit a request refused before it reached the key (authentication, RBAC)."""
+        await self._record_failure(str(operation).upper(), exc, Actor.parse(actor),
+                                   name=key_name)
 
     async def _record_failure(self, operation: str, exc: QkmsError, actor: Actor, *,
                               record: KeyRecord | None = None, version: KeyVersion | None = None,

@@ -120,3 +120,12 @@ async def test_health_check_reports_each_component(svc) -> None:
     assert health["status"] == "healthy"
     assert set(health["components"]) == {"store", "kek", "provider", "audit"}
     assert health["components"]["provider"]["type"] == "LOCAL_DEV"
+
+
+async def test_a_replica_sees_a_rotation_made_elsewhere(make_service) -> None:
+    """Two services on one store (two replicas): B never signs with a version A revoked."""
+    a, b = make_service(catalog_ttl=0.0), make_service(catalog_ttl=0.0)
+    key = await a.create_key(usage="SIGNING", algorithm="Ed25519", owner="o")
+    assert (await b.use_key(key.name, "SIGN", b"m")).key_id == key.key_id
+    rotation = await a.rotate_key(key.name, reason="COMPROMISE")
+    assert (await b.use_key(key.name, "SIGN", b"m")).key_id == rotation.new_key_id

@@ -9,6 +9,7 @@ stays usable.
 from __future__ import annotations
 
 import logging
+import time
 
 from pydantic import ValidationError
 
@@ -32,6 +33,7 @@ class Catalog:
         self.store = store
         self._by_name: dict[str, KeyRecord] = {}
         self._by_key_id: dict[str, str] = {}
+        self._read_at: dict[str, float] = {}
         self.corrupt: dict[str, str] = {}
 
     def load(self) -> None:
@@ -71,6 +73,17 @@ class Catalog:
     def get(self, name: str) -> KeyRecord | None:
         return self._by_name.get(name)
 
+    def get_fresh(self, name: str, ttl: float) -> KeyRecord | None:
+        """The record, re-read if this copy is older than ``ttl`` seconds: another
+        replica may have rotated or revoked it, and a revocation must not linger."""
+        record = self._by_name.get(name)
+        if record is not None and time.monotonic() - self._read_at.get(name, 0.0) > ttl:
+            try:
+                record = self.reload_one(name) or record
+            except RecordCorruptError as exc:
+                log.error("%s", exc)
+        return record
+
     def name_for_key_id(self, key_id: str) -> str | None:
         return self._by_key_id.get(key_id)
 
@@ -85,5 +98,6 @@ class Catalog:
 
     def _index(self, record: KeyRecord) -> None:
         self._by_name[record.name] = record
+        self._read_at[record.name] = time.monotonic()
         for version in record.versions:
             self._by_key_id[version.key_id] = record.name
