@@ -258,8 +258,30 @@ async def serve(args: argparse.Namespace) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     runner = Standalone(settings, folder, out, say=lambda line: print(line, flush=True))
-    await runner.run(stop, poll=args.poll, once=args.once)
+    api = None
+    if args.listen and not args.once:
+        api = await _standalone_api(args, runner)
+    try:
+        await runner.run(stop, poll=args.poll, once=args.once)
+    finally:
+        if api is not None:
+            await api.cleanup()
     print("qkms serve: stopped", flush=True)
+
+
+async def _standalone_api(args: argparse.Namespace, runner: Any) -> Any:
+    from qkms.server.app import start_data_plane
+    from qkms.server.auth import TokensFile
+
+    if args.tokens:
+        auth: Any = TokensFile(args.tokens)
+    else:
+        auth = TokensFile.empty()
+        print("qkms serve: no --tokens file: key operations will answer 401", flush=True)
+    tls = (args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    api = await start_data_plane(runner, runner.registry, auth, auth, args.listen, tls)
+    print(f"qkms serve: data plane on {'https' if tls else 'http'}://{args.listen}", flush=True)
+    return api
 
 
 @command("operator")
@@ -365,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
                            help="projection folder (default DATA_DIR/projections)")
     serve_cmd.add_argument("--poll", type=float, default=1.0, help="seconds between folder checks")
     serve_cmd.add_argument("--once", action="store_true", help="reconcile once and exit")
+    serve_cmd.add_argument("--listen", default="127.0.0.1:8443",
+                           help="data-plane address ('' disables the API)")
+    serve_cmd.add_argument("--tokens", type=Path, help="tokens and grants file (YAML)")
+    serve_cmd.add_argument("--tls-cert", type=Path, help="TLS certificate (PEM)")
+    serve_cmd.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
+    serve_cmd.add_argument("--tls-client-ca", type=Path, help="CA for mutual TLS")
     keys = top.add_parser("keys", help="manage and use keys in the embedded store")
     sub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
 

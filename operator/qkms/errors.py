@@ -48,6 +48,18 @@ class OperationNotAllowedError(QkmsError):
     code = "operation_not_allowed"
 
 
+class Unauthenticated(QkmsError):
+    """No credentials, or credentials that do not identify anyone (HTTP 401)."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(QkmsError):
+    """Identified, but not allowed: RBAC, or a caller of another environment (HTTP 403)."""
+
+    code = "forbidden"
+
+
 class KeyNotFoundError(QkmsError, LookupError):
     code = "key_not_found"
 

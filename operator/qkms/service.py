@@ -32,6 +32,7 @@ from qkms.errors import (
     AuditStorageError,
     DecryptionError,
     EnvironmentMismatchError,
+    Forbidden,
     InvalidInputError,
     KeyNotFoundError,
     KeyStateError,
@@ -40,6 +41,7 @@ from qkms.errors import (
     ProviderUnavailableError,
     QkmsError,
     RotationFailedError,
+    Unauthenticated,
 )
 from qkms.events import EventBus
 from qkms.model import durations
@@ -377,7 +379,9 @@ class KeyManagementService:
         except QkmsError as exc:
             await self._record_failure(op_name, exc, actor, record=record, version=version)
             raise
-        details = {"valid": str(result).lower()} if isinstance(result, bool) else {}
+        details = {"algorithm": version.algorithm}
+        if isinstance(result, bool):
+            details["valid"] = str(result).lower()
         await self._record(op_name, "success", actor, record, version,
                            digests=self._digests(op, data), details=details)
         return result
@@ -714,13 +718,19 @@ class KeyManagementService:
     async def _record_failure(self, operation: str, exc: QkmsError, actor: Actor, *,
                               record: KeyRecord | None = None, version: KeyVersion | None = None,
                               name: str | None = None) -> None:
-        denied = isinstance(exc, KeyStateError | EnvironmentMismatchError |
-                            OperationNotAllowedError | InvalidInputError | KeyNotFoundError)
+        denied = isinstance(exc, KeyStateError | EnvironmentMismatchError | Forbidden |
+                            Unauthenticated | OperationNotAllowedError | InvalidInputError |
+                            KeyNotFoundError)
         self.counters["failures"][exc.code] += 1
+        details = {"code": exc.code}
+        shown = version or (record and (lifecycle.active_version(record) or record.current))
+        if shown:
+            details["algorithm"] = shown.algorithm
+        elif name and self.catalog.get(name):
+            details["algorithm"] = self.catalog.get(name).algorithm  # type: ignore[union-attr]
         try:
             await self._record(operation, "denied" if denied else "error", actor, record,
-                               version, reason=exc.message, name=name,
-                               details={"code": exc.code})
+                               version, reason=exc.message, name=name, details=details)
         except AuditStorageError:
             log.error("could not audit a failed %s", operation)
 

@@ -25,7 +25,9 @@ import yaml
 
 from qkms.config import Settings
 from qkms.errors import InvalidInputError
+from qkms.model.enums import Environment
 from qkms.model.resources import (
+    ENVIRONMENT_LABEL,
     KeyPolicy,
     ManagedKey,
     ManagedKeyStatus,
@@ -34,6 +36,7 @@ from qkms.model.resources import (
 )
 from qkms.reconcile.reconciler import KeyReconciler, Outcome
 from qkms.reconcile.registry import ServiceRegistry
+from qkms.service import KeyManagementService
 
 log = logging.getLogger("key-management:standalone")
 
@@ -180,6 +183,19 @@ class Standalone:
         mk, labels = self.known.pop(ident)
         message = await self.reconciler.delete(mk, labels, self.manifests.policies)
         self.say(f"Normal KeyReleased {ident[0]}/{ident[1]}: manifest removed; {message}")
+
+    # -- KeyDirectory, for the data plane ---------------------------------------
+    async def environment(self, namespace: str) -> Environment | None:
+        labels = self.manifests.namespaces.get(namespace)
+        if labels is None:
+            return self.registry.settings.environment
+        value = labels.get(ENVIRONMENT_LABEL)
+        return Environment(value) if value in Environment._value2member_map_ else None
+
+    async def service(self, environment: Environment) -> KeyManagementService:
+        policy = next((p for p in self.manifests.policies
+                       if p.spec.environment is environment), None)
+        return self.registry.get(environment, policy)
 
     async def run(self, stop: asyncio.Event, poll: float = 1.0, once: bool = False) -> None:
         self.refresh()

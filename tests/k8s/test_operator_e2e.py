@@ -17,7 +17,7 @@ import yaml
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
-from tests.support.kube import KubeAPI, eventually
+from tests.support.kube import KubeAPI, eventually, free_port
 from tests.support.operator_process import OperatorProcess
 
 from qkms.config import Settings
@@ -38,7 +38,8 @@ async def qkms_operator(kube: KubeAPI, tmp_path: Path) -> AsyncIterator[Operator
     operator = OperatorProcess("qkms.k8s.handlers", kubeconfig=kube.kubeconfig,
                                workdir=tmp_path / "operator",
                                env={"QKMS_NAMESPACE": "qkms-system", "QKMS_STATE": "secrets",
-                                    "QKMS_DATA_DIR": "data", "QKMS_KEY_CACHE_SECONDS": "0"})
+                                    "QKMS_DATA_DIR": "data", "QKMS_KEY_CACHE_SECONDS": "0",
+                                    "QKMS_API_LISTEN": f"127.0.0.1:{free_port()}"})
     try:
         yield operator
     finally:

@@ -44,6 +44,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     if "runtime" not in RUNTIME:
         RUNTIME["runtime"] = await asyncio.to_thread(OperatorRuntime.from_env)
+        await RUNTIME["runtime"].start_api()
 
 
 @kopf.on.resume(*MANAGED_KEYS)

@@ -24,6 +24,7 @@ from qkms.model.resources import ManagedKey, parse_managed_key
 from qkms.reconcile import decisions
 from qkms.reconcile.reconciler import KeyReconciler, KubeEvent, Outcome
 from qkms.reconcile.registry import ServiceRegistry
+from qkms.service import KeyManagementService
 
 from .secret_store import SecretRecordStore, load_or_create_kek_secret
 from .storage import Kube
@@ -66,6 +67,21 @@ class OperatorRuntime:
         return cls(settings, kube or Kube(),
                    namespace=os.environ.get("QKMS_NAMESPACE", "qkms-system"),
                    state=os.environ.get("QKMS_STATE", "secrets"))
+
+    async def start_api(self) -> None:
+        """Every replica serves the data plane; only reconciliation is single-active."""
+        listen = os.environ.get("QKMS_API_LISTEN", "0.0.0.0:8443")  # noqa: S104 - in a pod
+        if not listen:
+            return
+        from qkms.server.app import start_data_plane
+        from qkms.server.auth import KubeAuth
+
+        auth = KubeAuth(self.kube.api, ttl=float(os.environ.get("QKMS_AUTH_CACHE_SECONDS", "10")))
+        cert = os.environ.get("QKMS_TLS_CERT")
+        tls = ((Path(cert), Path(os.environ["QKMS_TLS_KEY"]),
+                Path(os.environ["QKMS_TLS_CLIENT_CA"]) if os.environ.get("QKMS_TLS_CLIENT_CA")
+                else None) if cert else None)
+        self.api_runner = await start_data_plane(self, self.registry, auth, auth, listen, tls)
 
     def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -148,6 +164,20 @@ class OperatorRuntime:
             self.projections.pop(ProjectionTarget(meta["namespace"], kind, ""), None)
         await self.post(body, KubeEvent("Normal", "KeyDeleted", message))
         return message
+
+    # -- KeyDirectory, for the data plane ---------------------------------------
+    async def environment(self, namespace: str) -> Environment | None:
+        try:
+            labels = await self.kube.namespace_labels(namespace)
+        except Exception:  # an unknown namespace has no environment
+            return None
+        value = labels.get(decisions.ENVIRONMENT_LABEL)
+        return Environment(value) if value in Environment._value2member_map_ else None
+
+    async def service(self, environment: Environment) -> KeyManagementService:
+        policies = await self.kube.key_policies()
+        policy = next((p for p in policies if p.spec.environment is environment), None)
+        return self.registry.get(environment, policy)
 
     async def keys_under_policy(self, environment: Environment) -> list[dict[str, Any]]:
         bodies = []

@@ -28,6 +28,7 @@ class ServiceRegistry:
         self.records = records or (lambda env: None)
         self.clock = clock
         self.kek = kek
+        self.on_new: list[Callable[[KeyManagementService], None]] = []  # metrics, ...
         self._services: dict[Environment, tuple[tuple, KeyManagementService]] = {}
 
     def settings_for(self, environment: Environment, policy: KeyPolicy | None) -> Settings:
@@ -54,6 +55,8 @@ class ServiceRegistry:
             service = KeyManagementService(settings, records=self.records(environment),
                                            clock=self.clock, kek=self.kek)
             self._services[environment] = (fingerprint, service)
+            for hook in self.on_new:
+                hook(service)
             return service
         return known[1]
 

@@ -1,0 +1,176 @@
+"""The data plane: authenticate, authorize, then run key operations (one or a batch).
+
+Requests name a key as ``{namespace}/{name}``; the namespace's environment
+(its ``qkms.io/environment`` label) picks the service, and the caller's own
+namespace must be in the same environment.  Every refusal is audited with the
+caller as actor before the answer leaves.  Binary fields travel as base64.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from qkms.errors import Forbidden, InvalidInputError, QkmsError, Unauthenticated
+from qkms.model.enums import Environment, Operation
+from qkms.service import KeyManagementService, OperationResult
+
+from .auth import Authenticator, Authorizer, Identity
+
+MAX_BATCH = 1000
+OPERATIONS = {op.value.lower(): op for op in Operation}
+
+
+class KeyDirectory(Protocol):
+    """Where keys live: the environment of a namespace and its environment's service."""
+
+    async def environment(self, namespace: str) -> Environment | None: ...
+
+    async def service(self, environment: Environment) -> KeyManagementService: ...
+
+
+@dataclass
+class Call:
+    namespace: str
+    name: str
+    operation: str
+
+
+def _b64(item: dict[str, Any], key: str, where: str, *, required: bool = False) -> bytes | None:
+    value = item.get(key)
+    if value is None:
+        if required:
+            raise InvalidInputError(f"{where}{key}", "is required")
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{where}{key}", "must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInputError(f"{where}{key}", "is not valid base64") from None
+
+
+def _out(result: Any) -> dict[str, Any]:
+    if isinstance(result, bool):
+        return {"valid": result}
+    assert isinstance(result, OperationResult)
+    out: dict[str, Any] = {"key_id": result.key_id, "version": result.version,
+                           "algorithm": result.algorithm}
+    for field in ("signature", "plaintext", "shared_secret", "derived_key"):
+        value = getattr(result, field)
+        if value is not None:
+            out[field] = base64.b64encode(value).decode()
+    if result.ciphertext is not None:
+        out["ciphertext"] = (result.ciphertext if isinstance(result.ciphertext, str)
+                             else base64.b64encode(result.ciphertext).decode())
+    return out
+
+
+class DataPlane:
+    def __init__(self, directory: KeyDirectory, authenticator: Authenticator,
+                 authorizer: Authorizer,
+                 observe: Callable[[str, str, str, float], Awaitable[None] | None] | None = None
+                 ) -> None:
+        self.directory = directory
+        self.authenticator = authenticator
+        self.authorizer = authorizer
+        self.observe = observe
+
+    async def identify(self, authorization: str | None) -> Identity:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise Unauthenticated("a bearer token is required")
+        token = authorization[len("Bearer "):].strip()
+        if not token:
+            raise Unauthenticated("a bearer token is required")
+        return await self.authenticator.authenticate(token)
+
+    async def handle(self, call: Call, body: Any, authorization: str | None) -> dict[str, Any]:
+        operation = OPERATIONS.get(call.operation)
+        if operation is None:
+            raise InvalidInputError("operation", f"{call.operation!r} is not one of "
+                                    f"{', '.join(OPERATIONS)}")
+        key = f"{call.namespace}/{call.name}"
+        environment = await self.directory.environment(call.namespace)
+        service = await self.directory.service(environment) if environment else None
+        identity: Identity | None = None
+        try:
+            identity = await self.identify(authorization)
+            await self._authorize(identity, call, environment)
+        except QkmsError as exc:
+            if service is not None:
+                actor = identity.actor if identity else {"type": "ANONYMOUS", "id": "none"}
+                await service.audit_denied(operation.value, key, actor, exc)
+            raise
+        if service is None:
+            raise Forbidden(f"namespace {call.namespace!r} has no qkms.io/environment label")
+        if not isinstance(body, dict):
+            raise InvalidInputError("body", "must be a JSON object")
+        if "batch_input" in body:
+            items = body["batch_input"]
+            if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+                raise InvalidInputError("batch_input", f"must be a list of 1 to {MAX_BATCH} items")
+            results = [await self._one(service, key, operation, item, f"batch_input[{i}].",
+                                       identity, batch=True)
+                       for i, item in enumerate(items)]
+            return {"batch_results": results}
+        return await self._one(service, key, operation, body, "", identity, batch=False)
+
+    async def _authorize(self, identity: Identity, call: Call,
+                         environment: Environment | None) -> None:
+        verb = call.operation
+        if not await self.authorizer.allowed(identity, verb, call.namespace, call.name):
+            raise Forbidden(f"{identity.username} may not {verb} managedkeys.qkms.io "
+                            f"{call.name} in namespace {call.namespace}")
+        caller_ns = identity.namespace
+        if caller_ns is None:
+            raise Forbidden(f"{identity.username} is not a ServiceAccount, so its "
+                            "environment is unknown")
+        caller_env = await self.directory.environment(caller_ns)
+        if caller_env is None or caller_env is not environment:
+            raise Forbidden(
+                f"caller namespace {caller_ns} is in environment "
+                f"{caller_env.value if caller_env else 'none'}, the key "
+                f"{call.namespace}/{call.name} in {environment.value if environment else 'none'}")
+
+    async def _one(self, service: KeyManagementService, key: str, operation: Operation,
+                   item: Any, where: str, identity: Identity, *, batch: bool) -> dict[str, Any]:
+        try:
+            if not isinstance(item, dict):
+                raise InvalidInputError(where.rstrip(".") or "body", "must be a JSON object")
+            kwargs = self._arguments(operation, item, where)
+            result = await service.use_key(item.get("key_id") or key, operation,
+                                           actor=identity.actor, **kwargs)
+        except QkmsError as exc:
+            if not batch:
+                raise
+            from .errors import error_body, status_of
+
+            return {**error_body(exc), "status": status_of(exc)}
+        return _out(result)
+
+    @staticmethod
+    def _arguments(operation: Operation, item: dict[str, Any], where: str) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"context": _b64(item, "context", where)}
+        if operation is Operation.DECRYPT:
+            token = item.get("ciphertext")
+            if not isinstance(token, str) or not token:
+                raise InvalidInputError(f"{where}ciphertext", "is required (the ENCRYPT token)")
+            kwargs["data"] = token
+        elif operation is Operation.DECAPSULATE:
+            kwargs["data"] = _b64(item, "ciphertext", where, required=True)
+        elif operation in (Operation.ENCAPSULATE, Operation.DERIVE):
+            kwargs["data"] = b""
+        else:
+            kwargs["data"] = _b64(item, "input", where, required=True)
+        if operation is Operation.VERIFY:
+            kwargs["signature"] = _b64(item, "signature", where, required=True)
+        if operation is Operation.DERIVE:
+            length = item.get("length", 32)
+            if not isinstance(length, int) or isinstance(length, bool):
+                raise InvalidInputError(f"{where}length", "must be an integer")
+            kwargs["length"] = length
+            kwargs["salt"] = _b64(item, "salt", where)
+        return kwargs

@@ -1,0 +1,120 @@
+"""The OpenAPI 3.0 document served at ``/openapi.json``; schemathesis tests the server
+against it, so it is the contract and not decoration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qkms import __version__
+
+from .api import OPERATIONS
+
+B64 = {"type": "string", "format": "byte", "description": "base64"}
+DNS = {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"}
+
+
+def _item(operation: str) -> dict[str, Any]:
+    props: dict[str, Any] = {"context": {**B64, "description": "caller context, bound as AAD"},
+                             "key_id": {"type": "string",
+                                        "description": "a specific version (key_<env>_<id>)"}}
+    required: list[str] = []
+    if operation in ("sign", "verify", "encrypt"):
+        props["input"] = B64
+        required.append("input")
+    if operation == "verify":
+        props["signature"] = B64
+        required.append("signature")
+    if operation == "decrypt":
+        props["ciphertext"] = {"type": "string", "description": "the token ENCRYPT returned"}
+        required.append("ciphertext")
+    if operation == "decapsulate":
+        props["ciphertext"] = B64
+        required.append("ciphertext")
+    if operation == "derive":
+        props["length"] = {"type": "integer", "minimum": 1, "maximum": 8160, "default": 32}
+        props["salt"] = B64
+    return {"type": "object", "properties": props, "required": required}
+
+
+RESULT = {"type": "object", "properties": {
+    "key_id": {"type": "string"}, "version": {"type": "integer"},
+    "algorithm": {"type": "string"}, "signature": B64, "valid": {"type": "boolean"},
+    "ciphertext": {"type": "string"}, "plaintext": B64, "shared_secret": B64,
+    "derived_key": B64}}
+ERROR = {"type": "object", "required": ["error"], "properties": {
+    "error": {"type": "object", "required": ["code", "message"], "properties": {
+        "code": {"type": "string"}, "message": {"type": "string"},
+        "field": {"type": "string"}}},
+    "request_id": {"type": "string"}, "status": {"type": "integer"}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _operation(operation: str) -> dict[str, Any]:
+    single = {"$ref": f"#/components/schemas/{operation.title()}Request"}
+    batch = {"type": "object", "required": ["batch_input"], "properties": {
+        "batch_input": {"type": "array", "minItems": 1, "maxItems": 1000, "items": single}}}
+    return {"post": {
+        "operationId": operation,
+        "summary": f"{operation.upper()} with a managed key (one item or a batch)",
+        "security": [{"bearer": []}],
+        "parameters": [
+            {"name": "namespace", "in": "path", "required": True, "schema": DNS},
+            {"name": "name", "in": "path", "required": True, "schema": DNS}],
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"oneOf": [single, batch]}}}},
+        "responses": {
+            "200": {"description": "the result, or per-item results for a batch",
+                    "content": {"application/json": {"schema": {"oneOf": [
+                        {"$ref": "#/components/schemas/Result"},
+                        {"type": "object", "required": ["batch_results"], "properties": {
+                            "batch_results": {"type": "array", "items": {"anyOf": [
+                                {"$ref": "#/components/schemas/Result"},
+                                {"$ref": "#/components/schemas/Error"}]}}}}]}}}},
+            "400": _error("bad input, naming the field"),
+            "401": _error("no token or a bad token"),
+            "403": _error("not allowed, or another environment"),
+            "404": _error("Key not found"),
+            "409": _error("revoked, retired or outside its grace period"),
+            "413": _error("body too large"),
+            "415": _error("not JSON"),
+            "422": _error("operation not allowed for the key's usage"),
+            "503": _error("KMS provider unavailable"),
+        }}}
+
+
+def document() -> dict[str, Any]:
+    paths: dict[str, Any] = {
+        f"/v1/keys/{{namespace}}/{{name}}:{op}": _operation(op) for op in OPERATIONS}
+    paths["/health/keys"] = {"get": {"operationId": "health", "responses": {
+        "200": {"description": "healthy or degraded",
+                "content": {"application/json": {"schema": {"type": "object"}}}},
+        "503": {"description": "unhealthy",
+                "content": {"application/json": {"schema": {"type": "object"}}}}}}}
+    paths["/metrics/keys"] = {"get": {"operationId": "metrics", "responses": {
+        "200": {"description": "Prometheus text format",
+                "content": {"text/plain": {"schema": {"type": "string"}}}}}}}
+    paths["/audit/keys"] = {"get": {"operationId": "audit", "security": [{"bearer": []}],
+                                    "parameters": [{"name": "limit", "in": "query",
+                                                    "schema": {"type": "integer", "minimum": 1,
+                                                               "maximum": 1000}}],
+                                    "responses": {
+        "200": {"description": "audit statistics and recent entries with CIDs",
+                "content": {"application/json": {"schema": {"type": "object"}}}},
+        "400": _error("bad query"), "401": _error("no token or a bad token"),
+        "403": _error("not allowed")}}}
+    schemas: dict[str, Any] = {f"{op.title()}Request": _item(op) for op in OPERATIONS}
+    schemas.update(Result=RESULT, Error=ERROR)
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "qkms data plane", "version": __version__,
+                 "description": "Use managed keys without holding them. Authorization is "
+                                "Kubernetes RBAC: a verb per operation on managedkeys.qkms.io."},
+        "paths": paths,
+        "components": {"schemas": schemas, "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "a Kubernetes ServiceAccount token"}}},
+    }

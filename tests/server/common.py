@@ -1,0 +1,5 @@
+"""Names shared by the data-plane tests."""
+
+TOKENS = {"checkout": "tok-checkout", "reader": "tok-reader", "billing": "tok-billing",
+          "prod": "tok-prod", "expired": "tok-expired", "auditor": "tok-auditor"}
+ALL_VERBS = ["sign", "verify", "encrypt", "decrypt", "encapsulate", "decapsulate", "derive"]
