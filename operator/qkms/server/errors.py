@@ -29,6 +29,7 @@ from qkms.errors import (
     Unauthenticated,
 )
 
+
 class UnsupportedMedia(QkmsError):
     code = "unsupported_media_type"
 
