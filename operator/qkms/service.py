@@ -386,6 +386,19 @@ class KeyManagementService:
                            digests=self._digests(op, data), details=details)
         return result
 
+    async def precheck(self, key_id: Any, operation: Any, *, actor: Any = None) -> None:
+        """Refuse (and audit) what would fail for every item of a batch: an unknown key,
+        another environment, an operation the key's usage does not allow."""
+        try:
+            op = _enum(Operation, operation, "operation")
+            record, named = self._resolve(key_id)
+            version = named or lifecycle.active_version(record) or record.current
+            check_operation(resolve_algorithm(version.algorithm), record.usage, op)
+        except QkmsError as exc:
+            await self._record_failure(str(operation).upper(), exc, Actor.parse(actor),
+                                       name=str(key_id))
+            raise
+
     @staticmethod
     def _digests(op: Operation, data: Any) -> dict[str, str]:
         if op in (Operation.DECRYPT,) or isinstance(data, OperationResult):

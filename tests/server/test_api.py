@@ -82,13 +82,25 @@ async def test_batch_like_transit_batch_input(plane):
     verify = [{"input": b64(f"m{i}".encode()), "signature": r["signature"]}
               for i, r in enumerate(body["batch_results"])]
     verify[3]["signature"] = body["batch_results"][4]["signature"]
-    verify[5] = {"input": "!!!", "signature": verify[5]["signature"]}
     status, body = await post(plane, "/v1/keys/payments/user-service-signing:verify",
                               {"batch_input": verify})
     results = body["batch_results"]
-    assert [r.get("valid") for r in results[:3]] == [True, True, True]
-    assert results[3]["valid"] is False
-    assert results[5]["error"]["field"] == "batch_input[5].input" and results[5]["status"] == 400
+    assert [r.get("valid") for r in results[:5]] == [True, True, True, False, True]
+    # A structural error refuses the whole batch, naming the item...
+    verify[5] = {"input": "!!!", "signature": verify[5]["signature"]}
+    status, body = await post(plane, "/v1/keys/payments/user-service-signing:verify",
+                              {"batch_input": verify})
+    assert status == 400 and body["error"]["field"] == "batch_input[5].input"
+    # ...while what fails only at run time is reported per item.
+    tokens = (await post(plane, "/v1/keys/payments/storage-encryption:encrypt",
+                         {"batch_input": [{"input": b64(b"a")}, {"input": b64(b"b")}]}))[1]
+    good, bad = (r["ciphertext"] for r in tokens["batch_results"])
+    status, body = await post(plane, "/v1/keys/payments/storage-encryption:decrypt",
+                              {"batch_input": [{"ciphertext": good},
+                                               {"ciphertext": bad[:-4] + "AAAA"}]})
+    first, second = body["batch_results"]
+    assert status == 200 and base64.b64decode(first["plaintext"]) == b"a"
+    assert second["error"]["code"] == "decryption_failed" and second["status"] == 400
 
 
 @pytest.mark.parametrize("path,body,status,code,field", [
@@ -160,3 +172,15 @@ async def test_health_metrics_audit_and_openapi(plane):
     assert 'qkms_keys{environment="dev",state="ACTIVE"} 10.0' in text
     assert 'qkms_key_next_rotation_seconds{key="payments/user-service-signing"}' in text
     assert "qkms_provider_latency_seconds_bucket" in text
+
+
+async def test_a_key_id_cannot_reach_a_key_outside_the_authorized_one(plane):
+    """Authorization is for the key in the path; a version ID of another key is refused."""
+    service = plane.standalone.registry.all()[0]
+    other = (await service.get_key("payments/ecdsa")).key_id
+    status, body = await post(plane, SIGN, {"input": b64(b"m"), "key_id": other})
+    assert status == 400 and body["error"]["field"] == "key_id"
+    status, body = await post(plane, SIGN, {"batch_input": [{"input": b64(b"m")},
+                                                            {"input": b64(b"m"),
+                                                             "key_id": other}]})
+    assert status == 400 and body["error"]["field"] == "batch_input[1].key_id"

@@ -16,12 +16,22 @@ from typing import Any, Protocol
 
 from qkms.errors import Forbidden, InvalidInputError, QkmsError, Unauthenticated
 from qkms.model.enums import Environment, Operation
-from qkms.service import KeyManagementService, OperationResult
+from qkms.service import MAX_DERIVE_LENGTH, KeyManagementService, OperationResult
 
 from .auth import Authenticator, Authorizer, Identity
 
 MAX_BATCH = 1000
 OPERATIONS = {op.value.lower(): op for op in Operation}
+_COMMON = {"context", "key_id"}
+FIELDS: dict[Operation, set[str]] = {
+    Operation.SIGN: _COMMON | {"input"},
+    Operation.VERIFY: _COMMON | {"input", "signature"},
+    Operation.ENCRYPT: _COMMON | {"input"},
+    Operation.DECRYPT: _COMMON | {"ciphertext"},
+    Operation.ENCAPSULATE: _COMMON,
+    Operation.DECAPSULATE: _COMMON | {"ciphertext"},
+    Operation.DERIVE: _COMMON | {"length", "salt"},
+}
 
 
 class KeyDirectory(Protocol):
@@ -40,11 +50,11 @@ class Call:
 
 
 def _b64(item: dict[str, Any], key: str, where: str, *, required: bool = False) -> bytes | None:
-    value = item.get(key)
-    if value is None:
+    if key not in item:
         if required:
             raise InvalidInputError(f"{where}{key}", "is required")
         return None
+    value = item[key]
     if not isinstance(value, str):
         raise InvalidInputError(f"{where}{key}", "must be a base64 string")
     try:
@@ -109,14 +119,25 @@ class DataPlane:
         if not isinstance(body, dict):
             raise InvalidInputError("body", "must be a JSON object")
         if "batch_input" in body:
+            if set(body) != {"batch_input"}:
+                extra = sorted(set(body) - {"batch_input"})[0]
+                raise InvalidInputError(extra, "unknown field beside batch_input")
             items = body["batch_input"]
             if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
                 raise InvalidInputError("batch_input", f"must be a list of 1 to {MAX_BATCH} items")
-            results = [await self._one(service, key, operation, item, f"batch_input[{i}].",
-                                       identity, batch=True)
-                       for i, item in enumerate(items)]
-            return {"batch_results": results}
-        return await self._one(service, key, operation, body, "", identity, batch=False)
+            # Structural errors refuse the whole batch (400, naming the item); what can only
+            # fail at run time (a bad signature, a tampered token) is reported per item.
+            calls = [self._arguments(operation, item, f"batch_input[{i}].")
+                     for i, item in enumerate(items)]
+            await service.precheck(key, operation, actor=identity.actor)
+            for i, item in enumerate(items):
+                self._own_version(service, key, item, f"batch_input[{i}].")
+            return {"batch_results": [await self._one(service, key, operation, item, kwargs,
+                                                      identity, batch=True)
+                                      for item, kwargs in zip(items, calls, strict=True)]}
+        kwargs = self._arguments(operation, body, "")
+        self._own_version(service, key, body, "")
+        return await self._one(service, key, operation, body, kwargs, identity, batch=False)
 
     async def _authorize(self, identity: Identity, call: Call,
                          environment: Environment | None) -> None:
@@ -136,11 +157,9 @@ class DataPlane:
                 f"{call.namespace}/{call.name} in {environment.value if environment else 'none'}")
 
     async def _one(self, service: KeyManagementService, key: str, operation: Operation,
-                   item: Any, where: str, identity: Identity, *, batch: bool) -> dict[str, Any]:
+                   item: dict[str, Any], kwargs: dict[str, Any], identity: Identity, *,
+                   batch: bool) -> dict[str, Any]:
         try:
-            if not isinstance(item, dict):
-                raise InvalidInputError(where.rstrip(".") or "body", "must be a JSON object")
-            kwargs = self._arguments(operation, item, where)
             result = await service.use_key(item.get("key_id") or key, operation,
                                            actor=identity.actor, **kwargs)
         except QkmsError as exc:
@@ -152,7 +171,26 @@ class DataPlane:
         return _out(result)
 
     @staticmethod
-    def _arguments(operation: Operation, item: dict[str, Any], where: str) -> dict[str, Any]:
+    def _own_version(service: KeyManagementService, key: str, item: dict[str, Any],
+                     where: str) -> None:
+        """A ``key_id`` must be a version of the key in the path: authorization was
+        decided for that key, and must not be sidestepped by naming another."""
+        key_id = item.get("key_id")
+        if key_id is None:
+            return
+        name = service.catalog.name_for_key_id(key_id)
+        if name != key:
+            raise InvalidInputError(f"{where}key_id", f"is not a version of {key}")
+
+    @staticmethod
+    def _arguments(operation: Operation, item: Any, where: str) -> dict[str, Any]:
+        if not isinstance(item, dict):
+            raise InvalidInputError(where.rstrip(".") or "body", "must be a JSON object")
+        unknown = sorted(set(item) - FIELDS[operation])
+        if unknown:
+            raise InvalidInputError(f"{where}{unknown[0]}", "unknown field")
+        if "key_id" in item and not isinstance(item["key_id"], str):
+            raise InvalidInputError(f"{where}key_id", "must be a string")
         kwargs: dict[str, Any] = {"context": _b64(item, "context", where)}
         if operation is Operation.DECRYPT:
             token = item.get("ciphertext")
@@ -169,8 +207,10 @@ class DataPlane:
             kwargs["signature"] = _b64(item, "signature", where, required=True)
         if operation is Operation.DERIVE:
             length = item.get("length", 32)
-            if not isinstance(length, int) or isinstance(length, bool):
-                raise InvalidInputError(f"{where}length", "must be an integer")
+            if not isinstance(length, int) or isinstance(length, bool) \
+                    or not 1 <= length <= MAX_DERIVE_LENGTH:
+                raise InvalidInputError(f"{where}length",
+                                        f"must be an integer from 1 to {MAX_DERIVE_LENGTH}")
             kwargs["length"] = length
             kwargs["salt"] = _b64(item, "salt", where)
         return kwargs

@@ -33,10 +33,11 @@ def _item(operation: str) -> dict[str, Any]:
     if operation == "derive":
         props["length"] = {"type": "integer", "minimum": 1, "maximum": 8160, "default": 32}
         props["salt"] = B64
-    return {"type": "object", "properties": props, "required": required}
+    return {"type": "object", "properties": props, "required": required,
+            "additionalProperties": False}
 
 
-RESULT = {"type": "object", "properties": {
+RESULT = {"type": "object", "additionalProperties": False, "properties": {
     "key_id": {"type": "string"}, "version": {"type": "integer"},
     "algorithm": {"type": "string"}, "signature": B64, "valid": {"type": "boolean"},
     "ciphertext": {"type": "string"}, "plaintext": B64, "shared_secret": B64,
@@ -55,7 +56,8 @@ def _error(description: str) -> dict[str, Any]:
 
 def _operation(operation: str) -> dict[str, Any]:
     single = {"$ref": f"#/components/schemas/{operation.title()}Request"}
-    batch = {"type": "object", "required": ["batch_input"], "properties": {
+    batch = {"type": "object", "required": ["batch_input"], "additionalProperties": False,
+             "properties": {
         "batch_input": {"type": "array", "minItems": 1, "maxItems": 1000, "items": single}}}
     return {"post": {
         "operationId": operation,
@@ -70,7 +72,8 @@ def _operation(operation: str) -> dict[str, Any]:
             "200": {"description": "the result, or per-item results for a batch",
                     "content": {"application/json": {"schema": {"oneOf": [
                         {"$ref": "#/components/schemas/Result"},
-                        {"type": "object", "required": ["batch_results"], "properties": {
+                        {"type": "object", "required": ["batch_results"],
+                         "additionalProperties": False, "properties": {
                             "batch_results": {"type": "array", "items": {"anyOf": [
                                 {"$ref": "#/components/schemas/Result"},
                                 {"$ref": "#/components/schemas/Error"}]}}}}]}}}},
