@@ -16,12 +16,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import x25519
 from dilithium_py.ml_dsa import ML_DSA_65
 from kyber_py.ml_kem import ML_KEM_768
-from tests.crypto import refimpl
-from tests.crypto.helpers import vector_json
 
 from qkms.crypto import suite_for
 from qkms.crypto.base import InvalidCiphertext
 from qkms.crypto.hybrid import COMPOSITE_LABEL, composite_message
+from tests.crypto import refimpl
+from tests.crypto.helpers import vector_json
 
 COMPOSITE = "Ed25519+ML-DSA-65"
 MLDSA_SIG = 3309

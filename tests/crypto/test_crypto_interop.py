@@ -22,10 +22,10 @@ import pytest
 from dilithium_py.ml_dsa import ML_DSA_44, ML_DSA_65, ML_DSA_87
 from kyber_py.ml_kem import ML_KEM_512, ML_KEM_768, ML_KEM_1024
 from pqcrypto.sign import falcon_512, falcon_1024
-from tests.crypto import refimpl
-from tests.crypto.helpers import der_integers, rsp_records
 
 from qkms.crypto import suite_for
+from tests.crypto import refimpl
+from tests.crypto.helpers import der_integers, rsp_records
 
 MESSAGES = [b"", b"x", b"attack at dawn" * 100]
 DILITHIUM = {"ML-DSA-44": ML_DSA_44, "ML-DSA-65": ML_DSA_65, "ML-DSA-87": ML_DSA_87}

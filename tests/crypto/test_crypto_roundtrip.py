@@ -13,13 +13,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.crypto.helpers import NAMES, names, parse_spki
 
 from qkms.crypto import suite_for
 from qkms.crypto.base import InvalidCiphertext, UnsupportedOperation
 from qkms.errors import InvalidInputError
 from qkms.model.algorithms import ALGORITHMS
 from qkms.model.enums import Family
+from tests.crypto.helpers import NAMES, names, parse_spki
 
 SIGNERS = names(Family.SIGNATURE, Family.RSA)
 AEADS = names(Family.AEAD)

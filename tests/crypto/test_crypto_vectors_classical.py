@@ -13,13 +13,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from tests.crypto import refimpl
-from tests.crypto.helpers import rsp_records
 
 from qkms.crypto import suite_for
 from qkms.crypto._common import hkdf_sha256
 from qkms.crypto.base import InvalidCiphertext
 from qkms.errors import InvalidInputError
+from tests.crypto import refimpl
+from tests.crypto.helpers import rsp_records
 
 
 def _ed25519_vectors(limit: int = 64) -> list[list[bytes]]:

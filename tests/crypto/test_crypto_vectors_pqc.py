@@ -13,11 +13,11 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric import mlkem
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from tests.crypto.helpers import rsp_records, vector_json
 
 from qkms.crypto import suite_for
 from qkms.crypto.encoding import spki_der
 from qkms.errors import InvalidInputError
+from tests.crypto.helpers import rsp_records, vector_json
 
 KAT_COUNT = 4
 KEM_SIZES = ["512", "768", "1024"]

@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from tests.install.helpers import ROOT
 
 BASE = "python:3.11-slim"

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tests.install.helpers import ROOT
 
 PLUGIN = ROOT / "bin" / "kubectl-qkms"

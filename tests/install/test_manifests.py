@@ -18,6 +18,8 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
+
+from qkms.k8s.main import PEERING
 from tests.install.helpers import (
     CHART,
     CRDS,
@@ -30,8 +32,6 @@ from tests.install.helpers import (
     manifest_objects,
     object_key,
 )
-
-from qkms.k8s.main import PEERING
 
 IMAGE = "ghcr.io/qkms/qkms:0.1.0"
 # Kinds that `kubectl apply` can map before anything in the same run is created.

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from tests.support.servers import require_server
 
 try:
@@ -69,7 +70,7 @@ def gate_dir(tmp_path: Path) -> Path:
 async def sample_operator(kube: KubeAPI, tmp_path: Path,
                           gate_dir: Path) -> AsyncIterator[OperatorProcess]:
     """The sample operator, configured but not started: tests start, kill and restart it."""
-    operator = OperatorProcess(SAMPLE_OPERATOR, kubeconfig=kube.kubeconfig,
+    operator = OperatorProcess(SAMPLE_OPERATOR, kubeconfig=kube.kubeconfig, kube=kube,
                                workdir=tmp_path / "operator",
                                env={"SAMPLE_GATE_DIR": str(gate_dir)})
     try:

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tests.support.servers import require_server
 
 try:
     import kmock
     import kubernetes
+
     from tests.support.kube import KubeAPI, KubeError, eventually
     from tests.support.operator_process import OperatorProcess
 except ImportError as exc:  # kmock, kopf or the kubernetes client is not installed
@@ -284,6 +286,27 @@ async def test_watches_resume_from_resource_versions(kube_inproc: KubeAPI) -> No
         await api.patch(MK, "k1", {"spec": {"owner": owner}}, NS)
     gone = await watch_events(api, MK, 1, resourceVersion=since, timeoutSeconds="5")
     assert gone[0]["type"] == "ERROR" and gone[0]["object"]["code"] == 410
+
+
+async def test_open_watches_are_listed_for_the_harness(kube: KubeAPI) -> None:
+    """``wait_watching`` finds a watch once it is open (writes after that reach it), and
+    tells watches opened after a given serial from older ones."""
+    before = (await kube.open_watches())["serial"]
+    async with contextlib.aclosing(kube.watch("v1/namespaces", timeoutSeconds="5")) as stream:
+        first = await anext(stream)  # the first listed namespace: the watch is open
+        assert first["type"] == "ADDED"
+        watch = await kube.wait_watching("v1/namespaces", after=before, timeout=5)
+        assert watch["serial"] > before and watch["namespace"] is None
+        assert watch["params"]["watch"] == "true"
+        with pytest.raises(TimeoutError, match="a watch of .*managedkeys"):
+            await kube.wait_watching(MK, timeout=0.2)
+        with pytest.raises(TimeoutError):  # not one opened after it
+            await kube.wait_watching("v1/namespaces", after=watch["serial"], timeout=0.2)
+        await make_namespace(kube)
+        async for event in stream:  # created after the watch opened: it is seen
+            if event["object"]["metadata"]["name"] == NS:
+                assert event["type"] == "ADDED"
+                break
 
 
 async def test_faults_can_be_injected_with_kmock_reactions(kube_inproc: KubeAPI) -> None:

@@ -17,13 +17,13 @@ import yaml
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
-from tests.support.kube import KubeAPI, eventually, free_port
-from tests.support.operator_process import OperatorProcess
 
 from qkms.config import Settings
 from qkms.k8s.secret_store import SecretRecordStore, load_or_create_kek_secret
 from qkms.model.enums import Environment
 from qkms.service import KeyManagementService
+from tests.support.kube import KubeAPI, eventually, free_port
+from tests.support.operator_process import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "payments"
@@ -35,7 +35,7 @@ PLURALS = {"Namespace": "namespaces", "KeyPolicy": "keypolicies", "ManagedKey": 
 async def qkms_operator(kube: KubeAPI, tmp_path: Path) -> AsyncIterator[OperatorProcess]:
     await kube.create("namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                      "metadata": {"name": "qkms-system"}})
-    operator = OperatorProcess("qkms.k8s.handlers", kubeconfig=kube.kubeconfig,
+    operator = OperatorProcess("qkms.k8s.handlers", kubeconfig=kube.kubeconfig, kube=kube,
                                workdir=tmp_path / "operator",
                                env={"QKMS_NAMESPACE": "qkms-system", "QKMS_STATE": "secrets",
                                     "QKMS_DATA_DIR": "data", "QKMS_KEY_CACHE_SECONDS": "0",

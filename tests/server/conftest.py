@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.server.common import ALL_VERBS, TOKENS
 
 from qkms.config import Settings
 from qkms.server.app import start_data_plane
 from qkms.server.auth import TokensFile
 from qkms.standalone import Standalone
+from tests.server.common import ALL_VERBS, TOKENS
 
 ROOT = Path(__file__).resolve().parents[2]
 EXTRA = """

@@ -7,10 +7,10 @@ import base64
 import aiohttp
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from tests.server.common import TOKENS
 
 from qkms.client import QkmsClient
 from qkms.errors import KeyNotFoundError, KeyRevokedError, OperationNotAllowedError
+from tests.server.common import TOKENS
 
 
 def b64(data: bytes) -> str:

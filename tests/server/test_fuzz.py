@@ -12,14 +12,14 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-from tests.server.common import TOKENS
-from tests.server.conftest import EXTRA, free_port, tokens_file
 
 from qkms.config import Settings
 from qkms.server.app import start_data_plane
 from qkms.server.auth import TokensFile
 from qkms.server.openapi import document
 from qkms.standalone import Standalone
+from tests.server.common import TOKENS
+from tests.server.conftest import EXTRA, free_port, tokens_file
 
 ROOT = Path(__file__).resolve().parents[2]
 schema = schemathesis.openapi.from_dict(document())

@@ -21,6 +21,8 @@ and adds what real Kopf and the kubernetes client rely on:
 * ``/api/v1/namespaces[/NAME]`` paths, which kmock mis-parses (a 500 on listing);
 * discovery of CRDs: the qkms and Kopf peering resources are declared up front, and any
   CRD that is created (e.g. ``crds/*.yaml``, loaded at start) is added to discovery;
+* ``GET /_emulator/watches`` (not a Kubernetes path): the open watch-streams, so a test can
+  wait until an operator really watches something (Kopf's liveness probe answers earlier);
 * state kept across restarts: objects, the resourceVersion and the newest watch-events go to
   a JSON file on shutdown and every 0.2 s when dirty, so watches resume after a restart.
 
@@ -78,6 +80,7 @@ DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease"
 SERVER_FIELDS = ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp",
                  "deletionGracePeriodSeconds", "generation")
 NAME_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the alphabet Kubernetes uses
+WATCHES_PATH = "/_emulator/watches"  # not Kubernetes: the open watch-streams, for the harness
 
 
 def declared_resources() -> dict[str, kmock.ResourceInfo]:
@@ -273,10 +276,13 @@ class QkmsEmulator(kmock.KubernetesEmulator):
     _tick: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
     _closing: bool = attrs.field(default=False, init=False)
     _schemas: dict[kmock.resource, Body] = attrs.field(factory=dict, init=False)
+    _watch_serial: int = attrs.field(default=0, init=False)
+    _watches: dict[int, Body] = attrs.field(factory=dict, init=False)  # serial -> open watch
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.fallback[kmock.method.PUT] << self._serve_replace
+        self.fallback[f"get {WATCHES_PATH}"] << self._serve_open_watches
         with warnings.catch_warnings():  # kmock 0.8 uses the deprecated read_binary()
             warnings.simplefilter("ignore", DeprecationWarning)
             self.resources.load_bundled()
@@ -667,6 +673,7 @@ class QkmsEmulator(kmock.KubernetesEmulator):
         requested = params.get("resourceVersion") or ""
         head: list[Body] = []
         since: int | None = None
+        serial = 0  # set when the watch is open: see open_watches()
         async with self._lock:
             if initial or requested in ("", "0"):
                 since = self._rv
@@ -680,26 +687,50 @@ class QkmsEmulator(kmock.KubernetesEmulator):
                 head = [self._gone(f"too old resource version: {requested} ({self._rv})")]
             else:
                 since = int(requested)
-        yield b""  # send the headers now, even if no event follows for a while
-        for event in head:
-            yield event
-        while since is not None and not self._closing:
-            tick = self._tick
-            if since < self._floor:
-                yield self._gone(f"too old resource version: {since} ({self._rv})")
-                return
-            events, since = self._events_since(request, since, match), self._rv
-            for event in events:
+            if since is not None:  # from here on, every later write reaches this watcher
+                self._watch_serial += 1
+                serial = self._watch_serial
+                self._watches[serial] = {
+                    "serial": serial, "group": request.resource.group,
+                    "version": request.resource.version, "plural": request.resource.plural,
+                    "namespace": request.namespace, "resourceVersion": str(since),
+                    "params": dict(params)}
+        try:
+            yield b""  # send the headers now, even if no event follows for a while
+            for event in head:
                 yield event
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            wait = min(remaining, self.bookmark_interval) if bookmarks else remaining
-            try:
-                await asyncio.wait_for(tick.wait(), timeout=wait)
-            except TimeoutError:
-                if bookmarks and not self._closing:
-                    yield self._bookmark(request, since)
+            while since is not None and not self._closing:
+                tick = self._tick
+                if since < self._floor:
+                    yield self._gone(f"too old resource version: {since} ({self._rv})")
+                    return
+                events, since = self._events_since(request, since, match), self._rv
+                for event in events:
+                    yield event
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                wait = min(remaining, self.bookmark_interval) if bookmarks else remaining
+                try:
+                    await asyncio.wait_for(tick.wait(), timeout=wait)
+                except TimeoutError:
+                    if bookmarks and not self._closing:
+                        yield self._bookmark(request, since)
+        finally:
+            self._watches.pop(serial, None)
+
+    def open_watches(self) -> Body:
+        """The watch-streams open now, each numbered; ``serial`` is the last number given.
+
+        A watch counts as open once its starting resourceVersion is fixed: every write after
+        that reaches it. Numbers only grow, so ``serial`` taken before an operator starts
+        tells its watches from those of an earlier (maybe killed, not yet noticed) run.
+        """
+        return {"serial": self._watch_serial,
+                "items": [copy.deepcopy(w) for _, w in sorted(self._watches.items())]}
+
+    async def _serve_open_watches(self, request: kmock.Request) -> kmock.Payload:
+        return self.open_watches()
 
     def close_watches(self) -> None:
         """End every watch stream, so the HTTP server can shut down without waiting."""
@@ -998,6 +1029,28 @@ class KubeAPI:
             if rsp.status >= 400:
                 raise KubeError(rsp.status, answer)
             return answer
+
+    async def open_watches(self) -> Body:
+        """The emulator's open watch-streams (see :meth:`QkmsEmulator.open_watches`)."""
+        return dict(await self.request("GET", WATCHES_PATH))
+
+    async def wait_watching(self, resource: str, namespace: str | None = None, *,
+                            after: int = 0, timeout: float = 15.0,
+                            context: Callable[[], str] | None = None) -> Body:
+        """Wait until a watch of `resource` (in `namespace`, or cluster-wide) numbered above
+        `after` is open, and return it: from then on, that watcher sees every write."""
+        res = await self.resolve(resource)
+
+        async def probe() -> Body | None:
+            for watch in (await self.open_watches())["items"]:
+                if (watch["serial"] > after and watch["namespace"] == namespace and
+                        (watch["group"], watch["version"], watch["plural"]) ==
+                        (res.group, res.version, res.plural)):
+                    return dict(watch)
+            return None
+        where = f"in {namespace!r}" if namespace else "cluster-wide"
+        return await eventually(probe, timeout=timeout, what=f"a watch of {res} {where}",
+                                context=context)
 
     async def resolve(self, resource: str | kmock.resource) -> kmock.resource:
         """``'v1/configmaps'`` as is; ``'cm'``, ``'ConfigMap'``, ``'managedkeys'``,

@@ -7,6 +7,13 @@ whatever survives must have been persisted in the API, as in a real pod restart.
 The command is ``python -m kopf run --verbose --liveness=URL --standalone --all-namespaces
 -m MODULE`` with ``KUBECONFIG`` pointing at the emulator (see :class:`OperatorProcess`).
 Kopf's liveness endpoint doubles as the readiness signal, so tests never sleep blindly.
+
+With namespace patterns that is not enough: Kopf 1.45 lists namespaces once, then its
+namespace watcher lists them again and ignores what that second listing finds, so a
+namespace created between the two listings is never served (its watch starts after it).
+The liveness probe answers before either listing, so :meth:`OperatorProcess.start` also
+waits, when given the :class:`~tests.support.kube.KubeAPI`, until the emulator has the
+operator's namespace watch open: namespaces created after ``start()`` are then seen.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from tests.support.kube import ROOT, die_with_parent, free_port
+
+from tests.support.kube import ROOT, KubeAPI, die_with_parent, free_port
 
 
 class OperatorError(RuntimeError):
@@ -37,14 +45,16 @@ class OperatorProcess:
     gets a new working directory and log file under `workdir`. `namespaces` restricts Kopf
     to those namespaces; by default it serves all of them (``--all-namespaces``), which
     avoids namespace scanning. `standalone` disables peering; pass ``peering="name"`` to
-    use a (Cluster)KopfPeering object instead.
+    use a (Cluster)KopfPeering object instead. `kube`, the emulated API, makes ``start()``
+    with `namespaces` wait until Kopf watches namespaces (see the module's docstring).
     """
 
     def __init__(self, target: str, *, kubeconfig: Path, workdir: Path,
                  env: Mapping[str, str] | None = None, namespaces: Sequence[str] = (),
                  standalone: bool = True, peering: str | None = None,
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), kube: KubeAPI | None = None) -> None:
         self.target = target
+        self.kube = kube
         self.kubeconfig = kubeconfig
         self.workdir = workdir
         self.extra_env = dict(env or {})
@@ -102,9 +112,13 @@ class OperatorProcess:
             self.log().splitlines()[-lines:])
 
     async def start(self, *, timeout: float = 20.0) -> None:
-        """Start in a fresh working directory and wait until Kopf's liveness probe answers."""
+        """Start in a fresh working directory and wait until Kopf's liveness probe answers
+        and, with namespace patterns, until Kopf watches namespaces."""
         if self.running:
             raise RuntimeError("the operator is already running")
+        deadline = time.monotonic() + timeout
+        kube = self.kube if self.namespaces else None  # Kopf then lists and watches namespaces
+        before = (await kube.open_watches())["serial"] if kube is not None else 0
         self.runs += 1
         self.cwd.mkdir(parents=True)
         self.liveness_port = free_port()
@@ -113,6 +127,14 @@ class OperatorProcess:
                                           stdout=log, stderr=subprocess.STDOUT,
                                           preexec_fn=die_with_parent)
         await self.wait_ready(timeout)
+        if kube is not None:
+            try:
+                await kube.wait_watching("v1/namespaces", after=before,
+                                         timeout=max(deadline - time.monotonic(), 1.0),
+                                         context=self.log_tail)
+            except TimeoutError as exc:
+                await self.kill()
+                raise OperatorError(f"not watching namespaces: {exc}") from exc
 
     async def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

@@ -15,6 +15,10 @@ from .base import Provider
 # only when that provider is selected.
 MODULES: dict[ProviderType, str] = {
     ProviderType.LOCAL_DEV: "qkms.providers.local",
+    ProviderType.HASHICORP_VAULT: "qkms.providers.vault",
+    ProviderType.AWS_KMS: "qkms.providers.aws",
+    ProviderType.HSM: "qkms.providers.hsm",
+    ProviderType.AZURE_KEY_VAULT: "qkms.providers.azure",
 }
 
 

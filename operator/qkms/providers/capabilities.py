@@ -30,17 +30,26 @@ NATIVE: dict[ProviderType, frozenset[str]] = {
 NOTES: dict[ProviderType, str] = {
     ProviderType.LOCAL_DEV: "every key in software, sealed under the KEK",
     ProviderType.HASHICORP_VAULT: "rotation maps to transit versions; envelope wraps with "
-                                  "transit encrypt",
+                                  "transit encrypt; native RSA signs only (transit OAEP "
+                                  "takes no label)",
     ProviderType.AWS_KMS: "ML-DSA and Ed25519 become native where the endpoint accepts "
-                          "them; envelope wraps with Encrypt; one alias per key name",
+                          "them (tried once per process); envelope wraps with Encrypt; one "
+                          "alias per key; native RSA signs only (KMS OAEP takes no label)",
     ProviderType.AZURE_KEY_VAULT: "AES only on Managed HSM; envelope wraps with wrapKey",
     ProviderType.HSM: "objects labelled by key ID; envelope wraps with an HSM AES key",
 }
 
 
+# What a provider learned by trying: AWS KMS tries ML-DSA and Ed25519 natively on first use
+# and records here what its endpoint did (providers.aws), so the table and keys agree.
+PROBED: dict[tuple[ProviderType, str], Capability] = {}
+
+
 def capability(provider: ProviderType, algorithm: AlgorithmInfo) -> Capability:
     if provider is ProviderType.LOCAL_DEV:
         return Capability.SOFTWARE
+    if (provider, algorithm.name) in PROBED:
+        return PROBED[(provider, algorithm.name)]
     return Capability.NATIVE if algorithm.name in NATIVE[provider] else Capability.ENVELOPE
 
 
