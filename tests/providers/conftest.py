@@ -16,15 +16,10 @@ from qkms.config import Settings
 from qkms.model.enums import Environment, ProviderType
 from qkms.service import KeyManagementService
 
-pytest_plugins: list[str] = ["tests.support.softhsm", "tests.support.azure_keyvault",
-                             "tests.support.openbao", "tests.support.moto"]
+pytest_plugins: list[str] = []
 
 PROVIDER_FIXTURES: dict[ProviderType, str] = {
     ProviderType.LOCAL_DEV: "local_dev_options",
-    ProviderType.HASHICORP_VAULT: "vault_options",
-    ProviderType.AWS_KMS: "aws_options",
-    ProviderType.HSM: "hsm_options",
-    ProviderType.AZURE_KEY_VAULT: "azure_options",
 }
 
 
