@@ -259,10 +259,14 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(signum, stop.set)
     runner = Standalone(settings, folder, out, say=lambda line: print(line, flush=True))
     api = None
-    if args.listen and not args.once:
-        api = await _standalone_api(args, runner)
+    task = asyncio.create_task(runner.run(stop, poll=args.poll, once=args.once))
     try:
-        await runner.run(stop, poll=args.poll, once=args.once)
+        if args.listen and not args.once:
+            ready = asyncio.create_task(runner.ready.wait())
+            await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if runner.ready.is_set():  # keys exist before the first request can arrive
+                api = await _standalone_api(args, runner)
+        await task
     finally:
         if api is not None:
             await api.cleanup()

@@ -131,6 +131,7 @@ class Standalone:
         self.known: dict[tuple[str, str], tuple[ManagedKey, dict[str, str] | None]] = {}
         self._fingerprint: tuple | None = None
         self._reported: set[str] = set()
+        self.ready = asyncio.Event()  # set after the first full pass: the API may open
 
     def refresh(self) -> bool:
         """Re-read the folder if anything changed; returns whether it did."""
@@ -204,6 +205,7 @@ class Standalone:
                  f"projections in {self.out}")
         while True:
             wake = await self.reconcile_all()
+            self.ready.set()
             if once:
                 return
             deadline = asyncio.get_running_loop().time() + wake
