@@ -10,7 +10,7 @@ import asyncio
 import importlib
 import sys
 
-BENCHES = ["engine"]
+BENCHES = ["engine", "dataplane"]
 
 
 def main(names: list[str]) -> None:
