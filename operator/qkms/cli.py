@@ -338,6 +338,42 @@ async def demo(args: argparse.Namespace) -> None:
     await run_demo(settings_from(args))
 
 
+@command("call")
+async def call(args: argparse.Namespace) -> None:
+    """A key operation through the data plane, as a workload does (qkms.client)."""
+    from qkms.client import SA_TOKEN, QkmsClient
+
+    token_file = args.token_file or (SA_TOKEN if SA_TOKEN.exists() else None)
+    token = os.environ.get("QKMS_TOKEN")
+    op = args.operation.lower()
+    data: Any = b""
+    if op in ("sign", "verify", "encrypt"):
+        data = read_input(args.input, "raw")
+    elif op == "decrypt":
+        data = read_input(args.input, "raw").strip().decode()
+    elif op == "decapsulate":
+        data = read_input(args.input, args.encoding)
+    signature = read_input(args.signature, args.encoding, "--signature") \
+        if op == "verify" else None
+    async with QkmsClient(args.url, token=token, token_file=token_file,
+                          ca_file=args.ca_file) as client:
+        result = await client.use_key(args.key, op, data, signature=signature,
+                                      context=args.context, length=args.length)
+    if isinstance(result, bool):
+        print("valid" if result else "invalid")
+        if not result:
+            raise SystemExit(1)
+        return
+    for field in ("signature", "plaintext", "shared_secret", "derived_key"):
+        if getattr(result, field) is not None:
+            write_output(getattr(result, field), args.out, args.encoding)
+    if isinstance(result.ciphertext, str):
+        write_output(result.ciphertext + "\n", args.out, "raw")
+    elif result.ciphertext is not None:
+        write_output(result.ciphertext, args.ciphertext_out or "-", args.encoding)
+    print(f"{op} with {result.key_id} (version {result.version})", file=sys.stderr)
+
+
 @command("providers")
 async def providers(args: argparse.Namespace) -> None:
     from qkms.providers.capabilities import table
@@ -367,6 +403,22 @@ def build_parser() -> argparse.ArgumentParser:
     top = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     top.add_parser("version", help="print the version")
     top.add_parser("algorithms", help="list supported algorithms")
+    call_cmd = top.add_parser("call", help="a key operation through the data plane (workloads)")
+    call_cmd.add_argument("operation", choices=["sign", "verify", "encrypt", "decrypt", "derive",
+                                                "encapsulate", "decapsulate"])
+    call_cmd.add_argument("key", help="namespace/name")
+    call_cmd.add_argument("--url", default=os.environ.get("QKMS_URL", "https://qkms.qkms-system:8443"))
+    call_cmd.add_argument("--token-file", type=Path,
+                          help="bearer token file (default: the pod's ServiceAccount token; "
+                               "or QKMS_TOKEN)")
+    call_cmd.add_argument("--ca-file", type=Path, help="CA bundle for the server's certificate")
+    call_cmd.add_argument("--in", dest="input", default="-")
+    call_cmd.add_argument("--out", default="-")
+    call_cmd.add_argument("--ciphertext-out", help="ENCAPSULATE: where the KEM ciphertext goes")
+    call_cmd.add_argument("--signature", help="VERIFY: signature file")
+    call_cmd.add_argument("--context")
+    call_cmd.add_argument("--length", type=int)
+    call_cmd.add_argument("--encoding", choices=["base64", "raw"], default="base64")
     top.add_parser("providers", help="the capability table: native, envelope or software")
     top.add_parser("demo", help="run the seed's examples on a throwaway embedded store")
     op = top.add_parser("operator", help="run the Kubernetes operator (Kopf)")

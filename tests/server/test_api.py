@@ -184,3 +184,32 @@ async def test_a_key_id_cannot_reach_a_key_outside_the_authorized_one(plane):
                                                             {"input": b64(b"m"),
                                                              "key_id": other}]})
     assert status == 400 and body["error"]["field"] == "batch_input[1].key_id"
+
+
+async def test_qkms_call_cli_signs_and_verifies_through_the_api(plane, tmp_path):
+    import asyncio
+    import os
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root / "operator"), "QKMS_TOKEN": TOKENS["checkout"],
+           "QKMS_URL": plane.url}
+
+    async def qkms(*args: str, stdin: bytes = b"") -> tuple[int, bytes]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "qkms", "call", *args, env=env, cwd=tmp_path,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate(stdin)
+        return proc.returncode, out
+
+    code, sig = await qkms("sign", "payments/user-service-signing", stdin=b"payload")
+    assert code == 0 and len(base64.b64decode(sig)) == 64
+    (tmp_path / "sig").write_bytes(sig)
+    code, out = await qkms("verify", "payments/user-service-signing", "--signature", "sig",
+                           stdin=b"payload")
+    assert (code, out.strip()) == (0, b"valid")
+    code, _ = await qkms("verify", "payments/user-service-signing", "--signature", "sig",
+                         stdin=b"tampered")
+    assert code == 1
