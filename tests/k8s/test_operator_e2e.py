@@ -205,3 +205,45 @@ async def test_kill_9_and_restart_in_a_fresh_workdir_resumes_without_duplicates(
     names = sorted(r.name for r in replica.catalog.all())
     assert len(names) == len(set(names)) == 6
     assert await replica.use_key(f"{NS}/release-signing", "SIGN", b"still usable")
+
+
+async def test_two_replicas_under_peering_one_active_then_failover(kube, tmp_path):
+    """HA: two operators in one peering with distinct priorities; one reconciles. SIGKILL
+    it: once its peering record expires the other takes over, and nothing is made twice."""
+    await kube.create("namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                     "metadata": {"name": "qkms-system"}})
+    await kube.create("kopf.dev/v1/clusterkopfpeerings", {"metadata": {"name": "qkms"}})
+    await kube.create("namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                     "metadata": {"name": NS,
+                                                  "labels": {"qkms.io/environment": "dev"}}})
+    replicas = [OperatorProcess(
+        "qkms.k8s.handlers", kubeconfig=kube.kubeconfig, workdir=tmp_path / f"replica-{i}",
+        peering="qkms", extra_args=[f"--priority={100 - i}"],
+        env={"QKMS_NAMESPACE": "qkms-system", "QKMS_STATE": "secrets", "QKMS_DATA_DIR": "data",
+             "QKMS_API_LISTEN": f"127.0.0.1:{free_port()}", "QKMS_PEERING_LIFETIME": "3"})
+        for i in range(2)]
+
+    async def make(name: str) -> None:
+        await kube.create(MK, {"apiVersion": "qkms.io/v1alpha1", "kind": "ManagedKey",
+                               "metadata": {"name": name, "namespace": NS},
+                               "spec": {"usage": "SIGNING", "algorithm": "Ed25519",
+                                        "owner": "ha"}}, NS)
+        await ready(kube, name)
+
+    try:
+        for replica in replicas:
+            await replica.start()
+        for index in range(3):
+            await make(f"ha-{index}")
+        handled = "Handler 'reconcile_key' succeeded"
+        assert handled in replicas[0].log()
+        assert handled not in replicas[1].log()  # the standby reconciled nothing
+        await replicas[0].kill()
+        await make("after-failover")
+        created = [e["involvedObject"]["name"] for e in await kube.list("events", NS)
+                   if e["reason"] == "KeyCreated"]
+        assert sorted(created) == ["after-failover", "ha-0", "ha-1", "ha-2"]
+    finally:
+        for index, replica in enumerate(replicas):
+            await replica.stop()
+            print(f"--- replica {index} ---\n{replica.log()}")

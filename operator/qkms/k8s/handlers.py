@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 import kopf
@@ -42,6 +43,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix="qkms.io", key="last-handled-configuration")
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
+    # How long a dead replica's peering record blocks the others (Kopf's default: 60 s).
+    settings.peering.lifetime = int(os.environ.get("QKMS_PEERING_LIFETIME", "60"))
     if "runtime" not in RUNTIME:
         RUNTIME["runtime"] = await asyncio.to_thread(OperatorRuntime.from_env)
         await RUNTIME["runtime"].start_api()

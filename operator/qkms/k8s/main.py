@@ -2,14 +2,25 @@
 
 Cluster-wide by default, with peering named ``qkms`` so that of several
 replicas exactly one reconciles at a time (the others keep serving the data
-plane).  ``--standalone`` skips peering, for a single replica or tests.
+plane).  Kopf pauses *every* peer when priorities tie, so each replica takes a
+random priority (``QKMS_PEERING_PRIORITY`` overrides): the highest reconciles,
+and when it dies its peering record expires and the next one takes over.
+``--standalone`` skips peering, for a single replica or tests.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+
 import kopf
 
 PEERING = "qkms"
+
+
+def peering_priority() -> int:
+    value = os.environ.get("QKMS_PEERING_PRIORITY")
+    return int(value) if value else 1 + secrets.randbelow(1_000_000)
 
 
 async def run_operator(*, standalone: bool, namespaces: list[str],
@@ -18,6 +29,7 @@ async def run_operator(*, standalone: bool, namespaces: list[str],
 
     await kopf.operator(
         standalone=standalone,
+        priority=peering_priority(),
         peering_name=None if standalone else PEERING,
         clusterwide=not namespaces,
         namespaces=namespaces,
