@@ -23,6 +23,7 @@ from typing import Any
 from qkms import __version__, logs
 from qkms.config import Settings
 from qkms.errors import InvalidInputError, QkmsError
+from qkms.model.algorithms import resolve_algorithm
 
 Handler = Callable[[argparse.Namespace], Any]
 COMMANDS: dict[str, Handler] = {}
@@ -107,6 +108,27 @@ async def keys_create(args: argparse.Namespace) -> None:
     print_json(await service(args).create_key(
         usage=args.usage, algorithm=args.algorithm, owner=args.owner, name=args.name,
         rotation_schedule=args.rotation_schedule, grace_period=args.grace_period,
+        actor={"type": "CLI", "id": args.actor}))
+
+
+@command("keys import")
+async def keys_import(args: argparse.Namespace) -> None:
+    from qkms.crypto.importing import from_pem, from_raw
+
+    if bool(args.pem) == bool(args.raw):
+        raise InvalidInputError("--pem", "give exactly one of --pem FILE or --raw FILE")
+    if args.pem:
+        password = os.environ.get("QKMS_IMPORT_PASSWORD")
+        algorithm, private = from_pem(_read_file(args.pem, "--pem"),
+                                      password.encode() if password else None)
+        if args.algorithm and resolve_algorithm(args.algorithm).name != algorithm:
+            raise InvalidInputError("--algorithm", f"the PEM holds a {algorithm} key")
+    else:
+        algorithm, private = from_raw(_read_file(args.raw, "--raw"),
+                                      args.algorithm or "AES-256-GCM")
+    print_json(await service(args).import_key(
+        private=private, usage=args.usage, algorithm=algorithm, owner=args.owner,
+        name=args.name, rotation_schedule=args.rotation_schedule,
         actor={"type": "CLI", "id": args.actor}))
 
 
@@ -469,6 +491,14 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name")
     create.add_argument("--rotation-schedule")
     create.add_argument("--grace-period")
+    imp = sub.add_parser("import", help="import an existing private key (bring your own key)")
+    imp.add_argument("--pem", help="PEM private key (password in QKMS_IMPORT_PASSWORD)")
+    imp.add_argument("--raw", help="32 raw bytes for AES-256-GCM, ChaCha20-Poly1305, HKDF")
+    imp.add_argument("--algorithm")
+    imp.add_argument("--usage", required=True)
+    imp.add_argument("--owner", required=True)
+    imp.add_argument("--name")
+    imp.add_argument("--rotation-schedule")
     sub.add_parser("list", help="list keys")
     key_cmd("show", "show a key and its versions")
     public = key_cmd("public", "export public material", io=True)

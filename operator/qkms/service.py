@@ -279,6 +279,31 @@ class KeyManagementService:
         labels: dict[str, str] | None = None,
         actor: Any = None,
     ) -> KeyMetadata:
+        return await self._new_key("CREATE", usage, algorithm, owner, rotation_schedule,
+                                   grace_period, name, labels, actor, None)
+
+    async def import_key(
+        self,
+        *,
+        private: bytes,
+        usage: Any,
+        algorithm: Any,
+        owner: str,
+        rotation_schedule: str | None = None,
+        grace_period: str | None = None,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+        actor: Any = None,
+    ) -> KeyMetadata:
+        """Bring your own key (``crypto.importing`` gives the stored form): natively where
+        the provider can import it, by envelope otherwise; audited as IMPORT."""
+        return await self._new_key("IMPORT", usage, algorithm, owner, rotation_schedule,
+                                   grace_period, name, labels, actor, private)
+
+    async def _new_key(self, operation: str, usage: Any, algorithm: Any, owner: Any,
+                       rotation_schedule: str | None, grace_period: str | None,
+                       name: str | None, labels: dict[str, str] | None, actor: Any,
+                       private: bytes | None) -> KeyMetadata:
         actor = Actor.parse(actor)
         try:
             usage_enum = _enum(Usage, usage, "usage")
@@ -290,18 +315,24 @@ class KeyManagementService:
             lifecycle.validate_schedule(schedule, grace)
             key_id = self._new_key_id()
             name = self._check_name(name, owner, usage_enum, key_id)
+            if private is not None:  # refuse material that does not load, before storing it
+                try:
+                    suite_for(info).load_private(private)
+                except (ValueError, InvalidCiphertext):
+                    raise InvalidInputError("private", f"not a valid {info.name} key") from None
         except QkmsError as exc:
-            await self._record_failure("CREATE", exc, actor, name=name)
+            await self._record_failure(operation, exc, actor, name=name)
             raise
         async with self._lock(name):
             if self.catalog.get(name) is not None:
                 exc = InvalidInputError("name", f"a key named {name!r} already exists")
-                await self._record_failure("CREATE", exc, actor, name=name)
+                await self._record_failure(operation, exc, actor, name=name)
                 raise exc
             try:
-                created = await self.provider.create(key_id, info)
+                created = await (self.provider.create(key_id, info) if private is None
+                                 else self.provider.import_key(key_id, info, private))
             except QkmsError as exc:
-                await self._record_failure("CREATE", exc, actor, name=name)
+                await self._record_failure(operation, exc, actor, name=name)
                 raise
             now = self.clock()
             version = self._version(key_id, 1, info, created, now)
@@ -310,7 +341,7 @@ class KeyManagementService:
                 rotation_schedule=schedule, grace_period=grace, provider=self.provider.type,
                 created_at=now, last_rotated_at=now, versions=[version], labels=labels or {},
             )
-            await self._record("CREATE", "success", actor, record, version,
+            await self._record(operation, "success", actor, record, version,
                                details={"algorithm": info.name, "mode": created.mode.value})
             record = await asyncio.to_thread(self.catalog.put, record)
         self.counters["created"][info.name] += 1

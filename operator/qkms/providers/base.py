@@ -51,6 +51,11 @@ class Provider(Protocol):
 
     async def create(self, key_id: str, algorithm: AlgorithmInfo) -> CreatedKey: ...
 
+    async def import_key(self, key_id: str, algorithm: AlgorithmInfo,
+                         private: bytes) -> CreatedKey:
+        """Bring your own key: native import where the provider can, envelope otherwise."""
+        ...
+
     async def new_version(self, previous: KeyHandle, key_id: str,
                           algorithm: AlgorithmInfo) -> CreatedKey: ...
 

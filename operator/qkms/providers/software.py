@@ -64,6 +64,12 @@ class SoftwareKeys:
         return await self.store_material(key_id, algorithm, private,
                                          public.raw() if public else None)
 
+    async def import_key(self, key_id: str, algorithm: Any, private: bytes) -> CreatedKey:
+        """Imported material is held like generated material: wrapped, never in the clear."""
+        public = suite_for(algorithm).load_private(private).public()
+        return await self.store_material(key_id, algorithm, private,
+                                         public.raw() if public else None)
+
     async def store_material(self, key_id: str, algorithm: Any, private: bytes,
                              public: bytes | None) -> CreatedKey:
         """Wrap and persist material (generated here, or imported)."""
