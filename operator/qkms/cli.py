@@ -132,6 +132,45 @@ async def keys_import(args: argparse.Namespace) -> None:
         actor={"type": "CLI", "id": args.actor}))
 
 
+@command("backup create")
+async def backup_create(args: argparse.Namespace) -> None:
+    from qkms import backup
+
+    svc = service(args)
+    key = backup.backup_key(args.backup_key_file or svc.settings.data_dir / "backup.key")
+    document = backup.create(svc, key)
+    write_output(json.dumps(document, indent=1) + "\n", args.out, "raw")
+    print(f"backed up {document['keys']} keys ({document['versions']} versions)",
+          file=sys.stderr)
+
+
+@command("backup restore")
+async def backup_restore(args: argparse.Namespace) -> None:
+    from qkms import backup
+
+    svc = service(args)
+    key = backup.backup_key(args.backup_key_file or svc.settings.data_dir / "backup.key")
+    try:
+        document = json.loads(read_input(args.input, "raw"))
+    except ValueError:
+        raise InvalidInputError("--in", "not a JSON backup file") from None
+    count = await backup.restore(svc, document, key)
+    print_json({"restored": count})
+
+
+@command("validate")
+async def validate(args: argparse.Namespace) -> None:
+    from qkms.validate import run_checks
+
+    checks = await run_checks(manifests=args.manifests, environment=args.environment,
+                              provider=args.provider, data_dir=args.data_dir,
+                              master_key_file=args.master_key_file)
+    for check in checks:
+        print(check.line())
+    if not all(check.ok for check in checks):
+        raise SystemExit(1)
+
+
 @command("keys list")
 async def keys_list(args: argparse.Namespace) -> None:
     keys = await service(args).list_keys()
@@ -471,6 +510,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--tls-cert", type=Path, help="TLS certificate (PEM)")
     serve_cmd.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
     serve_cmd.add_argument("--tls-client-ca", type=Path, help="CA for mutual TLS")
+    val = top.add_parser("validate", help="check configuration, policies, master key, store, "
+                                          "provider and audit store")
+    val.add_argument("--manifests", type=Path, help="also check a folder of policy/key YAML")
+    backup_cmd = top.add_parser("backup", help="encrypted backup and restore of the store")
+    backup_sub = backup_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, io_flag, help_text in (("create", "--out", "write a backup"),
+                                       ("restore", "--in", "rebuild an empty store")):
+        b = backup_sub.add_parser(action, help=help_text)
+        b.add_argument(io_flag, dest="out" if action == "create" else "input", default="-")
+        b.add_argument("--backup-key-file", type=Path,
+                       help="the backup key (default DATA_DIR/backup.key, created if missing)")
     keys = top.add_parser("keys", help="manage and use keys in the embedded store")
     sub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
 

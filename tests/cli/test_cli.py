@@ -90,3 +90,33 @@ def test_rewrap_and_version(qkms) -> None:
 def test_demo_runs_the_seed_examples(qkms) -> None:
     out = qkms("demo").stdout.decode()
     assert "health: healthy" in out and "shared secrets match: True" in out
+
+
+def test_validate_reports_each_check_and_fails_on_any(qkms, tmp_path) -> None:
+    missing = qkms("validate", check=False)
+    assert missing.returncode == 1
+    assert b"FAIL master key:" in missing.stdout and b"does not exist" in missing.stdout
+    qkms("keys", "create", "--usage", "SIGNING", "--algorithm", "Ed25519", "--owner", "o")
+    ok = qkms("validate", "--manifests", str(ROOT / "examples"))
+    lines = ok.stdout.decode().splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "ok   configuration", "ok   manifests", "ok   master key", "ok   store",
+        "ok   provider", "ok   audit"]
+    (tmp_path / "data" / "master.key").chmod(0o644)
+    loose = qkms("validate", check=False)
+    assert loose.returncode == 1 and b"readable by others" in loose.stdout
+
+
+def test_backup_create_and_restore_commands(qkms, tmp_path) -> None:
+    qkms("keys", "create", "--usage", "SIGNING", "--algorithm", "Ed25519", "--owner", "o",
+         "--name", "k")
+    sig = qkms("keys", "sign", "k", stdin=b"m").stdout
+    qkms("backup", "create", "--out", "b.json", "--backup-key-file", "bk")
+    import shutil
+
+    shutil.rmtree(tmp_path / "data")
+    assert b'"restored": 1' in qkms("backup", "restore", "--in", "b.json",
+                                    "--backup-key-file", "bk").stdout
+    (tmp_path / "sig").write_bytes(sig)
+    assert qkms("keys", "verify", "k", "--signature", "sig", stdin=b"m").stdout.strip() \
+        == b"valid"
