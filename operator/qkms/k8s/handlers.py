@@ -66,7 +66,8 @@ async def reconcile_key(body: kopf.Body, **_: Any) -> None:
 async def key_clock(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
     ident = (body["metadata"]["namespace"], body["metadata"]["name"])
     waker = runtime().wakers.setdefault(ident, asyncio.Event())
-    delay = 0.0
+    # The create/resume handler reconciles first and then wakes us: start by planning.
+    delay = runtime().next_delay(ident)
     while not stopped:
         waker.clear()
         stop_wait = asyncio.ensure_future(stopped.wait())

@@ -65,13 +65,19 @@ class SecretRecordStore:
                          "annotations": {ADDRESS_ANNOTATION: f"{kind}/{name}"}},
             "data": {"record": base64.b64encode(data).decode()},
         }
+        # Records are mostly written once (a new key or version): create first, and
+        # replace only when it exists (a catalog update), so a new record costs one call.
+        try:
+            self.core.create_namespaced_secret(self.namespace, body, _request_timeout=TIMEOUT)
+            return
+        except ApiException as exc:
+            if exc.status != 409:
+                raise OSError(f"Kubernetes API: {exc.status} {exc.reason}") from None
         try:
             self.core.replace_namespaced_secret(body["metadata"]["name"], self.namespace, body,
                                                 _request_timeout=TIMEOUT)
         except ApiException as exc:
-            if exc.status != 404:
-                raise OSError(f"Kubernetes API: {exc.status} {exc.reason}") from None
-            self.core.create_namespaced_secret(self.namespace, body, _request_timeout=TIMEOUT)
+            raise OSError(f"Kubernetes API: {exc.status} {exc.reason}") from None
 
     def delete(self, kind: str, name: str) -> None:
         try:

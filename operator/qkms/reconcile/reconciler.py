@@ -142,7 +142,9 @@ class KeyReconciler:
     async def _ensure(self, service: KeyManagementService, mk: ManagedKey,
                       desired: decisions.DesiredKey, events: list[KubeEvent]) -> KeyRecord:
         """Create the key, or adopt the one a previous attempt (or resource) created."""
-        record = service.catalog.get(desired.name) or service.catalog.reload_one(desired.name)
+        # The catalog is read whole when the service starts, and only the active replica
+        # creates keys, so the cached view is the truth here: no read per new key.
+        record = service.catalog.get(desired.name)
         if record is not None:
             return record
         meta = await service.create_key(
