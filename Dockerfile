@@ -12,7 +12,7 @@ COPY operator ./operator
 COPY examples ./examples
 # All dependencies ship wheels for CPython 3.11 on glibc, so no compiler is needed.
 RUN python -m venv /opt/qkms \
- && /opt/qkms/bin/pip install '.[operator,audit]' \
+ && /opt/qkms/bin/pip install '.[operator]' \
  && /opt/qkms/bin/qkms version
 
 FROM python:3.11-slim

@@ -166,7 +166,7 @@ def pip(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_build_context_builds_the_package(clean_checkout: Path, tmp_path: Path) -> None:
-    """`pip install '.[operator,audit]'` as the Dockerfile runs it: the wheel builds from the
+    """`pip install '.[operator]'` as the Dockerfile runs it: the wheel builds from the
     context alone, carries the sources, the bundled examples and the `qkms` command, and its
     extras resolve (on this CPython 3.11 glibc machine, like the base image) to wheels only,
     so the image needs no compiler."""

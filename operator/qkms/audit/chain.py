@@ -1,0 +1,428 @@
+"""``AuditChain``: the durable, hash-chained ``AuditSink`` the service writes to.
+
+Each entry becomes a DAG-CBOR block whose ``prev`` links to the entry before;
+its CID is returned to the caller.  Appends are serialized by one asyncio lock
+and the encode-and-write inside it never awaits, so concurrent operations get
+consecutive sequence numbers and the chain never forks.  Durability follows
+``sync`` (see ``store`` for the policy): with ``"fsync"`` an append returns
+only after an fsync covering its entry, shared by every append waiting at the
+time (group commit).  Listeners (the service's ``auditEvent``) run in chain
+order, before the append returns, from one committer task.
+
+Every ``checkpoint_every`` entries or ``checkpoint_interval`` seconds,
+whichever comes first, the injected ``signer`` signs a checkpoint of the
+chain.  The signer is awaited while the lock is held, so a checkpoint
+directly follows its head in the log; it must therefore not write audit
+entries itself (that is refused rather than left to deadlock).  A failing
+signer does not refuse operations: the entries are stored, the failure is
+counted, health turns degraded and the next trigger retries.
+
+An append that cannot be stored raises ``AuditStorageError``; failing closed
+or open is the caller's policy.  After a failed fsync the chain refuses all
+further appends until it is reopened (the kernel may have dropped the data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from qkms.errors import AuditStorageError
+
+from .checkpoint import ALGORITHM, Checkpoint, Signer, parse_checkpoint, signature_valid
+from .encoding import checkpoint_body as make_body
+from .encoding import (
+    cid_raw,
+    cid_str,
+    decode,
+    encode_checkpoint,
+    encode_entry,
+    entry_from_value,
+    entry_prefix,
+    is_entry,
+    section,
+)
+from .entry import AuditEntry
+from .store import Recovered, SegmentLog
+
+log = logging.getLogger("key-management:audit")
+
+Listener = Callable[[AuditEntry], Awaitable[None] | None]
+SYNC_MODES = ("fsync", "write")
+_in_signer: contextvars.ContextVar[bool] = contextvars.ContextVar("qkms_audit_signer",
+                                                                  default=False)
+
+
+def options_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """``AuditChain`` keyword arguments from ``QKMS_AUDIT_*`` and ``QKMS_IPFS_API``."""
+    env = dict(os.environ if env is None else env)
+    options: dict[str, Any] = {}
+    if env.get("QKMS_AUDIT_SYNC"):
+        options["sync"] = env["QKMS_AUDIT_SYNC"].strip().lower()
+    for var, key in (("QKMS_AUDIT_FSYNC_INTERVAL", "fsync_interval"),
+                     ("QKMS_AUDIT_CHECKPOINT_SECONDS", "checkpoint_interval")):
+        if env.get(var):
+            options[key] = float(env[var])
+    if env.get("QKMS_AUDIT_CHECKPOINT_EVERY"):
+        options["checkpoint_every"] = int(env["QKMS_AUDIT_CHECKPOINT_EVERY"])
+    if env.get("QKMS_IPFS_API"):
+        options["ipfs_endpoint"] = env["QKMS_IPFS_API"].strip()
+    return options
+
+
+class AuditChain:
+    """Hash-chained audit log under ``folder`` (``$QKMS_DATA_DIR/audit``)."""
+
+    def __init__(
+        self,
+        folder: Path | str,
+        *,
+        signer: Signer | None = None,
+        checkpoint_every: int = 1000,
+        checkpoint_interval: float = 60.0,
+        sync: str = "fsync",
+        fsync_interval: float = 1.0,
+        segment_bytes: int = 64 << 20,
+        recent_capacity: int = 1000,
+        ipfs_endpoint: str | None = None,
+        signer_timeout: float = 10.0,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        if sync not in SYNC_MODES:
+            raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
+        self.root = Path(folder)
+        self.sync = sync
+        self.fsync_interval = fsync_interval
+        self.checkpoint_every = max(1, checkpoint_every)
+        self.checkpoint_interval = checkpoint_interval
+        self.signer_timeout = signer_timeout
+        self.drain_timeout = 5.0  # how long close() lets the IPFS push catch up
+        self._signer = signer
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._log = SegmentLog(self.root, segment_bytes)
+        self._recent: deque[AuditEntry] = deque(maxlen=recent_capacity)
+        self._listeners: list[Listener] = []
+        self._lock = asyncio.Lock()
+        self._sync_lock = asyncio.Lock()
+        self._open_lock = asyncio.Lock()
+        self._opened = False
+        self._closed = False
+        self._broken: str | None = None
+        self._size = 0
+        self._head: bytes | None = None
+        self._checkpoint: Checkpoint | None = None
+        self._checkpoint_at = time.monotonic()
+        self._retry_at = 0.0
+        self._queue: list[tuple[AuditEntry, asyncio.Future[AuditEntry]]] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_sync = time.monotonic()
+        self.stats: Counter[str] = Counter()
+        self.last_error: str | None = None
+        self.torn_bytes = 0
+        self._pusher: Any = None
+        if ipfs_endpoint:
+            from .ipfs import IpfsPusher
+
+            self._pusher = IpfsPusher(self.root, ipfs_endpoint, head=lambda: self._size)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def open(self) -> AuditChain:
+        """Open the folder, cut a torn tail, resume from the last complete entry."""
+        async with self._open_lock:
+            if self._opened:
+                return self
+            if self._closed:
+                raise AuditStorageError("audit chain is closed")
+            recovered = await asyncio.to_thread(self._log.open)
+            try:
+                await asyncio.to_thread(self._resume, recovered)
+            except BaseException:
+                self._log.close()
+                raise
+            self._tasks = [asyncio.create_task(self._commit_loop(), name="audit-commit"),
+                           asyncio.create_task(self._tick_loop(), name="audit-tick")]
+            if self._pusher is not None:
+                self._tasks.append(asyncio.create_task(self._pusher.run(), name="audit-ipfs"))
+            self._opened = True
+        return self
+
+    def _resume(self, recovered: Recovered) -> None:
+        self.torn_bytes = recovered.torn_bytes
+        last_in_log: Checkpoint | None = None
+        entries = []
+        for record in recovered.tail:
+            if is_entry(record.block):
+                self._size, _ = entry_prefix(record.block)
+                self._head = record.cid
+                entries.append(record)
+            else:
+                last_in_log = parse_checkpoint(record.cid, record.block)
+                if last_in_log.size >= self._size:
+                    self._size, self._head = last_in_log.size, last_in_log.head
+        filed = (parse_checkpoint(recovered.checkpoints[-1].cid, recovered.checkpoints[-1].block)
+                 if recovered.checkpoints else None)
+        if last_in_log is not None and (filed is None or filed.size < last_in_log.size):
+            self._log.record_checkpoint(section(last_in_log.cid, _block_of(recovered,
+                                                                            last_in_log.cid)))
+            filed = last_in_log
+        if filed is not None and filed.size > self._size:
+            raise AuditStorageError(
+                f"audit log ends at entry {self._size} but checkpoint {filed.cid_text} covers "
+                f"{filed.size}: the log was truncated; run `qkms audit verify`")
+        self._checkpoint = filed
+        for record in entries[-self._recent.maxlen:] if self._recent.maxlen else []:
+            self._recent.append(entry_from_value(decode(record.block), cid_str(record.cid)))
+
+    async def close(self) -> None:
+        """Sign a last checkpoint (if any entry is unsigned), flush and release the folder."""
+        if not self._opened or self._closed:
+            self._closed = True
+            return
+        async with self._lock:
+            if self._broken is None and self._signer is not None:
+                await self._checkpoint_locked()
+            self._closed = True
+        while self._queue:
+            await asyncio.sleep(0)
+        if self._pusher is not None:
+            await self._pusher.drain(self.drain_timeout)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        async with self._sync_lock:
+            await asyncio.to_thread(self._log.close)
+
+    async def __aenter__(self) -> AuditChain:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def listen(self, listener: Listener) -> None:
+        """Call ``listener(entry)`` for every stored entry, in chain order."""
+        self._listeners.append(listener)
+
+    # -- appending -----------------------------------------------------------------------
+    async def append(self, entry: AuditEntry) -> AuditEntry:
+        """Store ``entry``; return it with its sequence number and CID."""
+        if not self._opened:
+            await self.open()
+        if _in_signer.get():
+            raise AuditStorageError("the checkpoint signer must not write audit entries")
+        async with self._lock:
+            if self._broken is not None or self._closed:
+                raise AuditStorageError(self._broken or "audit chain is closed")
+            seq = self._size + 1
+            try:
+                block = encode_entry(entry, seq, self._head)
+            except (TypeError, ValueError, UnicodeError) as exc:
+                self.stats["failures"] += 1
+                raise AuditStorageError(f"entry cannot be encoded: {exc}") from exc
+            raw = cid_raw(block)
+            try:
+                self._log.append(section(raw, block))
+            except OSError as exc:
+                self.stats["failures"] += 1
+                self.last_error = f"write failed: {exc.strerror or exc}"
+                log.error("audit: %s", self.last_error)
+                raise AuditStorageError(self.last_error) from exc
+            self._size, self._head = seq, raw
+            stored = entry.stored(seq, cid_str(raw))
+            self._recent.append(stored)
+            self.stats["appended"] += 1
+            if (self._signer is not None and seq - self._signed_size >= self.checkpoint_every
+                    and time.monotonic() >= self._retry_at):
+                await self._checkpoint_locked()
+            waiter = None
+            if self.sync == "fsync" or self._listeners:
+                waiter = asyncio.get_running_loop().create_future()
+                self._queue.append((stored, waiter))
+                self._wake.set()
+        if self._pusher is not None:
+            self._pusher.wake()
+        return await waiter if waiter is not None else stored
+
+    async def _commit_loop(self) -> None:
+        """Make queued entries durable (one fsync per batch), then deliver them in order."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue, []
+                if self.sync == "fsync":
+                    try:
+                        async with self._sync_lock:
+                            await asyncio.to_thread(self._log.sync)
+                        self._last_sync = time.monotonic()
+                    except OSError as exc:
+                        self._fail(batch, f"fsync failed: {exc.strerror or exc}")
+                        continue
+                for stored, waiter in batch:
+                    await self._deliver(stored)
+                    if not waiter.done():
+                        waiter.set_result(stored)
+
+    def _fail(self, batch: list[tuple[AuditEntry, asyncio.Future[AuditEntry]]],
+              reason: str) -> None:
+        self._broken = reason
+        self.last_error = reason
+        self.stats["failures"] += len(batch) + len(self._queue)
+        log.error("audit: %s; refusing appends until reopened", reason)
+        for _, waiter in [*batch, *self._queue]:
+            if not waiter.done():
+                waiter.set_exception(AuditStorageError(reason))
+        self._queue = []
+
+    async def _deliver(self, entry: AuditEntry) -> None:
+        for listener in list(self._listeners):
+            try:
+                result = listener(entry)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:  # a listener must not break the trail
+                log.exception("audit listener failed")
+
+    # -- checkpoints -----------------------------------------------------------------------
+    @property
+    def _signed_size(self) -> int:
+        return self._checkpoint.size if self._checkpoint is not None else 0
+
+    async def checkpoint(self) -> Checkpoint | None:
+        """Sign a checkpoint now if any entry is unsigned; return the latest checkpoint."""
+        if not self._opened:
+            await self.open()
+        async with self._lock:
+            return await self._checkpoint_locked()
+
+    async def _checkpoint_locked(self) -> Checkpoint | None:
+        if self._signer is None or self._head is None or self._size == self._signed_size:
+            return self._checkpoint
+        now = self._clock()
+        previous = self._checkpoint.cid if self._checkpoint is not None else None
+        body = make_body(self._size, self._head, now, previous)
+        token = _in_signer.set(True)
+        try:
+            async with asyncio.timeout(self.signer_timeout):
+                signature, key_id, public = await self._signer(body)
+            draft = Checkpoint(b"", self._size, self._head, now, previous, key_id, ALGORITHM,
+                               public, signature, body)
+            if not signature_valid(draft):
+                raise ValueError(f"signature does not verify as {ALGORITHM}")
+        except Exception as exc:
+            self.stats["checkpoint_failures"] += 1
+            self.last_error = f"checkpoint signing failed: {type(exc).__name__}: {exc}"
+            self._retry_at = time.monotonic() + min(60.0, 2.0 * self.stats["checkpoint_failures"])
+            log.error("audit: %s", self.last_error)
+            return None
+        finally:
+            _in_signer.reset(token)
+        block = encode_checkpoint(self._size, self._head, now, previous, signature, key_id,
+                                  ALGORITHM, public)
+        raw = cid_raw(block)
+        record = section(raw, block)
+        try:
+            async with self._sync_lock:
+                await asyncio.to_thread(self._log.add_checkpoint, record)
+                if self._log.segment_size >= self._log.segment_bytes:
+                    await asyncio.to_thread(self._log.roll, record)
+        except OSError as exc:
+            self._fail([], f"checkpoint write failed: {exc.strerror or exc}")
+            raise AuditStorageError(self._broken or "checkpoint write failed") from exc
+        if self._checkpoint is not None and self._checkpoint.public_key != public:
+            log.warning("audit: checkpoint key changed to %s; verifiers pinned to the old key "
+                        "will report it", key_id)
+        self._checkpoint = Checkpoint(raw, self._size, self._head, now, previous, key_id,
+                                      ALGORITHM, public, signature, body)
+        self._checkpoint_at = time.monotonic()
+        self._retry_at = 0.0
+        self.stats["checkpoints"] += 1
+        if self._pusher is not None:
+            self._pusher.wake()
+        return self._checkpoint
+
+    async def _tick_loop(self) -> None:
+        """Time-based duties: the interval checkpoint and, in ``write`` mode, the fsync."""
+        period = max(0.05, min(1.0, self.checkpoint_interval, self.fsync_interval))
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            if self.sync == "write" and now - self._last_sync >= self.fsync_interval:
+                try:
+                    async with self._sync_lock:
+                        await asyncio.to_thread(self._log.sync)
+                    self._last_sync = now
+                except OSError as exc:
+                    self._fail([], f"fsync failed: {exc.strerror or exc}")
+            if (self._signer is not None and self._size > self._signed_size
+                    and now - self._checkpoint_at >= self.checkpoint_interval
+                    and now >= self._retry_at and self._broken is None):
+                async with self._lock:
+                    if not self._closed:
+                        await self._checkpoint_locked()
+
+    # -- reading -------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        """Sequence number of the newest entry (entries are numbered from 1)."""
+        return self._size
+
+    @property
+    def head(self) -> str | None:
+        return cid_str(self._head) if self._head is not None else None
+
+    @property
+    def last_checkpoint(self) -> Checkpoint | None:
+        return self._checkpoint
+
+    def recent(self, limit: int = 100) -> list[AuditEntry]:
+        return list(self._recent)[-limit:] if limit > 0 else []
+
+    def snapshot(self, limit: int = 100) -> dict[str, Any]:
+        """Statistics and recent entries: what ``/audit/keys`` serves."""
+        entries = self.recent(limit)
+        return {
+            "entries": self._size,
+            "head": self.head,
+            "checkpoint": self._checkpoint.to_dict() if self._checkpoint else None,
+            "unsigned_entries": self._size - self._signed_size,
+            "sync": self.sync,
+            "by_operation": dict(Counter(e.operation for e in self._recent)),
+            "by_result": dict(Counter(e.result for e in self._recent)),
+            "failures": self.stats["failures"],
+            "checkpoint_failures": self.stats["checkpoint_failures"],
+            "ipfs": self._pusher.status() if self._pusher is not None else None,
+            "recent": [e.to_dict() for e in entries],
+        }
+
+    async def health(self) -> dict[str, Any]:
+        status = "healthy"
+        if self._broken is not None:
+            status = "unhealthy"
+        elif (self._signer is not None and self._size > self._signed_size
+              and (self.stats["checkpoint_failures"] and self._retry_at > 0)):
+            status = "degraded"
+        ipfs = self._pusher.status() if self._pusher is not None else None
+        if ipfs is not None and ipfs.get("lag_seconds", 0) > 300:
+            status = "degraded" if status == "healthy" else status
+        return {
+            "status": status, "sink": "chain", "folder": str(self.root), "entries": self._size,
+            "head": self.head, "sync": self.sync,
+            "checkpoint": self._checkpoint.cid_text if self._checkpoint else None,
+            "unsigned_entries": self._size - self._signed_size,
+            "signer": self._signer is not None, "error": self._broken or self.last_error,
+            "torn_bytes_recovered": self.torn_bytes, "ipfs": ipfs,
+        }
+
+
+def _block_of(recovered: Recovered, cid: bytes) -> bytes:
+    return next(r.block for r in recovered.tail if r.cid == cid)

@@ -1,0 +1,258 @@
+"""``qkms audit``: verify, export, search, report and prune, offline, on the data dir.
+
+Hooked into ``qkms/cli.py`` with ``add_parser(subparsers)`` and ``run(args)``.
+These commands only read the audit folder (``prune`` deletes whole old
+segments, which the running operator never writes), so they are safe to run
+beside a live operator.  ``--data-dir`` is the qkms data dir (its ``audit``
+folder is used) or the audit folder itself; default ``$QKMS_DATA_DIR``.
+
+Exit codes: 0 on success; 1 when the chain does not verify (the message
+names the first bad entry: sequence, CID and what is wrong) or a report
+cannot be built; 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from qkms.errors import InvalidInputError
+
+from .search import Query, SearchStats, parse_moment, search
+
+PROG = "qkms audit"
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``audit`` and its actions to the ``qkms`` sub-command parsers."""
+    audit = subparsers.add_parser("audit", help="verify, export, search and report on the "
+                                                "audit chain")
+    sub = audit.add_subparsers(dest="audit_action", required=True, metavar="ACTION")
+
+    def action(name: str, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS,
+                       help="qkms data dir or its audit folder (QKMS_DATA_DIR)")
+        return p
+
+    verify = action("verify", "check every CID, link, sequence number and checkpoint "
+                              "signature; exit 0 with the count, or 1 naming the first bad entry")
+    verify.add_argument("--car", type=Path, help="a CAR file: verify it (and compare it with "
+                                                 "the data dir when one is given)")
+    verify.add_argument("--public-key", type=Path,
+                        help="pin the checkpoint key (raw or base64 file); default: the first "
+                             "checkpoint's key (trust on first use)")
+    verify.add_argument("--save-key", type=Path, help="write the pinned key here (base64)")
+    verify.add_argument("--deep", action="store_true",
+                        help="also decode every block with the dag-cbor package")
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    export = action("export", "write the chain, or a range, as a CARv1 file for "
+                              "`ipfs dag import`")
+    export.add_argument("--car", required=True, help="output file (- for stdout)")
+    export.add_argument("--from", dest="first", type=int, help="first sequence number")
+    export.add_argument("--to", dest="last", type=int, help="last sequence number")
+    find = action("search", "entries matching all filters, as JSON lines")
+    find.add_argument("--key", help="key name or version key ID")
+    find.add_argument("--actor", help="actor ID, or TYPE:ID")
+    find.add_argument("--operation", help="CREATE, SIGN, ROTATE, REVOKE...")
+    find.add_argument("--result", choices=["success", "denied", "error"])
+    find.add_argument("--since", help="ISO 8601 date or time (inclusive)")
+    find.add_argument("--until", help="ISO 8601 date or time (exclusive)")
+    report = action("report", "a SOC 2 or GDPR report from the verified, signed chain")
+    report.add_argument("--standard", required=True, choices=["soc2", "gdpr"])
+    report.add_argument("--since", help="ISO 8601 date or time (inclusive)")
+    report.add_argument("--until", help="ISO 8601 date or time (exclusive; default now)")
+    report.add_argument("--format", default="md", choices=["md", "json", "html"])
+    report.add_argument("--policy", type=Path, help="KeyPolicy YAML (schedules, retention, "
+                                                    "PQC deadline)")
+    report.add_argument("--out", help="output file (default stdout)")
+    report.add_argument("--public-key", type=Path, help="pin the checkpoint key")
+    report.add_argument("--allow-unsigned", action="store_true",
+                        help="include entries no checkpoint covers yet")
+    prune = action("prune", "delete whole segments older than the retention period, at "
+                            "checkpoint boundaries")
+    prune.add_argument("--retention", help="ISO 8601 duration (default: the policy's "
+                                           "auditPolicy.retentionPeriod, else P7Y)")
+    prune.add_argument("--before", help="prune entries older than this date instead")
+    prune.add_argument("--policy", type=Path, help="KeyPolicy YAML")
+    prune.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
+    return audit
+
+
+def audit_dir(args: argparse.Namespace) -> Path | None:
+    """The audit folder from ``--data-dir`` or ``QKMS_DATA_DIR`` (None if neither is set)."""
+    base = getattr(args, "data_dir", None)
+    if base is None and os.environ.get("QKMS_DATA_DIR"):
+        base = Path(os.environ["QKMS_DATA_DIR"])
+    if base is None:
+        return None
+    base = Path(base)
+    return base if (base / "segments").is_dir() else base / "audit"
+
+
+def _folder(args: argparse.Namespace) -> Path:
+    folder = audit_dir(args) or Path(".qkms") / "audit"
+    if not (folder / "segments").is_dir():
+        raise InvalidInputError("--data-dir", f"no audit log in {folder}")
+    return folder
+
+
+def _public_key(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInputError("--public-key", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return base64.b64decode(data.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return data
+
+
+def _policy(path: Path | None) -> Any:
+    if path is None:
+        return None
+    import yaml
+
+    from qkms.model.resources import parse_key_policy
+
+    try:
+        documents = list(yaml.safe_load_all(path.read_text()))
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidInputError("--policy", f"cannot read {path}: {exc}") from None
+    for body in documents:
+        if isinstance(body, dict) and body.get("kind") == "KeyPolicy":
+            return parse_key_policy(body).spec
+    raise InvalidInputError("--policy", f"{path} holds no KeyPolicy")
+
+
+def _fingerprint(key: bytes | None) -> str | None:
+    return "sha256:" + hashlib.sha256(key).hexdigest() if key else None
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Run the ``qkms audit`` action in ``args``; return the exit code."""
+    try:
+        return _ACTIONS[args.audit_action](args)
+    except InvalidInputError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .car import compare, verify_car
+    from .verify import verify_folder
+
+    key = _public_key(args.public_key)
+    folder = audit_dir(args)
+    if args.car is not None and not args.car.is_file():
+        raise InvalidInputError("--car", f"{args.car} is not a file")
+    difference = car_result = None
+    if args.car is not None and folder is None:
+        result = verify_car(args.car, public_key=key, deep=args.deep)
+    elif args.car is not None:
+        result, car_result, difference = compare(_folder(args), args.car, public_key=key,
+                                                 deep=args.deep)
+    else:
+        result = verify_folder(_folder(args), public_key=key, deep=args.deep)
+    finding = result.finding or (car_result.finding if car_result else None) or difference
+    if args.save_key and result.public_key:
+        Path(args.save_key).write_text(base64.b64encode(result.public_key).decode() + "\n")
+    if args.json:
+        print(json.dumps({
+            "ok": finding is None, "entries": result.entries, "first_seq": result.first_seq,
+            "last_seq": result.last_seq, "head": result.head,
+            "checkpoint": result.last_checkpoint.to_dict() if result.last_checkpoint else None,
+            "unsigned": result.unsigned, "public_key": _fingerprint(result.public_key),
+            "finding": finding.__dict__ if finding else None, "warnings": result.warnings,
+            "car": {"entries": car_result.entries, "head": car_result.head}
+            if car_result else None}, indent=2))
+    else:
+        for warning in result.warnings:
+            print(f"{PROG}: warning: {warning}", file=sys.stderr)
+        if finding is None:
+            print(result.summary() + (f"; key {_fingerprint(result.public_key)}"
+                                      if result.public_key else ""))
+            if car_result is not None:
+                print(f"CAR matches: {car_result.entries} entries, head {car_result.head}")
+        else:
+            print(f"FAILED: {finding}")
+    return 0 if finding is None else 1
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .car import export_car
+
+    folder = _folder(args)
+    if args.car == "-":
+        result = export_car(folder, sys.stdout.buffer, first=args.first, last=args.last)
+        sys.stdout.buffer.flush()
+    else:
+        with open(args.car, "wb") as out:
+            result = export_car(folder, out, first=args.first, last=args.last)
+    print(f"exported {result.entries} entries (seq {result.first_seq}..{result.last_seq}) and "
+          f"{result.checkpoints} checkpoints; roots {' '.join(result.roots)}", file=sys.stderr)
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    query = Query(key=args.key, actor=args.actor, operation=args.operation, result=args.result,
+                  since=parse_moment(args.since, "--since"),
+                  until=parse_moment(args.until, "--until"))
+    stats = SearchStats()
+    out = sys.stdout
+    for entry in search(_folder(args), query, stats):
+        out.write(json.dumps(entry, separators=(",", ":")) + "\n")
+    out.flush()
+    for problem in stats.bad or []:
+        print(f"{PROG}: integrity: {problem} (run qkms audit verify)", file=sys.stderr)
+    return 1 if stats.bad else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .reports import ReportError, build, render
+
+    try:
+        report = build(_folder(args), args.standard, parse_moment(args.since, "--since"),
+                       parse_moment(args.until, "--until"), policy=_policy(args.policy),
+                       public_key=_public_key(args.public_key),
+                       allow_unsigned=args.allow_unsigned)
+    except ReportError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    text = render(report, args.format)
+    if args.out in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text)
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .retention import DEFAULT_RETENTION, cutoff_for, prune
+
+    if args.before:
+        before = parse_moment(args.before, "--before")
+        assert before is not None
+    else:
+        policy = _policy(args.policy)
+        retention = args.retention or (policy.audit_policy.retention_period if policy
+                                       else DEFAULT_RETENTION)
+        before = cutoff_for(retention)
+    result = prune(_folder(args), before, dry_run=args.dry_run)
+    print(json.dumps(asdict(result), indent=2))
+    return 0
+
+
+_ACTIONS = {"verify": _verify, "export": _export, "search": _search, "report": _report,
+            "prune": _prune}
