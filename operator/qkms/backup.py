@@ -90,7 +90,7 @@ async def restore(service: KeyManagementService, document: Any, key: bytes) -> i
     if header["environment"] != service.environment.value:
         raise InvalidInputError("backup", f"holds {header['environment']} keys, this store is "
                                           f"{service.environment.value}")
-    if service.catalog.all():
+    if service.user_records():
         raise InvalidInputError("store", "restore needs an empty store; this one has keys")
     for key_id, stored in payload["material"].items():
         service.sealed.put_json(MATERIAL, key_id, stored)

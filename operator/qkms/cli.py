@@ -88,10 +88,23 @@ def print_json(value: Any) -> None:
     print(json.dumps(to_json(value), indent=2, default=str))
 
 
+OPENED: list[Any] = []  # services a command opened: closed (final checkpoint) at its end
+
+
 def service(args: argparse.Namespace) -> Any:
     from qkms.service import KeyManagementService
 
-    return KeyManagementService(settings_from(args))
+    svc = KeyManagementService(settings_from(args))
+    OPENED.append(svc)
+    return svc
+
+
+async def run_command(name: str, args: argparse.Namespace) -> None:
+    try:
+        await COMMANDS[name](args)
+    finally:
+        while OPENED:
+            await OPENED.pop().close()
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -331,6 +344,7 @@ async def serve(args: argparse.Namespace) -> None:
     finally:
         if api is not None:
             await api.cleanup()
+        OPENED.extend(runner.registry.all())  # closed by run_command: final checkpoints
     print("qkms serve: stopped", flush=True)
 
 
@@ -510,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--tls-cert", type=Path, help="TLS certificate (PEM)")
     serve_cmd.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
     serve_cmd.add_argument("--tls-client-ca", type=Path, help="CA for mutual TLS")
+    from qkms.audit import cli as audit_cli
+
+    audit_cli.add_parser(top)
     val = top.add_parser("validate", help="check configuration, policies, master key, store, "
                                           "provider and audit store")
     val.add_argument("--manifests", type=Path, help="also check a folder of policy/key YAML")
@@ -591,10 +608,14 @@ def _loop_factory() -> Any:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure()
+    if args.group == "audit":
+        from qkms.audit import cli as audit_cli
+
+        return asyncio.run(audit_cli.run(args))
     name = " ".join(p for p in (args.group, getattr(args, "action", None)) if p)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(COMMANDS[name](args))
+            runner.run(run_command(name, args))
     except InvalidInputError as exc:
         print(f"qkms: error: {exc}", file=sys.stderr)
         return 2

@@ -40,7 +40,16 @@ class Settings:
     master_key_file: Path | None = None
     key_cache_seconds: float = 60.0
     catalog_ttl: float = 1.0  # how stale another replica's rotation or revocation may be
-    provider_options: dict[str, str] = field(default_factory=dict)
+    audit_fail_closed: bool | None = None  # None: closed in prod, open elsewhere
+    # Holds credentials (VAULT_TOKEN, HSM_PIN, ...): never in repr, logs or errors.
+    provider_options: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def fails_closed(self) -> bool:
+        """Refuse operations whose audit entry cannot be stored (as Vault does)."""
+        if self.audit_fail_closed is not None:
+            return self.audit_fail_closed
+        return self.environment is Environment.PROD
 
     @property
     def kek_path(self) -> Path:
@@ -55,7 +64,8 @@ class Settings:
         if "KMS_PROVIDER" in env:
             values["provider"] = _enum(ProviderType, "KMS_PROVIDER", env["KMS_PROVIDER"])
         for var, key in (("AUDIT_ENABLED", "audit_enabled"), ("QKMS_PQC_ENABLED", "pqc_enabled"),
-                         ("QKMS_ROTATION_ENABLED", "rotation_enabled")):
+                         ("QKMS_ROTATION_ENABLED", "rotation_enabled"),
+                         ("QKMS_AUDIT_FAIL_CLOSED", "audit_fail_closed")):
             if var in env:
                 values[key] = _flag(var, env[var])
         if "QKMS_DATA_DIR" in env:

@@ -15,15 +15,19 @@ import base64
 import binascii
 import json
 import logging
+import os
 import re
 import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from qkms import lifecycle
+from qkms.audit.chain import AuditChain
+from qkms.audit.chain import options_from_env as chain_options_from_env
 from qkms.audit.entry import Actor, AuditEntry, AuditSink, MemoryAuditLog, digest
 from qkms.config import Settings
 from qkms.crypto import suite_for
@@ -61,6 +65,8 @@ log = logging.getLogger("key-management:service")
 KEY_ID_RE = re.compile(r"^key_(?P<env>[a-z]+)_(?P<id>[0-9a-f]{16,64})$")
 _LABEL = r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?"
 NAME_RE = re.compile(rf"^{_LABEL}(/{_LABEL})?$")
+AUDIT_KEY = "qkms-system/audit-checkpoint"
+SYSTEM_LABEL = "qkms.io/system"
 TOKEN_PREFIX = "qkms:v1:"  # noqa: S105 - a format marker, not a credential
 MAX_DERIVE_LENGTH = 255 * 32
 E = TypeVar("E")
@@ -142,6 +148,13 @@ def token_aad(key_id: str, context: bytes) -> bytes:
     return TOKEN_PREFIX.encode() + key_id.encode() + b"\x00" + context
 
 
+def audit_folder(data_dir: Path) -> Path:
+    """One chain per writer: ``QKMS_AUDIT_WRITER`` (the pod name in a cluster) gives each
+    replica its own log, so replicas never contend for one; unset, the data dir's own."""
+    writer = os.environ.get("QKMS_AUDIT_WRITER", "").strip()
+    return data_dir / "audit" / writer if writer else data_dir / "audit"
+
+
 class KeyManagementService:
     def __init__(
         self,
@@ -163,8 +176,16 @@ class KeyManagementService:
         self.catalog = Catalog(self.sealed)
         self.catalog.load()
         self.provider: Provider = provider or build_provider(self.settings, self.sealed)
-        self.audit: AuditSink = audit or MemoryAuditLog()
         self.events = EventBus()
+        if audit is None:
+            audit = (AuditChain(audit_folder(self.settings.data_dir),
+                                signer=self._sign_checkpoint, **chain_options_from_env())
+                     if self.settings.audit_enabled else MemoryAuditLog())
+        self.audit: AuditSink = audit
+        self._sink_delivers = hasattr(audit, "listen")
+        if self._sink_delivers:
+            audit.listen(self._deliver)  # type: ignore[attr-defined]
+        self._audit_key_checked = not isinstance(audit, AuditChain)
         self.clock = clock or (lambda: datetime.now(UTC))
         self._locks: dict[str, asyncio.Lock] = {}
         self._public: dict[str, PublicKey] = {}
@@ -239,7 +260,7 @@ class KeyManagementService:
 
     async def list_keys(self) -> list[KeyMetadata]:
         return [self._metadata(r, lifecycle.active_version(r) or r.current)
-                for r in self.catalog.all() if r.environment is self.environment]
+                for r in self.user_records()]
 
     def jwks(self, key_id: str) -> dict[str, Any]:
         """Public JWKs of every version that may still verify (active and grace)."""
@@ -342,11 +363,14 @@ class KeyManagementService:
                 created_at=now, last_rotated_at=now, versions=[version], labels=labels or {},
             )
             await self._record(operation, "success", actor, record, version,
-                               details={"algorithm": info.name, "mode": created.mode.value})
+                               details={"algorithm": info.name, "mode": created.mode.value,
+                                        "owner": owner, "usage": usage_enum.value,
+                                        "rotation_schedule": schedule})
             record = await asyncio.to_thread(self.catalog.put, record)
         self.counters["created"][info.name] += 1
         metadata = self._metadata(record, version)
-        await self.events.emit("keyCreated", metadata)
+        if SYSTEM_LABEL not in record.labels:  # qkms's own keys are audited, not announced
+            await self.events.emit("keyCreated", metadata)
         return metadata
 
     def _version(self, key_id: str, number: int, info: AlgorithmInfo, created: CreatedKey,
@@ -591,7 +615,8 @@ class KeyManagementService:
         assert demoted is not None
         await self._record("MIGRATE" if migration else "ROTATE", "success", actor, updated, new,
                            reason=why.value, details={"old_key_id": old.key_id,
-                                                      "old_state": demoted.state.value})
+                                                      "old_state": demoted.state.value,
+                                                      "algorithm": info.name})
         await asyncio.to_thread(self.catalog.put, updated)
         if demoted.state is not VersionState.GRACE:
             await self.provider.retire(self._handle(old))
@@ -725,6 +750,37 @@ class KeyManagementService:
         return done
 
     # -- audit -----------------------------------------------------------------
+    async def _deliver(self, entry: AuditEntry) -> None:
+        """Every stored entry, in chain order: remember it for Events, then announce it."""
+        if entry.key_name:
+            self.last_audit[entry.key_name] = entry
+        await self.events.emit("auditEvent", entry)
+
+    async def _ensure_audit_key(self) -> None:
+        """The checkpoint key: hybrid where PQC is allowed, made before the first entry and
+        never rotated (verifiers pin it), so the signer never has to create it mid-append."""
+        self._audit_key_checked = True
+        # Another process on this store may have made it since we read the catalog.
+        if self.catalog.get(AUDIT_KEY) is None and self.catalog.reload_one(AUDIT_KEY) is None:
+            algorithm = "Ed25519+ML-DSA-65" if self.settings.pqc_enabled else "Ed25519"
+            await self.create_key(name=AUDIT_KEY, usage="SIGNING", algorithm=algorithm,
+                                  owner="qkms", rotation_schedule="P100Y",
+                                  labels={SYSTEM_LABEL: "audit"})
+
+    async def _sign_checkpoint(self, body: bytes) -> tuple[bytes, str, bytes]:
+        record = self.catalog.get(AUDIT_KEY)
+        version = lifecycle.active_version(record) if record else None
+        if version is None or version.public_key is None:
+            raise AuditStorageError("the audit checkpoint key is missing or not active")
+        return await self.provider.sign(self._handle(version), body), version.key_id, \
+            version.public_key
+
+    async def close(self) -> None:
+        """Sign a last checkpoint and release the audit log (CLI commands, shutdown)."""
+        close = getattr(self.audit, "close", None)
+        if close is not None:
+            await close()
+
     async def _record(self, operation: str, result: str, actor: Actor,
                       record: KeyRecord | None, version: KeyVersion | None, *,
                       reason: str | None = None, digests: dict[str, str] | None = None,
@@ -738,20 +794,26 @@ class KeyManagementService:
             version=version.version if version else None, reason=reason,
             digests=digests or {}, details=details or {},
         )
-        if self.settings.audit_enabled:
-            try:
-                entry = await self.audit.append(entry)
-            except AuditStorageError:
-                self.counters["failures"]["audit"] += 1
-                raise
-            except Exception as exc:
-                self.counters["failures"]["audit"] += 1
-                log.error("audit append failed: %s", type(exc).__name__)
-                raise AuditStorageError(type(exc).__name__) from exc
-        if entry.key_name:
-            self.last_audit[entry.key_name] = entry
-        await self.events.emit("auditEvent", entry)
-        return entry
+        if not self.settings.audit_enabled:
+            await self._deliver(entry)
+            return entry
+        if not self._audit_key_checked:
+            await self._ensure_audit_key()
+        try:
+            stored = await self.audit.append(entry)
+        except Exception as exc:
+            self.counters["failures"]["audit"] += 1
+            failure = exc if isinstance(exc, AuditStorageError) else \
+                AuditStorageError(type(exc).__name__)
+            if self.settings.fails_closed:
+                log.error("%s: refusing %s (fail-closed)", failure, operation)
+                raise failure from exc
+            log.error("%s: %s goes ahead UNAUDITED (fail-open)", failure, operation)
+            await self._deliver(entry)
+            return entry
+        if not self._sink_delivers:
+            await self._deliver(stored)
+        return stored
 
     async def audit_denied(self, operation: str, key_name: str | None, actor: Any,
                            exc: QkmsError) -> None:
@@ -779,8 +841,13 @@ class KeyManagementService:
             log.error("could not audit a failed %s", operation)
 
     # -- statistics and health -------------------------------------------------
+    def user_records(self) -> list[KeyRecord]:
+        """This environment's keys, without qkms's own (the audit checkpoint key)."""
+        return [r for r in self.catalog.all()
+                if r.environment is self.environment and SYSTEM_LABEL not in r.labels]
+
     async def get_statistics(self) -> dict[str, Any]:
-        records = [r for r in self.catalog.all() if r.environment is self.environment]
+        records = self.user_records()
         versions = [v for r in records for v in r.versions]
         return {
             "environment": self.environment.value,

@@ -202,7 +202,7 @@ async def test_kill_9_and_restart_in_a_fresh_workdir_resumes_without_duplicates(
     for name, key_id in key_ids.items():
         assert (await ready(kube, name))["status"]["keyId"] == key_id
     replica = service_for(kube, tmp_path)
-    names = sorted(r.name for r in replica.catalog.all())
+    names = sorted(r.name for r in replica.user_records())
     assert len(names) == len(set(names)) == 6
     assert await replica.use_key(f"{NS}/release-signing", "SIGN", b"still usable")
 

@@ -45,5 +45,5 @@ async def test_fixture(path: Path, tmp_path, clock) -> None:
         assert ready["message"] == expect["readyMessage"]
     if "projectionKeys" in expect:
         assert sorted(outcome.projection) == expect["projectionKeys"]
-    created = any(s.catalog.all() for s in registry.all())
+    created = any(s.user_records() for s in registry.all())
     assert created is expect.get("created", True)

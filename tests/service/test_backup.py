@@ -33,7 +33,7 @@ async def test_backup_wipe_restore(make_service, tmp_path) -> None:
     assert b"kept" not in json.dumps(document).encode()
     shutil.rmtree(tmp_path / "data")  # the disaster: store and master key gone
     fresh = make_service()
-    assert await backup.restore(fresh, document, key) == 3
+    assert await backup.restore(fresh, document, key) == 4  # three keys and the audit key
     assert {r.name: [v.state for v in r.versions] for r in fresh.catalog.all()} == states
     assert await fresh.use_key("s", "VERIFY", b"m", signature=old_sig)
     assert (await fresh.use_key("a", "DECRYPT", token)).plaintext == b"kept"

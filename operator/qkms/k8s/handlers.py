@@ -50,6 +50,14 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         await RUNTIME["runtime"].start_api()
 
 
+@kopf.on.cleanup()
+async def shutdown(**_: Any) -> None:
+    """Sign a last audit checkpoint and release the audit logs."""
+    if "runtime" in RUNTIME:
+        for service in runtime().registry.all():
+            await service.close()
+
+
 @kopf.on.resume(*MANAGED_KEYS)
 @kopf.on.create(*MANAGED_KEYS)
 @kopf.on.update(*MANAGED_KEYS)

@@ -70,7 +70,7 @@ class Metrics:
             env = service.environment.value
             self.audit_failures.labels(env).set(service.counters["failures"]["audit"])
             counts: dict[str, int] = {}
-            for record in service.catalog.all():
+            for record in service.user_records():
                 state = lifecycle.key_state(record).value
                 counts[state] = counts.get(state, 0) + 1
                 self._algorithms.setdefault(record.name, record.algorithm)
