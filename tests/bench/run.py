@@ -10,7 +10,7 @@ import asyncio
 import importlib
 import sys
 
-BENCHES = ["engine", "dataplane"]
+BENCHES = ["engine", "dataplane", "operator", "audit", "vault", "aws", "hsm", "azure"]
 
 
 def main(names: list[str]) -> None:

@@ -16,10 +16,18 @@ from qkms.config import Settings
 from qkms.model.enums import Environment, ProviderType
 from qkms.service import KeyManagementService
 
-pytest_plugins: list[str] = []
+# Each server's fixtures (pytest_plugins is only allowed in the root conftest).
+from tests.support.azure_keyvault import azure_options, azure_vault  # noqa: F401
+from tests.support.moto import aws_options, moto_server  # noqa: F401
+from tests.support.openbao import make_openbao_raft, openbao_server, vault_options  # noqa: F401
+from tests.support.softhsm import hsm_options, softhsm  # noqa: F401
 
 PROVIDER_FIXTURES: dict[ProviderType, str] = {
     ProviderType.LOCAL_DEV: "local_dev_options",
+    ProviderType.HASHICORP_VAULT: "vault_options",
+    ProviderType.AWS_KMS: "aws_options",
+    ProviderType.HSM: "hsm_options",
+    ProviderType.AZURE_KEY_VAULT: "azure_options",
 }
 
 

@@ -361,3 +361,17 @@ def test_condition_serialises_as_kubernetes_expects() -> None:
         "type": "PQCMigration", "status": "True", "reason": "QuantumVulnerable", "message": "m",
         "lastTransitionTime": "2026-11-29T12:00:00Z", "observedGeneration": 3,
     }
+
+
+def test_token_label_is_a_name_not_a_credential() -> None:
+    from qkms.model.resources import credential_like
+
+    assert not credential_like("tokenLabel")
+    assert credential_like("token") and credential_like("hsmPin")
+
+
+def test_settings_never_show_credentials() -> None:
+    from qkms.config import Settings
+
+    settings = Settings(provider_options={"HSM_PIN": "1234-secret"})
+    assert "1234-secret" not in repr(settings)

@@ -167,8 +167,13 @@ _SECRET_WORDS = frozenset({
 })
 
 
+NOT_CREDENTIALS = frozenset({"tokenLabel"})  # a PKCS#11 token's name, not a secret
+
+
 def credential_like(key: str) -> bool:
     """Whether a settings key names a credential (``token``, ``hsmPin``, ``clientSecret``...)."""
+    if key in NOT_CREDENTIALS:
+        return False
     words = [w.lower() for w in re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", key)]
     pairs = {a + b for a, b in zip(words, words[1:], strict=False)}
     return bool(_SECRET_WORDS & (set(words) | pairs))

@@ -35,8 +35,11 @@ NOTES: dict[ProviderType, str] = {
     ProviderType.AWS_KMS: "ML-DSA and Ed25519 become native where the endpoint accepts "
                           "them (tried once per process); envelope wraps with Encrypt; one "
                           "alias per key; native RSA signs only (KMS OAEP takes no label)",
-    ProviderType.AZURE_KEY_VAULT: "AES only on Managed HSM; envelope wraps with wrapKey",
-    ProviderType.HSM: "objects labelled by key ID; envelope wraps with an HSM AES key",
+    ProviderType.AZURE_KEY_VAULT: "AES only on Managed HSM; envelope wraps a data key with "
+                                  "wrapKey; rotation adds a vault key version; native RSA "
+                                  "signs only (Key Vault OAEP takes no label)",
+    ProviderType.HSM: "objects labelled by key ID; envelope wraps with an HSM AES key; "
+                      "RSA-OAEP labels via raw RSA where the token lacks them (SoftHSM)",
 }
 
 
