@@ -145,3 +145,28 @@ async def test_provider_outage_is_degraded_and_retryable(reconciler) -> None:
     conditions = {c.type: (c.status, c.reason) for c in failed.status.conditions}
     assert conditions["Degraded"] == ("True", "ProviderUnavailable")
     assert [e.reason for e in failed.events] == ["ProviderUnavailable"]
+
+
+async def test_policy_credentials_come_from_the_secret_reference(tmp_path, clock) -> None:
+    """credentialsSecretRef's data reaches the provider settings; settings never inline it."""
+    from qkms.model.resources import parse_key_policy
+
+    policy = parse_key_policy({"apiVersion": "qkms.io/v1alpha1", "kind": "KeyPolicy",
+                               "metadata": {"name": "dev"},
+                               "spec": {"environment": "dev", "provider": {
+                                   "type": "LOCAL_DEV", "settings": {"timeout": "3"},
+                                   "credentialsSecretRef": {"name": "creds"}}}})
+    asked = []
+
+    async def credentials(p):
+        asked.append(p.spec.provider.credentials_secret_ref.name)
+        return {"VAULT_TOKEN": "s3cr3t-token"}
+
+    registry = ServiceRegistry(Settings(data_dir=tmp_path), clock=clock)
+    reconciler = KeyReconciler(registry, clock=clock, credentials=credentials)
+    out = await reconciler.reconcile(parse_managed_key(body()), DEV, [policy])
+    service = registry.get(out.record.environment, policy, {"VAULT_TOKEN": "s3cr3t-token"})
+    assert asked == ["creds"]
+    assert service.settings.provider_options == {"timeout": "3", "VAULT_TOKEN": "s3cr3t-token"}
+    assert "s3cr3t-token" not in repr(service.settings)
+    assert registry.all() == [service]  # the same service: no rebuild between callers

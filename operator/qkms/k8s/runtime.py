@@ -20,7 +20,7 @@ from typing import Any
 from qkms.config import Settings
 from qkms.errors import InvalidInputError
 from qkms.model.enums import Environment
-from qkms.model.resources import ManagedKey, parse_managed_key
+from qkms.model.resources import KeyPolicy, ManagedKey, parse_managed_key
 from qkms.reconcile import decisions
 from qkms.reconcile.reconciler import KeyReconciler, KubeEvent, Outcome
 from qkms.reconcile.registry import ServiceRegistry
@@ -54,7 +54,7 @@ class OperatorRuntime:
             def records(env: Environment) -> SecretRecordStore:
                 return SecretRecordStore(kube.core, namespace, env.value)
         self.registry = ServiceRegistry(settings, records=records, kek=kek)
-        self.reconciler = KeyReconciler(self.registry)
+        self.reconciler = KeyReconciler(self.registry, credentials=self.credentials)
         self.locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.wakers: dict[tuple[str, str], asyncio.Event] = {}
         self.projections: dict[ProjectionTarget, tuple[dict[str, Any], dict[str, str]]] = {}
@@ -177,7 +177,14 @@ class OperatorRuntime:
     async def service(self, environment: Environment) -> KeyManagementService:
         policies = await self.kube.key_policies()
         policy = next((p for p in policies if p.spec.environment is environment), None)
-        return self.registry.get(environment, policy)
+        return self.registry.get(environment, policy, await self.credentials(policy))
+
+    async def credentials(self, policy: KeyPolicy | None) -> dict[str, str] | None:
+        """The provider credentials a policy names by Secret reference (never inline)."""
+        ref = policy.spec.provider.credentials_secret_ref if policy else None
+        if ref is None:
+            return None
+        return await self.kube.secret_data(ref.namespace or self.namespace, ref.name)
 
     async def keys_under_policy(self, environment: Environment) -> list[dict[str, Any]]:
         bodies = []

@@ -87,6 +87,13 @@ class Kube:
             return policies
         return await self._cached("keypolicies", load)
 
+    async def secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        """A Secret's data, decoded (provider credentials); cached briefly like policies."""
+        async def load() -> dict[str, str]:
+            secret = await self._call(self.core.read_namespaced_secret, name, namespace)
+            return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+        return await self._cached(f"secret/{namespace}/{name}", load)
+
     async def managed_keys(self) -> list[dict[str, Any]]:
         listing = await self._call(self.custom.list_cluster_custom_object, GROUP, VERSION,
                                    "managedkeys")

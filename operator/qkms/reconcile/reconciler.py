@@ -11,7 +11,7 @@ second key nor repeats a request (request IDs are stored with the key).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -61,24 +61,31 @@ def _audit_ref(service: KeyManagementService, name: str) -> str:
 
 
 class KeyReconciler:
-    def __init__(self, registry: ServiceRegistry, clock: Any = None) -> None:
+    def __init__(self, registry: ServiceRegistry, clock: Any = None,
+                 credentials: Callable[[KeyPolicy | None],
+                                       Awaitable[dict[str, str] | None]] | None = None) -> None:
+        """``credentials`` reads a policy's credentialsSecretRef (the operator's Kube)."""
         self.registry = registry
         self.clock = clock or (lambda: datetime.now(UTC))
+        self.credentials = credentials
 
-    def locate(self, mk: ManagedKey, namespace_labels: Mapping[str, str] | None,
-               policies: Sequence[KeyPolicy]) -> tuple[KeyManagementService, KeyPolicy | None,
-                                                       decisions.DesiredKey]:
+    async def locate(self, mk: ManagedKey, namespace_labels: Mapping[str, str] | None,
+                     policies: Sequence[KeyPolicy]) -> tuple[KeyManagementService,
+                                                             KeyPolicy | None,
+                                                             decisions.DesiredKey]:
         env = decisions.resolve_environment(mk, namespace_labels,
                                             self.registry.settings.environment
                                             if namespace_labels is None else None)
         policy = decisions.select_policy(mk, env, policies)
-        return self.registry.get(env, policy), policy, decisions.desired_key(mk, env, policy)
+        desired = decisions.desired_key(mk, env, policy)
+        credentials = await self.credentials(policy) if self.credentials else None
+        return self.registry.get(env, policy, credentials), policy, desired
 
     async def reconcile(self, mk: ManagedKey, namespace_labels: Mapping[str, str] | None,
                         policies: Sequence[KeyPolicy]) -> Outcome:
         now = self.clock()
         try:
-            service, policy, desired = self.locate(mk, namespace_labels, policies)
+            service, policy, desired = await self.locate(mk, namespace_labels, policies)
         except EnvironmentMismatchError as exc:
             return self._refused(mk, "EnvironmentMismatch", exc.message, now)
         except InvalidInputError as exc:
@@ -191,7 +198,7 @@ class KeyReconciler:
                      policies: Sequence[KeyPolicy]) -> str:
         """Finalizer work: Retain audits the release, Delete schedules destruction."""
         try:
-            service, policy, desired = self.locate(mk, namespace_labels, policies)
+            service, policy, desired = await self.locate(mk, namespace_labels, policies)
         except QkmsError as exc:
             return f"nothing to clean up: {exc.message}"
         record = service.catalog.get(desired.name)

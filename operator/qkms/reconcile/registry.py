@@ -31,7 +31,9 @@ class ServiceRegistry:
         self.on_new: list[Callable[[KeyManagementService], None]] = []  # metrics, ...
         self._services: dict[Environment, tuple[tuple, KeyManagementService]] = {}
 
-    def settings_for(self, environment: Environment, policy: KeyPolicy | None) -> Settings:
+    def settings_for(self, environment: Environment, policy: KeyPolicy | None,
+                     credentials: dict[str, str] | None = None) -> Settings:
+        """``credentials``: the policy's credentialsSecretRef Secret, read by the caller."""
         changes: dict[str, Any] = {
             "environment": environment,
             "data_dir": self.settings.data_dir / environment.value,
@@ -41,14 +43,17 @@ class ServiceRegistry:
             changes.update(provider=policy.spec.provider.type,
                            pqc_enabled=policy.spec.pqc_policy.enabled,
                            audit_enabled=policy.spec.audit_policy.enabled,
+                           audit_fail_closed=policy.spec.audit_fails_closed,
                            provider_options={**self.settings.provider_options,
-                                             **policy.spec.provider.settings})
+                                             **policy.spec.provider.settings,
+                                             **(credentials or {})})
         return replace(self.settings, **changes)
 
-    def get(self, environment: Environment, policy: KeyPolicy | None = None
-            ) -> KeyManagementService:
-        settings = self.settings_for(environment, policy)
+    def get(self, environment: Environment, policy: KeyPolicy | None = None,
+            credentials: dict[str, str] | None = None) -> KeyManagementService:
+        settings = self.settings_for(environment, policy, credentials)
         fingerprint = (settings.provider, settings.pqc_enabled, settings.audit_enabled,
+                       settings.audit_fail_closed,
                        tuple(sorted(settings.provider_options.items())))
         known = self._services.get(environment)
         if known is None or known[0] != fingerprint:
