@@ -41,6 +41,7 @@ class Settings:
     key_cache_seconds: float = 60.0
     catalog_ttl: float = 1.0  # how stale another replica's rotation or revocation may be
     audit_fail_closed: bool | None = None  # None: closed in prod, open elsewhere
+    audit_retention: str = "P7Y"  # the KeyPolicy's auditPolicy.retentionPeriod
     # Holds credentials (VAULT_TOKEN, HSM_PIN, ...): never in repr, logs or errors.
     provider_options: dict[str, str] = field(default_factory=dict, repr=False)
 

@@ -775,6 +775,16 @@ class KeyManagementService:
         return await self.provider.sign(self._handle(version), body), version.key_id, \
             version.public_key
 
+    async def prune_audit(self) -> Any:
+        """Apply the retention period: drop whole audit segments older than it, only where a
+        signed checkpoint anchors what remains (so the rest still verifies)."""
+        if not isinstance(self.audit, AuditChain):
+            return None
+        from qkms.audit.retention import cutoff_for, prune
+
+        cutoff = cutoff_for(self.settings.audit_retention, self.clock())
+        return await asyncio.to_thread(prune, self.audit.root, cutoff)
+
     async def close(self) -> None:
         """Sign a last checkpoint and release the audit log (CLI commands, shutdown)."""
         close = getattr(self.audit, "close", None)

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,7 @@ class Standalone:
         self._fingerprint: tuple | None = None
         self._reported: set[str] = set()
         self.ready = asyncio.Event()  # set after the first full pass: the API may open
+        self._next_prune = 0.0
 
     def refresh(self) -> bool:
         """Re-read the folder if anything changed; returns whether it did."""
@@ -162,6 +164,10 @@ class Standalone:
             wake = min(wake, outcome.requeue_after or 30.0)
         for ident in set(self.statuses) - current:
             await self._finalize(ident)
+        if time.monotonic() >= self._next_prune:  # retention, hourly as in the operator
+            self._next_prune = time.monotonic() + 3600
+            for service in self.registry.all():
+                await service.prune_audit()
         return wake
 
     def _apply(self, mk: ManagedKey, outcome: Outcome) -> None:

@@ -67,3 +67,27 @@ async def test_dry_run_and_nothing_old_enough(tmp_path):
 
 def test_cutoff_from_a_retention_period():
     assert cutoff_for("P7Y", START).year == START.year - 7
+
+
+async def test_the_service_prunes_to_its_policy_retention(tmp_path) -> None:
+    """service.prune_audit applies Settings.audit_retention (the policy's retentionPeriod)."""
+    from datetime import UTC, datetime, timedelta
+
+    from qkms.config import Settings
+    from qkms.service import KeyManagementService
+
+    now = [datetime(2020, 1, 1, tzinfo=UTC)]
+    settings = Settings(data_dir=tmp_path, audit_retention="P30D")
+    svc = KeyManagementService(settings, clock=lambda: now[0])
+    key = await svc.create_key(usage="SIGNING", algorithm="Ed25519", owner="o")
+    for _ in range(5):
+        await svc.use_key(key.key_id, "SIGN", b"m")
+    await svc.audit.checkpoint()
+    await svc.close()
+    now[0] += timedelta(days=31)
+    later = KeyManagementService(settings, clock=lambda: now[0])
+    result = await later.prune_audit()
+    # The cutoff is the policy's 30 days before now; the segment being written is kept,
+    # so the chain (one segment here) still verifies whole.
+    assert datetime.fromisoformat(result.cutoff) == now[0] - timedelta(days=30)
+    assert result.removed == [] and result.entries_removed == 0

@@ -116,6 +116,14 @@ async def replan_policy(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     patch.status["observedGeneration"] = body["metadata"].get("generation")
 
 
+@kopf.timer(*KEY_POLICIES, interval=3600.0, initial_delay=60.0)
+async def audit_retention(body: kopf.Body, **_: Any) -> None:
+    """Hourly: prune the environment's audit log to the policy's retention period."""
+    policy = parse_key_policy(body)
+    service = await runtime().service(policy.spec.environment)
+    await service.prune_audit()
+
+
 @kopf.on.event("", "v1", "secrets", labels=PROJECTED)
 @kopf.on.event("", "v1", "configmaps", labels=PROJECTED)
 async def repair_projection(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:

@@ -44,6 +44,7 @@ class ServiceRegistry:
                            pqc_enabled=policy.spec.pqc_policy.enabled,
                            audit_enabled=policy.spec.audit_policy.enabled,
                            audit_fail_closed=policy.spec.audit_fails_closed,
+                           audit_retention=policy.spec.audit_policy.retention_period,
                            provider_options={**self.settings.provider_options,
                                              **policy.spec.provider.settings,
                                              **(credentials or {})})
