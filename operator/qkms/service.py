@@ -183,7 +183,9 @@ class KeyManagementService:
                      if self.settings.audit_enabled else MemoryAuditLog())
         self.audit: AuditSink = audit
         self._sink_delivers = hasattr(audit, "listen")
-        if self._sink_delivers:
+        if isinstance(audit, AuditChain):
+            audit.attach(self._sign_checkpoint, self._deliver)
+        elif self._sink_delivers:
             audit.listen(self._deliver)  # type: ignore[attr-defined]
         self._audit_key_checked = not isinstance(audit, AuditChain)
         self.clock = clock or (lambda: datetime.now(UTC))

@@ -98,6 +98,14 @@ async def test_examples_become_ready_with_verifiable_projections(kube, qkms_oper
     assert set(ref["data"]) == {"key-id", "key-name", "algorithm", "version", "next-rotation"}
     await eventually(lambda: _has_event(kube, "user-service-signing", "KeyCreated"),
                      what="KeyCreated Event")
+    # Events and status name the audit entry by its IPFS CID (CIDv1, base32: "bafy...").
+    body = await ready(kube, "user-service-signing")
+    assert body["status"]["lastAuditCid"].startswith("bafy")
+    created = next(e for e in await kube.list("events", NS)
+                   if e["reason"] == "KeyCreated"
+                   and e["involvedObject"]["name"] == "user-service-signing")
+    assert created["metadata"]["annotations"]["qkms.io/audit-ref"].startswith("bafy")
+    assert "cid bafy" in created["message"]
 
 
 async def test_lifecycle_through_the_api(kube, qkms_operator):

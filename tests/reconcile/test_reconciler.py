@@ -170,3 +170,24 @@ async def test_policy_credentials_come_from_the_secret_reference(tmp_path, clock
     assert service.settings.provider_options == {"timeout": "3", "VAULT_TOKEN": "s3cr3t-token"}
     assert "s3cr3t-token" not in repr(service.settings)
     assert registry.all() == [service]  # the same service: no rebuild between callers
+
+
+async def test_a_policy_change_keeps_one_audit_log_writer(tmp_path, clock) -> None:
+    """Rebuilding an environment's service (a KeyPolicy arrived) must not open a second
+    writer on the same audit log: entries keep being stored, with CIDs."""
+    from qkms.model.resources import parse_key_policy
+
+    registry = ServiceRegistry(Settings(data_dir=tmp_path), clock=clock)
+    reconciler = KeyReconciler(registry, clock=clock)
+    first = await run(reconciler, body())
+    assert first.status.last_audit_cid.startswith("bafy")
+    policy = parse_key_policy({"apiVersion": "qkms.io/v1alpha1", "kind": "KeyPolicy",
+                               "metadata": {"name": "dev"},
+                               "spec": {"environment": "dev",
+                                        "auditPolicy": {"failClosed": True}}})
+    raw = body(rotationRequest={"token": "after-policy"})
+    out = await reconciler.reconcile(parse_managed_key(raw).model_copy(
+        update={"status": first.status}), DEV, [policy])
+    assert out.events[0].reason == "KeyRotated"
+    assert out.status.last_audit_cid.startswith("bafy")
+    assert out.status.last_audit_cid != first.status.last_audit_cid

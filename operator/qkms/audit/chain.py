@@ -208,6 +208,12 @@ class AuditChain:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def attach(self, signer: Signer | None, listener: Listener) -> None:
+        """Hand the chain to a new owner (a service rebuilt after a policy change): its
+        signer and its listener replace the old ones; the open log carries on."""
+        self._signer = signer
+        self._listeners = [listener]
+
     def listen(self, listener: Listener) -> None:
         """Call ``listener(entry)`` for every stored entry, in chain order."""
         self._listeners.append(listener)

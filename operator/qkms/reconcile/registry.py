@@ -58,8 +58,10 @@ class ServiceRegistry:
                        tuple(sorted(settings.provider_options.items())))
         known = self._services.get(environment)
         if known is None or known[0] != fingerprint:
+            # A rebuilt service takes over the open audit log: one writer per folder.
+            audit = known[1].audit if known is not None and settings.audit_enabled else None
             service = KeyManagementService(settings, records=self.records(environment),
-                                           clock=self.clock, kek=self.kek)
+                                           clock=self.clock, kek=self.kek, audit=audit)
             self._services[environment] = (fingerprint, service)
             for hook in self.on_new:
                 hook(service)
