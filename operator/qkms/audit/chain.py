@@ -111,6 +111,7 @@ class AuditChain:
         self._log = SegmentLog(self.root, segment_bytes)
         self._recent: deque[AuditEntry] = deque(maxlen=recent_capacity)
         self._listeners: list[Listener] = []
+        self._owner: Listener | None = None  # the owning service's listener (see attach)
         self._lock = asyncio.Lock()
         self._sync_lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()
@@ -212,7 +213,10 @@ class AuditChain:
         """Hand the chain to a new owner (a service rebuilt after a policy change): its
         signer and its listener replace the old ones; the open log carries on."""
         self._signer = signer
-        self._listeners = [listener]
+        if self._owner in self._listeners:
+            self._listeners.remove(self._owner)
+        self._owner: Listener | None = listener
+        self._listeners.insert(0, listener)
 
     def listen(self, listener: Listener) -> None:
         """Call ``listener(entry)`` for every stored entry, in chain order."""
