@@ -31,12 +31,13 @@ async def arate(func: Callable[[], Awaitable[object]], seconds: float) -> float:
 
 async def compare(name: str, ours: Callable[[], Awaitable[object]],
                   reference: Callable[[], object], *, seconds: float = 1.0, rounds: int = 3,
-                  target: float | None = None) -> float:
-    """Print ops/s for both and the ratio ours/reference (best of interleaved rounds)."""
+                  target: float | None = None, per_call: int = 1) -> float:
+    """Print ops/s for both and the ratio ours/reference (best of interleaved rounds).
+    ``per_call``: how many operations one call of ``ours`` performs (a concurrent batch)."""
     best_ours = best_ref = 0.0
     for _ in range(rounds):
         best_ref = max(best_ref, rate(reference, seconds))
-        best_ours = max(best_ours, await arate(ours, seconds))
+        best_ours = max(best_ours, per_call * await arate(ours, seconds))
     ratio = best_ours / best_ref
     goal = f"  (target >= {target})" if target is not None else ""
     print(f"{name:<44} qkms {best_ours:>10.0f}/s  reference {best_ref:>10.0f}/s  "
