@@ -30,13 +30,13 @@ from qkms.errors import (
 )
 from qkms.model.algorithms import resolve_algorithm
 from qkms.model.enums import Environment, ProviderType, VersionState
-from qkms.providers import capabilities
+from qkms.providers import (
+    aws,  # noqa: E402
+    capabilities,
+)
 from qkms.providers.base import Capability
 from qkms.service import AUDIT_KEY, KeyManagementService, parse_token
 from tests.support.moto import MotoServer
-
-boto3 = pytest.importorskip("boto3")  # tests.support.moto fails or skips first, loudly
-aws = pytest.importorskip("qkms.providers.aws")
 
 pytestmark = pytest.mark.server
 
@@ -146,7 +146,7 @@ async def test_ml_dsa_and_ed25519_are_probed_and_moto_refuses_them(svc, kms):
 def test_external_mu_is_fips_204_mu():
     """Native ML-DSA signs long messages as EXTERNAL_MU; moto cannot, so check the mu
     against dilithium-py and the signature made from it against cryptography."""
-    dilithium = pytest.importorskip("dilithium_py.ml_dsa")
+    import dilithium_py.ml_dsa as dilithium
     from cryptography.hazmat.primitives.asymmetric.mldsa import MLDSA65PublicKey
     public, secret = dilithium.ML_DSA_65.keygen()
     message = os.urandom(6000)

@@ -11,6 +11,7 @@ import base64
 import json
 import time
 
+import hvac  # noqa: E402 - test dependencies: a missing one fails, never skips
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
@@ -27,13 +28,13 @@ from qkms.errors import (
 )
 from qkms.model.algorithms import ALGORITHMS, resolve_algorithm
 from qkms.model.enums import Environment, ProviderType, VersionState
-from qkms.providers import capabilities
+from qkms.providers import (
+    capabilities,
+    vault,  # noqa: E402
+)
 from qkms.providers.base import Capability
 from qkms.service import AUDIT_KEY, KeyManagementService, parse_token
 from tests.support.openbao import OpenBao
-
-hvac = pytest.importorskip("hvac")  # tests.support.openbao fails or skips first, loudly
-vault = pytest.importorskip("qkms.providers.vault")
 
 pytestmark = pytest.mark.server
 
