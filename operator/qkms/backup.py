@@ -109,3 +109,45 @@ def service_actor() -> Any:
     from qkms.audit.entry import Actor
 
     return Actor(type="CLI", id="backup")
+
+
+def backup_name(environment: str, moment: datetime) -> str:
+    return f"qkms-{environment}-{moment.strftime('%Y%m%dT%H%M%SZ')}.json"
+
+
+def expired_backups(names: list[str], environment: str, now: datetime,
+                    retention: str) -> list[str]:
+    """Which backups of ``environment`` are older than the retention period (pure)."""
+    from qkms.model.durations import parse_duration
+
+    cutoff = now - parse_duration(retention, "backupPolicy.retentionPeriod")
+    prefix = f"qkms-{environment}-"
+    old = []
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".json")):
+            continue
+        try:
+            made = datetime.strptime(name[len(prefix):-5], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            continue
+        if made < cutoff:
+            old.append(name)
+    return sorted(old)
+
+
+async def scheduled(service: KeyManagementService, folder: Path, key: bytes,
+                    retention: str) -> tuple[Path, list[str]]:
+    """Write one backup into ``folder`` (a volume) and prune those past retention."""
+    import asyncio
+
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    now = service.clock()
+    path = folder / backup_name(service.environment.value, now)
+    document = create(service, key)
+    await asyncio.to_thread(path.write_text, json.dumps(document) + "\n")
+    path.chmod(0o600)
+    pruned = expired_backups([p.name for p in folder.iterdir()], service.environment.value,
+                             now, retention)
+    for name in pruned:
+        (folder / name).unlink(missing_ok=True)
+    return path, pruned

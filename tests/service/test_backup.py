@@ -59,3 +59,19 @@ async def test_corrupt_or_wrong_key_backups_are_refused(make_service) -> None:
         backup.open_backup(edited, key)
     with pytest.raises(InvalidInputError, match="backup: not a qkms-backup/1 file"):
         backup.open_backup({"format": "zip"}, key)
+
+
+async def test_scheduled_backups_prune_past_retention(make_service, tmp_path, clock) -> None:
+    from datetime import timedelta
+
+    svc = make_service()
+    await populated(svc)
+    folder, key = tmp_path / "backups", os.urandom(32)
+    first, pruned = await backup.scheduled(svc, folder, key, "P7D")
+    assert pruned == [] and first.stat().st_mode & 0o077 == 0
+    clock.advance(days=8)
+    second, pruned = await backup.scheduled(svc, folder, key, "P7D")
+    assert pruned == [first.name] and sorted(p.name for p in folder.iterdir()) == [second.name]
+    assert backup.open_backup(json.loads(second.read_text()), key)[0]["keys"] == 4
+    assert backup.expired_backups(["unrelated.txt", "qkms-dev-garbage.json"], "dev",
+                                  clock() + timedelta(days=99), "P7D") == []

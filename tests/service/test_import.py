@@ -67,3 +67,18 @@ def test_bad_import_material_names_the_field_without_echoing_it() -> None:
         from_pem(pem_of(ec.generate_private_key(ec.SECP384R1())))
     with pytest.raises(InvalidInputError, match="raw: must be 32 bytes"):
         from_raw(os.urandom(16), "AES-256-GCM")
+
+
+def test_secret_data_import_picks_pem_or_raw_and_names_fields() -> None:
+    from qkms.crypto.importing import from_secret_data
+
+    pem = pem_of(ed25519.Ed25519PrivateKey.generate())
+    assert from_secret_data({"tls.key": pem}, None, None)[0] == "Ed25519"
+    raw = os.urandom(32)
+    assert from_secret_data({"k": raw, "other": b"x"}, "k", "AES-256-GCM") == ("AES-256-GCM", raw)
+    with pytest.raises(InvalidInputError, match="spec.importFrom.key: the Secret has 2 keys"):
+        from_secret_data({"a": raw, "b": raw}, None, "AES-256-GCM")
+    with pytest.raises(InvalidInputError, match="spec.algorithm: the imported PEM holds"):
+        from_secret_data({"k": pem}, None, "ECDSA-P256")
+    with pytest.raises(InvalidInputError, match="spec.algorithm: is required"):
+        from_secret_data({"k": raw}, None, None)

@@ -51,3 +51,25 @@ def from_raw(raw: bytes, algorithm: str) -> tuple[str, bytes]:
     if len(raw) != 32:
         raise InvalidInputError("raw", f"must be 32 bytes, not {len(raw)}")
     return info.name, raw
+
+
+def from_secret_data(data: dict[str, bytes], key: str | None,
+                     algorithm: str | None) -> tuple[str, bytes]:
+    """Key material from a Secret's data (``spec.importFrom``): a PEM private key, or 32
+    raw bytes for a symmetric ``algorithm``. ``key`` picks the data key; else the only one."""
+    if key is None:
+        if len(data) != 1:
+            raise InvalidInputError("spec.importFrom.key",
+                                    f"the Secret has {len(data)} keys; name the one to import")
+        key = next(iter(data))
+    if key not in data:
+        raise InvalidInputError("spec.importFrom.key", f"the Secret has no key {key!r}")
+    value = data[key]
+    if value.lstrip().startswith(b"-----BEGIN"):
+        found, private = from_pem(value)
+        if algorithm and resolve_algorithm(algorithm).name != found:
+            raise InvalidInputError("spec.algorithm", f"the imported PEM holds a {found} key")
+        return found, private
+    if algorithm is None:
+        raise InvalidInputError("spec.algorithm", "is required to import raw key bytes")
+    return from_raw(value, algorithm)
