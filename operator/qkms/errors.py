@@ -71,10 +71,11 @@ class KeyNotFoundError(QkmsError, LookupError):
 class EnvironmentMismatchError(QkmsError):
     code = "environment_mismatch"
 
-    def __init__(self, key_id: str, key_environment: str, environment: str) -> None:
+    def __init__(self, key_id: str, key_environment: str, environment: str, *,
+                 field: str | None = None) -> None:
         super().__init__(
             f"Environment mismatch: key {key_id} belongs to environment "
-            f"'{key_environment}' and cannot be used from '{environment}'"
+            f"'{key_environment}' and cannot be used from '{environment}'", field=field
         )
         self.key_environment = key_environment
         self.environment = environment
@@ -105,6 +106,16 @@ class RecordCorruptError(IntegrityError):
 
     def __init__(self, record: str, reason: str) -> None:
         super().__init__(f"Stored record {record} is corrupt or was tampered with: {reason}")
+        self.record = record
+
+
+class StorageError(QkmsError):
+    """The key store refused a write (disk full, read-only, the Kubernetes API down)."""
+
+    code = "storage_failed"
+
+    def __init__(self, record: str, reason: str) -> None:
+        super().__init__(f"Key store write failed: {record}: {reason}")
         self.record = record
 
 

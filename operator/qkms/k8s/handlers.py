@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
+from qkms.errors import InvalidInputError
 from qkms.model.resources import parse_key_policy
 
 from .runtime import OperatorRuntime, ProjectionTarget
@@ -29,6 +31,7 @@ MANAGED_KEYS = (GROUP, VERSION, "managedkeys")
 KEY_POLICIES = (GROUP, VERSION, "keypolicies")
 PROJECTED = {"app.kubernetes.io/managed-by": "qkms", "qkms.io/managed-key": kopf.PRESENT}
 RUNTIME: dict[str, OperatorRuntime] = {}
+KOPF_PREFIX = "kopf.qkms.io"
 
 
 def runtime() -> OperatorRuntime:
@@ -38,9 +41,12 @@ def runtime() -> OperatorRuntime:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = "qkms.io/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="qkms.io")
+    # Kopf's own annotations get a prefix of their own: Kopf leaves every annotation under
+    # its storage prefix out of the diff, and the user's qkms.io/rotate must trigger updates.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="qkms.io", key="last-handled-configuration")
+        prefix=KOPF_PREFIX, key="last-handled-configuration")
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     # How long a dead replica's peering record blocks the others (Kopf's default: 60 s).
@@ -107,13 +113,27 @@ async def finalize_key(body: kopf.Body, **_: Any) -> None:
 @kopf.on.create(*KEY_POLICIES)
 @kopf.on.update(*KEY_POLICIES)
 async def replan_policy(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    policy = parse_key_policy(body)
+    generation = body["metadata"].get("generation")
+    try:
+        policy = parse_key_policy(body)
+    except InvalidInputError as exc:  # reported on the policy, not retried; keys ignore it
+        patch.status["conditions"] = [_ready(False, "InvalidSpec", str(exc), generation)]
+        patch.status["observedGeneration"] = generation
+        raise kopf.PermanentError(str(exc)) from None
     runtime().kube.forget_cache()
     keys = await runtime().keys_under_policy(policy.spec.environment)
     for key in keys:
-        await runtime().reconcile(key)
+        await runtime().reconcile(key, fresh=True)  # listed earlier: reconcile it as it is now
     patch.status["keys"] = len(keys)
-    patch.status["observedGeneration"] = body["metadata"].get("generation")
+    patch.status["conditions"] = [_ready(True, "PolicyAccepted",
+                                         f"governs {len(keys)} ManagedKey(s)", generation)]
+    patch.status["observedGeneration"] = generation
+
+
+def _ready(ok: bool, reason: str, message: str, generation: int | None) -> dict[str, Any]:
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return {"type": "Ready", "status": "True" if ok else "False", "reason": reason,
+            "message": message, "lastTransitionTime": now, "observedGeneration": generation}
 
 
 @kopf.timer(*KEY_POLICIES, interval=3600.0, initial_delay=60.0)

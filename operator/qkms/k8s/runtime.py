@@ -20,7 +20,7 @@ from typing import Any
 from qkms.config import Settings
 from qkms.errors import InvalidInputError
 from qkms.model.enums import Environment
-from qkms.model.resources import KeyPolicy, ManagedKey, parse_managed_key
+from qkms.model.resources import KeyPolicy, ManagedKey, ManagedKeyStatus, parse_managed_key
 from qkms.reconcile import decisions
 from qkms.reconcile.reconciler import KeyReconciler, KubeEvent, Outcome
 from qkms.reconcile.registry import ServiceRegistry
@@ -86,11 +86,21 @@ class OperatorRuntime:
     def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
 
-    async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
-        """Reconcile one ManagedKey body and apply the outcome; serialized per key."""
+    async def reconcile(self, body: Mapping[str, Any], *, fresh: bool = False) -> Outcome:
+        """Reconcile one ManagedKey body and apply the outcome; serialized per key.
+
+        ``fresh`` re-reads the body under the key's lock: a caller holding a body listed
+        earlier (a KeyPolicy re-plan walks every key) must not apply an older spec over a
+        change the key's own handler applied meanwhile. A key gone by then is left alone.
+        """
         meta = body["metadata"]
         ident = (meta["namespace"], meta["name"])
         async with self._lock(ident):
+            if fresh:
+                latest = await self.kube.managed_key(*ident)
+                if latest is None:
+                    return Outcome(ManagedKeyStatus())
+                body = latest
             try:
                 mk = parse_managed_key(body)
             except InvalidInputError as exc:
@@ -101,7 +111,7 @@ class OperatorRuntime:
             labels = await self.kube.namespace_labels(ident[0])
             policies = await self.kube.key_policies()
             outcome = await self.reconciler.reconcile(mk, labels, policies)
-            await self.apply(body, outcome)
+            outcome = await self.apply(body, outcome)
         waker = self.wakers.get(ident)
         if waker is not None:
             waker.set()
@@ -115,9 +125,23 @@ class OperatorRuntime:
                 return decisions.requeue_after(record, self.reconciler.clock())
         return 30.0
 
-    async def apply(self, body: Mapping[str, Any], outcome: Outcome) -> None:
+    async def apply(self, body: Mapping[str, Any], outcome: Outcome) -> Outcome:
+        """Write the projections, the status and the Events; a projection that would
+        replace an object qkms does not own turns the outcome into a refusal naming it."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
+        if outcome.projection is not None:  # the spec parsed: a mapping, as is its projection
+            projection = body["spec"].get("projection") or {}
+            for kind, field in (("Secret", "secretName"), ("ConfigMap", "configMapName")):
+                if projection.get(field):
+                    target = ProjectionTarget(namespace, kind, projection[field])
+                    try:
+                        await self.kube.apply_projection(body, kind, target.name,
+                                                         outcome.projection)
+                    except InvalidInputError as exc:
+                        outcome = self._projection_refused(body, outcome, exc.message)
+                        break
+                    self.projections[target] = (dict(body), outcome.projection)
         # Dump with None kept: a merge patch with null clears a field (nextRotation, say).
         status = outcome.status.model_dump(mode="json", by_alias=True)
         await self.kube.patch_managed_key(namespace, name, {"status": status}, status=True)
@@ -125,15 +149,18 @@ class OperatorRuntime:
             await self.kube.patch_managed_key(
                 namespace, name,
                 {"metadata": {"annotations": dict.fromkeys(outcome.remove_annotations)}})
-        projection = (body.get("spec") or {}).get("projection") or {}
-        if outcome.projection is not None:
-            for kind, field in (("Secret", "secretName"), ("ConfigMap", "configMapName")):
-                if projection.get(field):
-                    target = ProjectionTarget(namespace, kind, projection[field])
-                    self.projections[target] = (dict(body), outcome.projection)
-                    await self.kube.apply_projection(body, kind, target.name, outcome.projection)
         for event in outcome.events:
             await self.post(body, event, outcome)
+        return outcome
+
+    def _projection_refused(self, body: Mapping[str, Any], outcome: Outcome,
+                            message: str) -> Outcome:
+        """The key stays as made (its status shows it); Ready turns False naming the field."""
+        shell = ManagedKey.model_construct(metadata=dict(body["metadata"]), spec=None,
+                                           status=outcome.status)
+        refused = self.reconciler._refused(shell, "InvalidSpec", message,
+                                           self.reconciler.clock(), outcome.events)
+        return Outcome(refused.status, events=refused.events)
 
     async def post(self, body: Mapping[str, Any], event: KubeEvent,
                    outcome: Outcome | None = None) -> None:
@@ -147,7 +174,12 @@ class OperatorRuntime:
         if known is None:
             return False
         owner, data = known
-        wrote = await self.kube.apply_projection(owner, target.kind, target.name, data)
+        try:
+            wrote = await self.kube.apply_projection(owner, target.kind, target.name, data)
+        except InvalidInputError as exc:  # replaced by an object qkms does not own
+            log.warning("not repairing %s %s/%s: %s", target.kind, target.namespace,
+                        target.name, exc)
+            return False
         if wrote:
             log.info("repaired drift in %s %s/%s", target.kind, target.namespace, target.name)
         return wrote
@@ -198,5 +230,7 @@ class OperatorRuntime:
 def _shell(body: Mapping[str, Any]) -> ManagedKey:
     """A minimal ManagedKey for reporting on a body whose spec does not parse."""
     meta = dict(body.get("metadata") or {})
+    if type(meta.get("generation")) is not int:  # only an integer can be observedGeneration
+        meta.pop("generation", None)
     return ManagedKey.model_construct(metadata=meta, spec=None,
                                       status=ManagedKey.model_fields["status"].default_factory())

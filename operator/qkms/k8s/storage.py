@@ -46,6 +46,17 @@ def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
             "blockOwnerDeletion": True}
 
 
+def _projected_for(existing: Any, owner: Mapping[str, Any]) -> bool:
+    """Whether an existing Secret/ConfigMap is this ManagedKey's projection (owned by it, or
+    labelled for its name, as after a re-creation): a user's Secret or another key's projection
+    is never replaced."""
+    meta = owner["metadata"]
+    if any(ref.uid == meta.get("uid") for ref in existing.metadata.owner_references or []):
+        return True
+    labels = existing.metadata.labels or {}
+    return labels.get(MANAGED_BY_LABEL) == "qkms" and labels.get(KEY_LABEL) == meta["name"]
+
+
 class Kube:
     def __init__(self, api: client.ApiClient | None = None) -> None:
         self.api = api or load_client()
@@ -94,6 +105,16 @@ class Kube:
             return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
         return await self._cached(f"secret/{namespace}/{name}", load)
 
+    async def managed_key(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One ManagedKey as the API has it now, or None once it is gone."""
+        try:
+            return dict(await self._call(self.custom.get_namespaced_custom_object, GROUP,
+                                         VERSION, namespace, "managedkeys", name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     async def managed_keys(self) -> list[dict[str, Any]]:
         listing = await self._call(self.custom.list_cluster_custom_object, GROUP, VERSION,
                                    "managedkeys")
@@ -131,8 +152,18 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            await self._call(create, namespace, body)
-            return True
+            try:
+                await self._call(create, namespace, body)
+                return True
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                existing = await self._call(read, name, namespace)  # someone was faster
+        if not _projected_for(existing, owner):
+            field = "secretName" if kind == "Secret" else "configMapName"
+            raise InvalidInputError(
+                f"spec.projection.{field}", f"{kind} {name} already exists and is not this "
+                "ManagedKey's projection; qkms does not overwrite it")
         current_labels = existing.metadata.labels or {}
         if (existing.data or {}) == encoded and all(current_labels.get(k) == v
                                                     for k, v in labels.items()):

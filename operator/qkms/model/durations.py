@@ -46,8 +46,15 @@ def parse_duration(value: str, field: str) -> Duration:
         duration = isodate.parse_duration(text)
     except (isodate.ISO8601Error, ValueError) as exc:
         raise InvalidDurationError(field, f"{value!r} is not an ISO 8601 duration") from exc
+    except OverflowError:  # P99999999999D: more than datetime can hold
+        raise InvalidDurationError(field, f"{value!r} is too long") from None
     anchor = datetime(2000, 1, 1)
-    if anchor + duration <= anchor:
+    try:
+        positive = anchor + duration > anchor
+        datetime(3000, 1, 1) + duration  # room to schedule from any plausible now
+    except (OverflowError, ValueError):  # past year 9999
+        raise InvalidDurationError(field, f"{value!r} is too long") from None
+    if not positive:
         raise InvalidDurationError(field, f"{value!r} must be longer than zero")
     return duration
 

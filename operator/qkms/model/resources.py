@@ -626,11 +626,41 @@ class ManagedKeyStatus(_Status):
 
 # -- whole resources -----------------------------------------------------------------
 
+_METADATA_TYPES: dict[str, type] = {"name": str, "namespace": str, "uid": str,
+                                     "resourceVersion": str, "generation": int,
+                                     "labels": dict, "annotations": dict}
+
+
 class _Resource(_Spec):
     model_config = ConfigDict(extra="ignore")
 
     api_version: Literal["qkms.io/v1alpha1"] = API_VERSION
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _object_meta(cls, meta: dict[str, Any]) -> dict[str, Any]:
+        """What the API server guarantees, checked again for bodies nothing else checked
+        (``qkms serve`` reads hand-written YAML): types, string maps and DNS names."""
+        for key, kind in _METADATA_TYPES.items():
+            value = meta.get(key)
+            if value is not None and (type(value) is not kind if kind is int
+                                      else not isinstance(value, kind)):
+                raise PydanticCustomError("invalid_input", "{key} must be a {kind}, not {value}",
+                                          {"key": key, "kind": kind.__name__,
+                                           "value": type(value).__name__})
+        for key in ("labels", "annotations"):
+            if not all(isinstance(k, str) and isinstance(v, str)
+                       for k, v in (meta.get(key) or {}).items()):
+                raise PydanticCustomError("invalid_input", "{key} must map strings to strings",
+                                          {"key": key})
+        for key in ("name", "namespace"):
+            value = meta.get(key)
+            if value is not None and (len(value) > 253 or not re.match(_DNS_NAME, value)):
+                raise PydanticCustomError(
+                    "invalid_input", "{key} {value} must be a lower-case DNS name",
+                    {"key": key, "value": repr(value[:64])})
+        return meta
 
     @property
     def name(self) -> str | None:

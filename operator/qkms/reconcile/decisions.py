@@ -83,7 +83,8 @@ def resolve_environment(mk: ManagedKey, namespace_labels: Mapping[str, str] | No
             "metadata.namespace", f"label {ENVIRONMENT_LABEL}={label!r} is not dev, staging "
             "or prod") from None
     if spec is not None and spec is not env:
-        raise EnvironmentMismatchError(key_name(mk), spec.value, env.value)
+        raise EnvironmentMismatchError(key_name(mk), spec.value, env.value,
+                                       field="spec.environment")
     return env
 
 
@@ -97,15 +98,29 @@ def select_policy(mk: ManagedKey, environment: Environment,
                                     f"KeyPolicy {mk.spec.policy_ref!r} does not exist")
         if policy.spec.environment is not environment:
             raise EnvironmentMismatchError(
-                f"KeyPolicy/{policy.name}", policy.spec.environment.value, environment.value)
+                f"KeyPolicy/{policy.name}", policy.spec.environment.value, environment.value,
+                field="spec.policyRef")
         return policy
     matching = sorted((p for p in policies if p.spec.environment is environment),
                       key=lambda p: p.name or "")
     return matching[0] if matching else None
 
 
+def rotate_reason(mk: ManagedKey) -> str | None:
+    """The reason the ``qkms.io/rotate`` annotation asks for, if any; a bad one is refused."""
+    annotations = mk.metadata.get("annotations") or {}
+    if ROTATE_ANNOTATION not in annotations:
+        return None
+    reason = str(annotations[ROTATE_ANNOTATION]).strip().upper() or "MANUAL"
+    if reason not in RotationReason.__members__:
+        raise InvalidInputError(f"metadata.annotations[{ROTATE_ANNOTATION}]",
+                                f"{reason!r} is not a rotation reason")
+    return reason
+
+
 def desired_key(mk: ManagedKey, environment: Environment,
                 policy: KeyPolicy | None) -> DesiredKey:
+    rotate_reason(mk)  # refuse a bad request before any key is made for it
     usage = mk.spec.usage
     if mk.spec.algorithm is not None:
         algorithm = resolve_algorithm(mk.spec.algorithm).name
@@ -150,11 +165,8 @@ def pending_requests(mk: ManagedKey, record: KeyRecord) -> list[Request]:
     if lifecycle.active_version(record) is None:
         return requests
     annotations = mk.metadata.get("annotations") or {}
-    if ROTATE_ANNOTATION in annotations:
-        reason = str(annotations[ROTATE_ANNOTATION]).strip().upper() or "MANUAL"
-        if reason not in RotationReason.__members__:
-            raise InvalidInputError(f"metadata.annotations[{ROTATE_ANNOTATION}]",
-                                    f"{reason!r} is not a rotation reason")
+    reason = rotate_reason(mk)
+    if reason is not None:
         marker = annotations.get(ROTATE_ID_ANNOTATION) or \
             f"rv:{mk.metadata.get('resourceVersion', '')}"
         requests.append(Request("rotate", f"annotation:{marker}", reason))

@@ -60,6 +60,17 @@ def _audit_ref(service: KeyManagementService, name: str) -> str:
     return f" [audit #{entry.sequence}{' cid ' + entry.cid if entry.cid else ''}]"
 
 
+# The service names its arguments; a refused resource names the field the user wrote.
+SPEC_FIELDS = {"owner": "spec.owner", "usage": "spec.usage", "algorithm": "spec.algorithm",
+               "rotation_schedule": "spec.rotationSchedule", "grace_period": "spec.gracePeriod",
+               "reason": "spec.revoked.reason", "name": "metadata.name"}
+
+
+def _spec_message(exc: InvalidInputError) -> str:
+    field = SPEC_FIELDS.get(exc.field or "")
+    return f"{field}: {exc.reason}" if field else exc.message
+
+
 class KeyReconciler:
     def __init__(self, registry: ServiceRegistry, clock: Any = None,
                  credentials: Callable[[KeyPolicy | None],
@@ -86,10 +97,11 @@ class KeyReconciler:
         now = self.clock()
         try:
             service, policy, desired = await self.locate(mk, namespace_labels, policies)
-        except EnvironmentMismatchError as exc:
-            return self._refused(mk, "EnvironmentMismatch", exc.message, now)
+        except EnvironmentMismatchError as exc:  # names spec.environment or spec.policyRef
+            return self._refused(mk, "EnvironmentMismatch", f"{exc.field}: {exc.message}"
+                                 if exc.field else exc.message, now)
         except InvalidInputError as exc:
-            return self._refused(mk, "InvalidSpec", exc.message, now)
+            return self._refused(mk, "InvalidSpec", _spec_message(exc), now)
         events: list[KubeEvent] = []
         try:
             record = await self._ensure(service, mk, desired, events)
@@ -105,7 +117,7 @@ class KeyReconciler:
         except EnvironmentMismatchError as exc:
             return self._refused(mk, "EnvironmentMismatch", exc.message, now, events)
         except InvalidInputError as exc:
-            return self._refused(mk, "InvalidSpec", exc.message, now, events)
+            return self._refused(mk, "InvalidSpec", _spec_message(exc), now, events)
         except (ProviderUnavailableError, RotationFailedError) as exc:
             retryable = isinstance(exc, ProviderUnavailableError) or getattr(exc, "retryable",
                                                                             False)
