@@ -45,6 +45,7 @@ from qkms.errors import (
     ProviderUnavailableError,
     QkmsError,
     RotationFailedError,
+    StorageError,
     Unauthenticated,
 )
 from qkms.events import EventBus
@@ -368,7 +369,7 @@ class KeyManagementService:
                                details={"algorithm": info.name, "mode": created.mode.value,
                                         "owner": owner, "usage": usage_enum.value,
                                         "rotation_schedule": schedule})
-            record = await asyncio.to_thread(self.catalog.put, record)
+            record = await self._commit(operation, record, version, actor)
         self.counters["created"][info.name] += 1
         metadata = self._metadata(record, version)
         if SYSTEM_LABEL not in record.labels:  # qkms's own keys are audited, not announced
@@ -381,6 +382,23 @@ class KeyManagementService:
                           changed_at=now, provider=self.provider.type,
                           provider_ref={**created.ref, "mode": created.mode.value},
                           public_key=created.public_key)
+
+    async def _commit(self, operation: str, record: KeyRecord, version: KeyVersion,
+                      actor: Actor) -> KeyRecord:
+        """Write the catalog after the audit entry that announced ``version``. If the store
+        refuses, the chain says so (an error entry naming the same version) and the
+        provider's copy, never committed and so never used, is removed where it can be."""
+        try:
+            return await asyncio.to_thread(self.catalog.put, record)
+        except StorageError as exc:
+            await self._record_failure(operation, exc, actor, record=record, version=version)
+            exc.audited = True  # type: ignore[attr-defined]
+            try:
+                await self.provider.destroy(self._handle(version))
+            except (QkmsError, OSError) as cleanup:
+                log.warning("%s: could not remove the uncommitted %s from the provider: %s",
+                            record.name, version.key_id, cleanup)
+            raise
 
     @staticmethod
     def _check_owner(owner: Any) -> str:
@@ -574,13 +592,15 @@ class KeyManagementService:
                                           actor, request_id)
         except QkmsError as exc:
             self.counters["failures"]["rotation"] += 1
-            await self._record_failure("ROTATE", exc, actor, record=record)
+            if not getattr(exc, "audited", False):
+                await self._record_failure("ROTATE", exc, actor, record=record)
             if isinstance(exc, InvalidInputError | KeyNotFoundError | EnvironmentMismatchError):
                 raise
             if isinstance(exc, RotationFailedError):
                 raise
             failure = RotationFailedError(exc.message)
-            failure.retryable = isinstance(exc, ProviderUnavailableError)  # type: ignore[attr-defined]
+            failure.retryable = isinstance(  # type: ignore[attr-defined]
+                exc, ProviderUnavailableError | StorageError)
             raise failure from exc
 
     def _replayed(self, record: KeyRecord, why: RotationReason) -> RotationResult:
@@ -615,11 +635,11 @@ class KeyManagementService:
                 update={"handled_requests": [*record.handled_requests, request_id][-32:]})
         demoted = lifecycle.find_version(updated, old.key_id)
         assert demoted is not None
-        await self._record("MIGRATE" if migration else "ROTATE", "success", actor, updated, new,
-                           reason=why.value, details={"old_key_id": old.key_id,
-                                                      "old_state": demoted.state.value,
-                                                      "algorithm": info.name})
-        await asyncio.to_thread(self.catalog.put, updated)
+        operation = "MIGRATE" if migration else "ROTATE"
+        await self._record(operation, "success", actor, updated, new, reason=why.value,
+                           details={"old_key_id": old.key_id, "old_state": demoted.state.value,
+                                    "algorithm": info.name})
+        await self._commit(operation, updated, new, actor)
         if demoted.state is not VersionState.GRACE:
             await self.provider.retire(self._handle(old))
         self.counters["rotations"][why.value] += 1

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from qkms.config import Settings
-from qkms.errors import InvalidInputError
+from qkms.errors import InvalidInputError, QkmsError
 from qkms.model.enums import Environment
 from qkms.model.resources import (
     ENVIRONMENT_LABEL,
@@ -42,6 +42,7 @@ from qkms.service import KeyManagementService
 log = logging.getLogger("key-management:standalone")
 
 BUNDLED_EXAMPLES = Path(__file__).resolve().parent / "examples"
+RETRY_SECONDS = 5.0  # after a key's reconcile failed for a reason outside its spec
 
 
 @dataclass
@@ -159,11 +160,22 @@ class Standalone:
                 mk = mk.model_copy(update={"status": self.statuses[ident]})
             labels = self.manifests.namespaces.get(ident[0])
             self.known[ident] = (mk, labels)
-            outcome = await self.reconciler.reconcile(mk, labels, self.manifests.policies)
-            self._apply(mk, outcome)
+            try:
+                outcome = await self.reconciler.reconcile(mk, labels, self.manifests.policies)
+                self._apply(mk, outcome)
+            except (QkmsError, OSError) as exc:
+                # One key's fault (a full disk, audit storage refused) must not stop the
+                # others or the data plane: say it and try again soon.
+                self.say(f"error: {ident[0]}/{ident[1]}: {exc}")
+                wake = min(wake, RETRY_SECONDS)
+                continue
             wake = min(wake, outcome.requeue_after or 30.0)
         for ident in set(self.statuses) - current:
-            await self._finalize(ident)
+            try:
+                await self._finalize(ident)
+            except (QkmsError, OSError) as exc:
+                self.say(f"error: {ident[0]}/{ident[1]}: finalizing: {exc}")
+                wake = min(wake, RETRY_SECONDS)
         if time.monotonic() >= self._next_prune:  # retention, hourly as in the operator
             self._next_prune = time.monotonic() + 3600
             for service in self.registry.all():
@@ -186,9 +198,10 @@ class Standalone:
             self.say(f"{event.type} {event.reason} {ns}/{name}: {event.message}")
 
     async def _finalize(self, ident: tuple[str, str]) -> None:
-        self.statuses.pop(ident)
-        mk, labels = self.known.pop(ident)
+        mk, labels = self.known[ident]
         message = await self.reconciler.delete(mk, labels, self.manifests.policies)
+        self.statuses.pop(ident)
+        self.known.pop(ident)
         self.say(f"Normal KeyReleased {ident[0]}/{ident[1]}: manifest removed; {message}")
 
     # -- KeyDirectory, for the data plane ---------------------------------------

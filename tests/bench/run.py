@@ -10,7 +10,8 @@ import asyncio
 import importlib
 import sys
 
-BENCHES = ["engine", "dataplane", "operator", "audit", "vault", "aws", "hsm", "azure"]
+BENCHES = ["engine", "dataplane", "operator", "audit", "vault", "aws", "hsm", "azure",
+           "reliability"]
 
 
 def main(names: list[str]) -> None:

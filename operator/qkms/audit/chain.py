@@ -15,7 +15,8 @@ chain.  The signer is awaited while the lock is held, so a checkpoint
 directly follows its head in the log; it must therefore not write audit
 entries itself (that is refused rather than left to deadlock).  A failing
 signer does not refuse operations: the entries are stored, the failure is
-counted, health turns degraded and the next trigger retries.
+counted, health turns degraded and the next trigger retries; so does a
+checkpoint the disk refuses to take (nothing of it is left in the log).
 
 An append that cannot be stored raises ``AuditStorageError``; failing closed
 or open is the caller's policy.  After a failed fsync the chain refuses all
@@ -129,6 +130,7 @@ class AuditChain:
         self._last_sync = time.monotonic()
         self.stats: Counter[str] = Counter()
         self.last_error: str | None = None
+        self._refusing = False  # the last append could not be written (disk full, say)
         self.torn_bytes = 0
         self._pusher: Any = None
         if ipfs_endpoint:
@@ -244,8 +246,10 @@ class AuditChain:
             except OSError as exc:
                 self.stats["failures"] += 1
                 self.last_error = f"write failed: {exc.strerror or exc}"
+                self._refusing = True
                 log.error("audit: %s", self.last_error)
                 raise AuditStorageError(self.last_error) from exc
+            self._refusing = False
             self._size, self._head = seq, raw
             stored = entry.stored(seq, cid_str(raw))
             self._recent.append(stored)
@@ -340,14 +344,23 @@ class AuditChain:
                                   ALGORITHM, public)
         raw = cid_raw(block)
         record = section(raw, block)
-        try:
-            async with self._sync_lock:
-                await asyncio.to_thread(self._log.add_checkpoint, record)
+        async with self._sync_lock:
+            try:  # whole or not at all (a partial write is cut back): like a refused append
+                await asyncio.to_thread(self._log.append, record)
+            except OSError as exc:  # disk full: nothing changed, so retry later, unbroken
+                self.stats["checkpoint_failures"] += 1
+                self.last_error = f"checkpoint write failed: {exc.strerror or exc}"
+                self._retry_at = time.monotonic() + min(60.0,
+                                                        2.0 * self.stats["checkpoint_failures"])
+                log.error("audit: %s; will retry", self.last_error)
+                return None
+            try:
+                await asyncio.to_thread(self._log.commit_checkpoint, record)
                 if self._log.segment_size >= self._log.segment_bytes:
                     await asyncio.to_thread(self._log.roll, record)
-        except OSError as exc:
-            self._fail([], f"checkpoint write failed: {exc.strerror or exc}")
-            raise AuditStorageError(self._broken or "checkpoint write failed") from exc
+            except OSError as exc:
+                self._fail([], f"checkpoint write failed: {exc.strerror or exc}")
+                raise AuditStorageError(self._broken or "checkpoint write failed") from exc
         if self._checkpoint is not None and self._checkpoint.public_key != public:
             log.warning("audit: checkpoint key changed to %s; verifiers pinned to the old key "
                         "will report it", key_id)
@@ -418,8 +431,8 @@ class AuditChain:
         status = "healthy"
         if self._broken is not None:
             status = "unhealthy"
-        elif (self._signer is not None and self._size > self._signed_size
-              and (self.stats["checkpoint_failures"] and self._retry_at > 0)):
+        elif self._refusing or (self._signer is not None and self._size > self._signed_size
+                                and (self.stats["checkpoint_failures"] and self._retry_at > 0)):
             status = "degraded"
         ipfs = self._pusher.status() if self._pusher is not None else None
         if ipfs is not None and ipfs.get("lag_seconds", 0) > 300:

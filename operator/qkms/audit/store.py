@@ -335,8 +335,13 @@ class SegmentLog:
 
         In this order, the checkpoint file never names entries a power loss could take.
         """
+        self.append(record)
+        self.commit_checkpoint(record)
+
+    def commit_checkpoint(self, record: bytes) -> None:
+        """The rest of ``add_checkpoint`` once the record is in the log: fsync the log,
+        then append the record to the checkpoint file."""
         assert self._segment is not None
-        self._segment.write(record)
         self._segment.sync()
         self.record_checkpoint(record)
 

@@ -11,10 +11,13 @@ second layer, not the only one.  The KEK itself lives in its own Secret
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import secrets
+from collections.abc import Iterator
 from typing import Any
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -26,6 +29,16 @@ KIND_LABEL = "qkms.io/record-kind"
 SCOPE_LABEL = "qkms.io/record-scope"
 ADDRESS_ANNOTATION = "qkms.io/record"
 KEK_SECRET = "qkms-master-key"  # noqa: S105 - the Secret's name, not its content
+
+
+@contextlib.contextmanager
+def _reachable() -> Iterator[None]:
+    """An API that does not answer (refused, reset, timed out) fails a write as a full disk
+    does, with an ``OSError``: the sealed store turns both into ``StorageError``."""
+    try:
+        yield
+    except urllib3.exceptions.HTTPError as exc:
+        raise OSError(f"Kubernetes API unreachable: {type(exc).__name__}") from None
 
 
 def secret_name(scope: str, kind: str, name: str) -> str:
@@ -56,6 +69,14 @@ class SecretRecordStore:
         return base64.b64decode((secret.data or {}).get("record", ""))
 
     def put(self, kind: str, name: str, data: bytes) -> None:
+        with _reachable():
+            self._put(kind, name, data)
+
+    def delete(self, kind: str, name: str) -> None:
+        with _reachable():
+            self._delete(kind, name)
+
+    def _put(self, kind: str, name: str, data: bytes) -> None:
         check_record_name(kind, name)
         body: dict[str, Any] = {
             "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
@@ -79,7 +100,7 @@ class SecretRecordStore:
         except ApiException as exc:
             raise OSError(f"Kubernetes API: {exc.status} {exc.reason}") from None
 
-    def delete(self, kind: str, name: str) -> None:
+    def _delete(self, kind: str, name: str) -> None:
         try:
             self.core.delete_namespaced_secret(secret_name(self.scope, kind, name), self.namespace,
                                                _request_timeout=TIMEOUT)

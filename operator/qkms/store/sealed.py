@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from qkms.errors import RecordCorruptError
+from qkms.errors import RecordCorruptError, StorageError
 
 from .records import RecordStore
 from .sealing import Sealer
@@ -27,7 +27,11 @@ class SealedStore:
         return None if blob is None else self.sealer.open(blob, f"{kind}/{name}")
 
     def put(self, kind: str, name: str, plaintext: bytes) -> None:
-        self.records.put(kind, name, self.sealer.seal(plaintext, f"{kind}/{name}"))
+        blob = self.sealer.seal(plaintext, f"{kind}/{name}")
+        try:
+            self.records.put(kind, name, blob)
+        except OSError as exc:  # the old record, if any, is untouched (atomic replace)
+            raise StorageError(f"{kind}/{name}", exc.strerror or str(exc)) from exc
 
     def get_json(self, kind: str, name: str) -> dict[str, Any] | None:
         data = self.get(kind, name)
@@ -42,7 +46,10 @@ class SealedStore:
         self.put(kind, name, json.dumps(value, separators=(",", ":")).encode())
 
     def delete(self, kind: str, name: str) -> None:
-        self.records.delete(kind, name)
+        try:
+            self.records.delete(kind, name)
+        except OSError as exc:
+            raise StorageError(f"{kind}/{name}", exc.strerror or str(exc)) from exc
 
     def list(self, kind: str) -> list[str]:
         return self.records.list(kind)
