@@ -39,7 +39,9 @@ async def qkms_operator(kube: KubeAPI, tmp_path: Path) -> AsyncIterator[Operator
                                workdir=tmp_path / "operator",
                                env={"QKMS_NAMESPACE": "qkms-system", "QKMS_STATE": "secrets",
                                     "QKMS_DATA_DIR": "data", "QKMS_KEY_CACHE_SECONDS": "0",
-                                    "QKMS_API_LISTEN": f"127.0.0.1:{free_port()}"})
+                                    "QKMS_API_LISTEN": f"127.0.0.1:{free_port()}",
+                                    "QKMS_BACKUP_INTERVAL_SECONDS": "2",
+                                    "QKMS_BACKUP_DELAY_SECONDS": "1"})
     try:
         yield operator
     finally:
@@ -255,3 +257,33 @@ async def test_two_replicas_under_peering_one_active_then_failover(kube, tmp_pat
         for index, replica in enumerate(replicas):
             await replica.stop()
             print(f"--- replica {index} ---\n{replica.log()}")
+
+
+async def test_import_from_a_secret_and_scheduled_backups(kube, qkms_operator, tmp_path):
+    """spec.importFrom brings an existing key in (same public key); the KeyPolicy's
+    backupPolicy gets encrypted backups on the data volume."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    await qkms_operator.start()
+    await apply_examples(kube)
+    legacy = Ed25519PrivateKey.generate()
+    pem = legacy.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())
+    await kube.create("secrets", {"apiVersion": "v1", "kind": "Secret",
+                                  "metadata": {"name": "legacy-key", "namespace": NS},
+                                  "data": {"tls.key": base64.b64encode(pem).decode()}}, NS)
+    await kube.create(MK, {"apiVersion": "qkms.io/v1alpha1", "kind": "ManagedKey",
+                           "metadata": {"name": "imported", "namespace": NS},
+                           "spec": {"usage": "SIGNING", "owner": "legacy",
+                                    "importFrom": {"secretName": "legacy-key"},
+                                    "projection": {"configMapName": "imported-public"}}}, NS)
+    await ready(kube, "imported")
+    projected = await kube.get("configmaps", "imported-public", NS)
+    expected = legacy.public_key().public_bytes(serialization.Encoding.PEM,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert projected["data"]["public.pem"].encode() == expected
+    backups = qkms_operator.cwd / "data" / "backups"
+    found = await eventually(lambda: sorted(backups.glob("qkms-dev-*.json")) if backups.is_dir()
+                             else None, timeout=30, what="a scheduled backup")
+    assert b"PRIVATE" not in found[0].read_bytes()

@@ -191,3 +191,10 @@ async def test_a_policy_change_keeps_one_audit_log_writer(tmp_path, clock) -> No
     assert out.events[0].reason == "KeyRotated"
     assert out.status.last_audit_cid.startswith("bafy")
     assert out.status.last_audit_cid != first.status.last_audit_cid
+
+
+async def test_import_from_is_refused_by_name_where_no_secrets_can_be_read(reconciler) -> None:
+    out = await run(reconciler, body(importFrom={"secretName": "legacy"}))
+    ready = next(c for c in out.status.conditions if c.type == "Ready")
+    assert ready.status == "False" and "spec.importFrom" in ready.message
+    assert reconciler.registry.all()[0].user_records() == []

@@ -136,6 +136,19 @@ def _ready(ok: bool, reason: str, message: str, generation: int | None) -> dict[
             "message": message, "lastTransitionTime": now, "observedGeneration": generation}
 
 
+@kopf.timer(*KEY_POLICIES, interval=float(os.environ.get("QKMS_BACKUP_INTERVAL_SECONDS",
+                                                            "86400")),
+            initial_delay=float(os.environ.get("QKMS_BACKUP_DELAY_SECONDS", "300")))
+async def scheduled_backup(body: kopf.Body, logger: Any, **_: Any) -> None:
+    """Daily (QKMS_BACKUP_INTERVAL_SECONDS) encrypted backups where backupPolicy.enabled."""
+    try:
+        policy = parse_key_policy(body)
+    except InvalidInputError:
+        return  # the policy handler reports it
+    if policy.spec.backup_policy.enabled:
+        logger.info(await runtime().backup(policy))
+
+
 @kopf.timer(*KEY_POLICIES, interval=3600.0, initial_delay=60.0)
 async def audit_retention(body: kopf.Body, **_: Any) -> None:
     """Hourly: prune the environment's audit log to the policy's retention period."""

@@ -54,7 +54,8 @@ class OperatorRuntime:
             def records(env: Environment) -> SecretRecordStore:
                 return SecretRecordStore(kube.core, namespace, env.value)
         self.registry = ServiceRegistry(settings, records=records, kek=kek)
-        self.reconciler = KeyReconciler(self.registry, credentials=self.credentials)
+        self.reconciler = KeyReconciler(self.registry, credentials=self.credentials,
+                                        secrets=kube.secret_bytes)
         self.locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.wakers: dict[tuple[str, str], asyncio.Event] = {}
         self.projections: dict[ProjectionTarget, tuple[dict[str, Any], dict[str, str]]] = {}
@@ -116,6 +117,21 @@ class OperatorRuntime:
         if waker is not None:
             waker.set()
         return outcome
+
+    async def backup(self, policy: KeyPolicy) -> str:
+        """One scheduled backup of the policy's environment onto the data volume, pruning
+        those past ``backupPolicy.retentionPeriod``; the backup key lives in its own Secret."""
+        from qkms import backup
+
+        from .secret_store import BACKUP_KEY_SECRET
+
+        service = await self.service(policy.spec.environment)
+        key = await asyncio.to_thread(load_or_create_kek_secret, self.kube.core, self.namespace,
+                                      BACKUP_KEY_SECRET)
+        path, pruned = await backup.scheduled(service, self.registry.settings.data_dir /
+                                              "backups", key,
+                                              policy.spec.backup_policy.retention_period)
+        return f"wrote {path.name}, pruned {len(pruned)}"
 
     def next_delay(self, ident: tuple[str, str]) -> float:
         """Seconds until the key of (namespace, name) next needs attention."""

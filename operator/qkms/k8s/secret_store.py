@@ -29,6 +29,7 @@ KIND_LABEL = "qkms.io/record-kind"
 SCOPE_LABEL = "qkms.io/record-scope"
 ADDRESS_ANNOTATION = "qkms.io/record"
 KEK_SECRET = "qkms-master-key"  # noqa: S105 - the Secret's name, not its content
+BACKUP_KEY_SECRET = "qkms-backup-key"  # noqa: S105 - kept apart from the master key
 
 
 @contextlib.contextmanager
@@ -126,17 +127,18 @@ class SecretRecordStore:
                 - {""})
 
 
-def load_or_create_kek_secret(core: client.CoreV1Api, namespace: str) -> bytes:
-    """The master key from its Secret, created (32 random bytes) on first start."""
+def load_or_create_kek_secret(core: client.CoreV1Api, namespace: str,
+                              name: str = KEK_SECRET) -> bytes:
+    """A 32-byte key from its Secret (the master key; the backup key), made on first use."""
     try:
-        secret = core.read_namespaced_secret(KEK_SECRET, namespace, _request_timeout=TIMEOUT)
+        secret = core.read_namespaced_secret(name, namespace, _request_timeout=TIMEOUT)
         return base64.b64decode(secret.data["master.key"])
     except ApiException as exc:
         if exc.status != 404:
             raise
     kek = secrets.token_bytes(32)
     body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": KEK_SECRET, "namespace": namespace,
+            "metadata": {"name": name, "namespace": namespace,
                          "labels": {"app.kubernetes.io/managed-by": "qkms"}},
             "data": {"master.key": base64.b64encode(kek).decode()}}
     try:
@@ -144,5 +146,5 @@ def load_or_create_kek_secret(core: client.CoreV1Api, namespace: str) -> bytes:
     except ApiException as exc:
         if exc.status != 409:  # another replica won the race: use its key
             raise
-        return load_or_create_kek_secret(core, namespace)
+        return load_or_create_kek_secret(core, namespace, name)
     return kek

@@ -115,6 +115,17 @@ class Kube:
                 return None
             raise
 
+    async def secret_bytes(self, namespace: str, name: str) -> dict[str, bytes]:
+        """A Secret's raw data (key material to import); LookupError when it is missing.
+        Never cached: material should not outlive the import."""
+        try:
+            secret = await self._call(self.core.read_namespaced_secret, name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise LookupError(f"{namespace}/{name}") from None
+            raise
+        return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+
     async def managed_keys(self) -> list[dict[str, Any]]:
         listing = await self._call(self.custom.list_cluster_custom_object, GROUP, VERSION,
                                    "managedkeys")

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from qkms import lifecycle
+from qkms.crypto.importing import from_secret_data
 from qkms.errors import (
     EnvironmentMismatchError,
     InvalidInputError,
@@ -74,11 +75,15 @@ def _spec_message(exc: InvalidInputError) -> str:
 class KeyReconciler:
     def __init__(self, registry: ServiceRegistry, clock: Any = None,
                  credentials: Callable[[KeyPolicy | None],
-                                       Awaitable[dict[str, str] | None]] | None = None) -> None:
-        """``credentials`` reads a policy's credentialsSecretRef (the operator's Kube)."""
+                                       Awaitable[dict[str, str] | None]] | None = None,
+                 secrets: Callable[[str, str], Awaitable[dict[str, bytes]]] | None = None
+                 ) -> None:
+        """``credentials`` reads a policy's credentialsSecretRef and ``secrets`` a Secret's
+        data for ``spec.importFrom`` (both the operator's Kube; absent in standalone mode)."""
         self.registry = registry
         self.clock = clock or (lambda: datetime.now(UTC))
         self.credentials = credentials
+        self.secrets = secrets
 
     async def locate(self, mk: ManagedKey, namespace_labels: Mapping[str, str] | None,
                      policies: Sequence[KeyPolicy]) -> tuple[KeyManagementService,
@@ -166,16 +171,34 @@ class KeyReconciler:
         record = service.catalog.get(desired.name)
         if record is not None:
             return record
-        meta = await service.create_key(
-            name=desired.name, usage=desired.usage, algorithm=desired.algorithm,
-            owner=desired.owner, rotation_schedule=desired.rotation_schedule,
-            grace_period=desired.grace_period,
-            labels={"uid": str(mk.metadata.get("uid", ""))},
-            actor={"type": "OPERATOR", "id": "qkms"})
+        common = {"name": desired.name, "usage": desired.usage, "owner": desired.owner,
+                  "rotation_schedule": desired.rotation_schedule,
+                  "grace_period": desired.grace_period,
+                  "labels": {"uid": str(mk.metadata.get("uid", ""))},
+                  "actor": {"type": "OPERATOR", "id": "qkms"}}
+        source = mk.spec.import_from
+        if source is None:
+            meta = await service.create_key(algorithm=desired.algorithm, **common)
+        else:  # bring your own key: the material comes from a Secret in the namespace
+            algorithm, private = from_secret_data(
+                await self._secret(mk.namespace or "default", source.secret_name),
+                source.key, mk.spec.algorithm)
+            meta = await service.import_key(private=private, algorithm=algorithm, **common)
+        verb = "created" if source is None else f"imported from Secret {source.secret_name} as"
         events.append(KubeEvent("Normal", "KeyCreated",
-                                f"created {meta.key_id} ({meta.algorithm}) in "
+                                f"{verb} {meta.key_id} ({meta.algorithm}) in "
                                 f"{meta.provider.value}{_audit_ref(service, desired.name)}"))
         return service.get_record(desired.name)
+
+    async def _secret(self, namespace: str, name: str) -> dict[str, bytes]:
+        if self.secrets is None:
+            raise InvalidInputError("spec.importFrom", "needs the operator: standalone mode "
+                                                       "reads no Secrets")
+        try:
+            return await self.secrets(namespace, name)
+        except LookupError:
+            raise InvalidInputError("spec.importFrom.secretName",
+                                    f"Secret {namespace}/{name} does not exist") from None
 
     async def _apply_requests(self, service: KeyManagementService, mk: ManagedKey,
                               record: KeyRecord, events: list[KubeEvent]) -> KeyRecord:
