@@ -60,6 +60,12 @@ class Forbidden(QkmsError):
     code = "forbidden"
 
 
+class AuthUnavailableError(QkmsError):
+    """The Kubernetes API could not answer a TokenReview or SubjectAccessReview (HTTP 503)."""
+
+    code = "auth_unavailable"
+
+
 class KeyNotFoundError(QkmsError, LookupError):
     code = "key_not_found"
 

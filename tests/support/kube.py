@@ -99,6 +99,8 @@ def declared_resources() -> dict[str, kmock.ResourceInfo]:
         "qkms.io/v1alpha1/keypolicies": info("KeyPolicy", False, ["kp"], ["status"], ["qkms"]),
         "kopf.dev/v1/clusterkopfpeerings": info("ClusterKopfPeering", False),
         "kopf.dev/v1/kopfpeerings": info("KopfPeering", True),
+        "authentication.k8s.io/v1/tokenreviews": info("TokenReview", False),
+        "authorization.k8s.io/v1/subjectaccessreviews": info("SubjectAccessReview", False),
     }
 
 
@@ -579,10 +581,77 @@ class QkmsEmulator(kmock.KubernetesEmulator):
     async def _serve_create(self, request: kmock.Request) -> kmock.Payload:
         if not isinstance(request.data, dict):
             raise _error(400, "BadRequest", "the request body must be a JSON object")
+        review = {"tokenreviews": self._token_review,
+                  "subjectaccessreviews": self._access_review}.get(request.resource.plural)
+        if review is not None:  # reviews are answered, never stored
+            return kmock.Response(status=201, payload={**request.data,
+                                                       "status": review(request.data)})
         self._checked(request)
         async with self._lock:
             body = self._create(request.resource, request.namespace, request.data)
         return kmock.Response(status=201, payload=body)
+
+    # -- authentication and RBAC, as the API server answers reviews ---------------------
+    def _live_of(self, plural: str) -> list[Body]:
+        return [body for key, body in self._live() if key[0].plural == plural]
+
+    def _token_review(self, review: Body) -> Body:
+        """A token is a ServiceAccount's if a ``kubernetes.io/service-account-token``
+        Secret holds it (the legacy token Secrets, which need no signing keys here)."""
+        token = base64.b64encode(str((review.get("spec") or {}).get("token", "")).encode())
+        for secret in self._live_of("secrets"):
+            meta = secret.get("metadata") or {}
+            account = (meta.get("annotations") or {}).get("kubernetes.io/service-account.name")
+            if account and (secret.get("data") or {}).get("token") == token.decode():
+                ns = meta.get("namespace")
+                return {"authenticated": True, "user": {
+                    "username": f"system:serviceaccount:{ns}:{account}",
+                    "uid": meta.get("uid", ""),
+                    "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}",
+                               "system:authenticated"]}}
+        return {"authenticated": False, "error": "invalid bearer token"}
+
+    def _access_review(self, review: Body) -> Body:
+        """RBAC as the API server applies it: (Cluster)RoleBindings naming the user, their
+        roles' rules matching group, resource, verb and resource name."""
+        spec = review.get("spec") or {}
+        attrs = spec.get("resourceAttributes") or {}
+        user, ns = spec.get("user", ""), attrs.get("namespace", "")
+
+        def names_user(binding: Body) -> bool:
+            for subject in binding.get("subjects") or []:
+                if subject.get("kind") == "ServiceAccount" and user == (
+                        f"system:serviceaccount:{subject.get('namespace')}:{subject.get('name')}"):
+                    return True
+                if subject.get("kind") == "User" and subject.get("name") == user:
+                    return True
+            return False
+
+        def role(ref: Body, namespace: str | None) -> Body | None:
+            plural = "clusterroles" if ref.get("kind") == "ClusterRole" else "roles"
+            return next((r for r in self._live_of(plural)
+                         if r["metadata"]["name"] == ref.get("name")
+                         and (plural == "clusterroles"
+                              or r["metadata"].get("namespace") == namespace)), None)
+
+        def allows(rule: Body) -> bool:
+            def has(values: Any, wanted: str) -> bool:
+                return "*" in (values or []) or wanted in (values or [])
+            names = rule.get("resourceNames") or []
+            return (has(rule.get("apiGroups"), attrs.get("group", ""))
+                    and has(rule.get("resources"), attrs.get("resource", ""))
+                    and has(rule.get("verbs"), attrs.get("verb", ""))
+                    and (not names or attrs.get("name") in names))
+
+        bindings = [(b, ns) for b in self._live_of("rolebindings")
+                    if b["metadata"].get("namespace") == ns]
+        bindings += [(b, None) for b in self._live_of("clusterrolebindings")]
+        for binding, namespace in bindings:
+            if names_user(binding):
+                found = role(binding.get("roleRef") or {}, namespace)
+                if found and any(allows(rule) for rule in found.get("rules") or []):
+                    return {"allowed": True, "reason": f"RBAC: {binding['metadata']['name']}"}
+        return {"allowed": False, "reason": "no RBAC rule allows it"}
 
     async def _serve_update(self, request: kmock.Request) -> kmock.Payload:
         content_type = {k.lower(): v for k, v in request.headers.items()}.get("content-type", "")

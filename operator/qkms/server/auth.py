@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from qkms.errors import InvalidInputError, Unauthenticated
+from qkms.errors import AuthUnavailableError, InvalidInputError, Unauthenticated
 
 SA_PREFIX = "system:serviceaccount:"
 
@@ -100,8 +100,7 @@ class KubeAuth:
             return cached
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
                 "spec": {"token": token, "audiences": self.audiences}}
-        review = await asyncio.to_thread(self.authn.create_token_review, body,
-                                         _request_timeout=5)
+        review = await _review(self.authn.create_token_review, body, "TokenReview")
         status = review.status
         if not status or not status.authenticated:
             reason = "token rejected by the Kubernetes API"
@@ -123,11 +122,22 @@ class KubeAuth:
                          "resourceAttributes": {"group": "qkms.io", "resource": "managedkeys",
                                                 "verb": verb, "namespace": namespace,
                                                 "name": name}}}
-        review = await asyncio.to_thread(self.authz.create_subject_access_review, body,
-                                         _request_timeout=5)
+        review = await _review(self.authz.create_subject_access_review, body,
+                               "SubjectAccessReview")
         decision = bool(review.status and review.status.allowed)
         self._decisions.put(key, decision)
         return decision
+
+
+async def _review(create: Any, body: dict[str, Any], kind: str) -> Any:
+    """Ask the API server; its failure is a 503 (``auth_unavailable``), never a 500 or a
+    silent allow. The exception text may hold the token, so it is not passed on."""
+    try:
+        return await asyncio.to_thread(create, body, _request_timeout=5)
+    except Exception as exc:  # ApiException, urllib3 errors, timeouts
+        status = getattr(exc, "status", None) or type(exc).__name__
+        raise AuthUnavailableError(f"Kubernetes API could not answer a {kind} ({status})") \
+            from None
 
 
 # -- standalone tokens file ------------------------------------------------------------
