@@ -109,7 +109,7 @@ def run_tests(extra: list[str]) -> int:
             filter(None, [str(ROOT / "operator"), str(ROOT), os.environ.get("PYTHONPATH")]))}
         started = time.monotonic()
         done = subprocess.run(
-            [sys.executable, "-m", "pytest", "tests/reliability", "-q", "-p", "no:logging",
+            [sys.executable, "-m", "pytest", "tests/reliability", "-q",
              f"--junitxml={junit}", "-o", "junit_logging=system-out",
              "-o", "junit_log_passing_tests=true", *extra], cwd=ROOT, env=env)
         elapsed = time.monotonic() - started
