@@ -21,7 +21,6 @@ Knobs: ``QKMS_BENCH_RELIABILITY`` (comma-separated subset of crash,outage,load,r
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import shutil
 import subprocess
@@ -42,8 +41,8 @@ from qkms.standalone import Standalone
 from tests.reliability import report
 from tests.reliability.test_faults_crash import crash_mid_rotation
 from tests.reliability.test_faults_provider_outage import moto, openbao, provider_outage
-from tests.server.common import TOKENS
 from tests.server.conftest import free_port, tokens_file
+from tests.server.test_load import hammer, rss_kib
 from tests.support.moto import MotoServer
 from tests.support.openbao import OpenBao
 
@@ -118,31 +117,6 @@ LOAD_KEYS = {  # name -> (algorithm, usage, operation, body)
 }
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-async def hammer(url: str, count: int) -> tuple[int, float]:
-    """``count`` requests at CONCURRENCY in flight; returns (errors, seconds)."""
-    headers = {"Authorization": f"Bearer {TOKENS['checkout']}"}
-    body = {"input": base64.b64encode(os.urandom(1024)).decode()}
-    errors = 0
-    queue = iter(range(count))
-    started = time.perf_counter()
-    async with aiohttp.ClientSession(headers=headers) as session:
-        async def worker() -> None:
-            nonlocal errors
-            for _ in queue:
-                async with session.post(url, json=body) as rsp:
-                    await rsp.read()
-                    errors += rsp.status != 200
-        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    return errors, time.perf_counter() - started
-
-
 async def load(tmp: Path) -> None:
     folder = tmp / "manifests"
     folder.mkdir(parents=True)
@@ -166,12 +140,14 @@ async def load(tmp: Path) -> None:
         urls = {name: f"{base}/v1/keys/payments/{name}:{op}"
                 for name, (_, _, op) in LOAD_KEYS.items()}
         for url in urls.values():  # warm-up: every code path, caches, audit segment
-            errors, _ = await hammer(url, 2000)
+            errors = await hammer(url, 2000, CONCURRENCY)
             assert errors == 0, f"warm-up errors on {url}"
         warm = rss_kib(proc.pid)
         peak = warm
         for name, url in urls.items():
-            errors, seconds = await hammer(url, LOAD_OPS)
+            started = time.perf_counter()
+            errors = await hammer(url, LOAD_OPS, CONCURRENCY)
+            seconds = time.perf_counter() - started
             end = rss_kib(proc.pid)
             peak = max(peak, end)
             algorithm, _, op = LOAD_KEYS[name]
