@@ -56,6 +56,14 @@ class Settings:
     def kek_path(self) -> Path:
         return self.master_key_file or self.data_dir / "master.key"
 
+    def scoped(self, environment: Environment | None = None) -> Settings:
+        """These settings for one environment's folder of the data dir (``qkms.store.layout``):
+        its store and audit chain in ``<data_dir>/<env>/``, the master key still the data
+        dir's own.  Every command, ``qkms serve`` and the operator open a service this way."""
+        environment = environment or self.environment
+        return replace(self, environment=environment,
+                       data_dir=self.data_dir / environment.value, master_key_file=self.kek_path)
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
         env = dict(os.environ if env is None else env)

@@ -146,3 +146,9 @@ class AuditStorageError(QkmsError):
     def __init__(self, detail: str = "") -> None:
         message = "Audit event storage failed"
         super().__init__(f"{message}: {detail}" if detail else message)
+
+
+class KekMismatchError(QkmsError):
+    """A file store and the master key a command was given do not belong together."""
+
+    code = "kek_mismatch"

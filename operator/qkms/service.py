@@ -57,6 +57,7 @@ from qkms.model.schedules import effective_grace_period
 from qkms.providers import build_provider
 from qkms.providers.base import CreatedKey, KeyHandle, Provider
 from qkms.store.catalog import Catalog
+from qkms.store.layout import check_kek
 from qkms.store.records import FileRecordStore, RecordStore
 from qkms.store.sealed import SealedStore
 from qkms.store.sealing import Sealer, load_or_create_kek
@@ -168,9 +169,11 @@ class KeyManagementService:
         kek: bytes | None = None,
     ) -> None:
         """``kek`` comes from a Kubernetes Secret in a cluster; otherwise from the KEK file."""
-        self.settings = settings or Settings.from_env()
+        self.settings = settings or Settings.from_env().scoped()  # the CLI's layout
         self.environment = self.settings.environment
         kek_path = self.settings.kek_path
+        if records is None and kek is None:  # never a new KEK beside sealed records, or a wrong one
+            check_kek(kek_path, self.settings.data_dir / "store")
         older = [load_or_create_kek(p) for p in (kek_path.with_suffix(".old"),) if p.exists()]
         self.sealed = SealedStore(records or FileRecordStore(self.settings.data_dir / "store"),
                                   Sealer(kek or load_or_create_kek(kek_path), *older))

@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from qkms.config import Settings
-from qkms.errors import RecordCorruptError
+from qkms.errors import KekMismatchError, RecordCorruptError
 from qkms.service import KeyManagementService
 from qkms.store.rewrap import rewrap
 
@@ -85,5 +85,11 @@ async def test_wrong_master_key_is_reported(tmp_path) -> None:
     await svc.create_key(usage="SIGNING", algorithm="Ed25519", owner="o", name="alpha")
     other = tmp_path / "other.key"
     other.write_bytes(os.urandom(32))
-    wrong = KeyManagementService(Settings(data_dir=data, master_key_file=other))
-    assert "unknown KEK" in wrong.catalog.corrupt["keys/alpha"]
+    with pytest.raises(KekMismatchError) as refused:  # a wrong KEK, not tampering
+        KeyManagementService(Settings(data_dir=data, master_key_file=other))
+    assert f"was sealed under KEK {svc.sealed.sealer.kek_id}, found at {data / 'master.key'}" \
+        in refused.value.message and f"this command used {other}" in refused.value.message
+    gone = tmp_path / "gone.key"  # no KEK there: refused, and none is created beside records
+    with pytest.raises(KekMismatchError, match="will not create a new master key"):
+        KeyManagementService(Settings(data_dir=data, master_key_file=gone))
+    assert not gone.exists()

@@ -1,9 +1,9 @@
 """One KeyManagementService per environment, configured from that environment's KeyPolicy.
 
-Every environment keeps its own catalog under ``<data_dir>/<env>`` (or its own
-record store in a cluster), all sealed under the same master key.  A policy
-change that touches the service (provider, PQC, audit) rebuilds that
-environment's service; keys and their records are untouched.
+Every environment keeps its own catalog under ``<data_dir>/<env>`` (``Settings.scoped``,
+the layout every command uses; or its own record store in a cluster), all sealed under
+the same master key.  A policy change that touches the service (provider, PQC, audit)
+rebuilds that environment's service; keys and their records are untouched.
 """
 
 from __future__ import annotations
@@ -34,11 +34,7 @@ class ServiceRegistry:
     def settings_for(self, environment: Environment, policy: KeyPolicy | None,
                      credentials: dict[str, str] | None = None) -> Settings:
         """``credentials``: the policy's credentialsSecretRef Secret, read by the caller."""
-        changes: dict[str, Any] = {
-            "environment": environment,
-            "data_dir": self.settings.data_dir / environment.value,
-            "master_key_file": self.settings.kek_path,
-        }
+        changes: dict[str, Any] = {}
         if policy is not None:
             changes.update(provider=policy.spec.provider.type,
                            pqc_enabled=policy.spec.pqc_policy.enabled,
@@ -48,7 +44,7 @@ class ServiceRegistry:
                            provider_options={**self.settings.provider_options,
                                              **policy.spec.provider.settings,
                                              **(credentials or {})})
-        return replace(self.settings, **changes)
+        return replace(self.settings.scoped(environment), **changes)
 
     def get(self, environment: Environment, policy: KeyPolicy | None = None,
             credentials: dict[str, str] | None = None) -> KeyManagementService:

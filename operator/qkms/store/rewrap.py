@@ -16,6 +16,7 @@ from pathlib import Path
 
 from qkms.config import Settings
 
+from .layout import check_kek
 from .records import FileRecordStore
 from .sealed import SealedStore
 from .sealing import Sealer, load_or_create_kek, parse_kek
@@ -38,20 +39,26 @@ def _reseal_all(records: FileRecordStore, current: bytes, old: bytes) -> int:
     return sum(1 for _ in sealed.rewrap(records.kinds()))
 
 
-def rewrap(settings: Settings, new_kek_file: Path | None = None) -> int:
-    """Returns how many records were re-sealed."""
+def rewrap(settings: Settings, new_kek_file: Path | None = None,
+           stores: list[Path] | None = None) -> int:
+    """Returns how many records were re-sealed.  ``stores``: every store sealed under the
+    KEK (each environment's, see ``qkms.store.layout``); default ``settings``' own."""
     kek_path = settings.kek_path
     old_path = kek_path.with_suffix(".old")
-    records = FileRecordStore(settings.data_dir / "store")
+    folders = stores if stores is not None else [settings.data_dir / "store"]
+    for folder in folders:
+        check_kek(kek_path, folder)
+    every = [FileRecordStore(folder) for folder in folders]
     current = load_or_create_kek(kek_path)
     count = 0
     if old_path.exists():  # finish an interrupted rewrap first
-        count += _reseal_all(records, current, parse_kek(old_path.read_bytes(), str(old_path)))
+        old = parse_kek(old_path.read_bytes(), str(old_path))
+        count += sum(_reseal_all(records, current, old) for records in every)
         old_path.unlink()
     new = (parse_kek(new_kek_file.read_bytes(), str(new_kek_file)) if new_kek_file
            else secrets.token_bytes(32))
     _write_kek(old_path, current)
     _write_kek(kek_path, new)
-    count += _reseal_all(records, new, current)
+    count += sum(_reseal_all(records, new, current) for records in every)
     old_path.unlink()
     return count
