@@ -12,7 +12,9 @@ HKDF-SHA256            32 random bytes (the input keying material)
 =====================  ==========================================================
 
 Signature formats: Ed25519 per RFC 8032; ECDSA over SHA-256 as a DER
-Ecdsa-Sig-Value (RFC 3279); RSA is RSASSA-PSS with SHA-256 and MGF1-SHA256.
+Ecdsa-Sig-Value (RFC 3279), low-S on secp256k1 (``ecdsa`` has the raw r||s form,
+recovery ids and why); ECDSA verifies DER or raw r||s, high-S or low-S.  RSA is
+RSASSA-PSS with SHA-256 and MGF1-SHA256.
 RSA signs with a 32-byte salt (= digest length, the usual interoperable
 choice, RFC 8017 section 9.1) but verifies with any salt length, because AWS
 KMS and others sign with the maximum salt length.
@@ -35,11 +37,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from qkms.errors import InvalidInputError
 from qkms.model.algorithms import AlgorithmInfo
 
+from . import ecdsa
 from ._common import (
     AsymmetricPrivateKey,
     BasePrivateKey,
@@ -132,23 +136,60 @@ class EcdsaPublic(SignaturePublicKey):
         return jwk(kid, "EC", self._alg, crv=self._crv, x=b64url(point[1:33]), y=b64url(point[33:]))
 
     def _verify(self, data: bytes, signature: bytes) -> bool:
-        self._key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
-        return True
+        return self.verify_with(data, signature)
+
+    def verify_with(self, data: bytes, signature: bytes, *, prehashed: bool = False,
+                    signature_format: str | None = None) -> bool:
+        """DER or raw r||s (``signature_format`` None tries both; a 64-byte signature may be
+        either), over SHA-256 of ``data`` or, ``prehashed``, over the 32-byte ``data``.
+        High-S and low-S both verify, as in OpenSSL.  Invalid or malformed: False."""
+        signature = bytes(signature)
+        forms = []
+        if signature_format in (None, "raw") and len(signature) == ecdsa.RAW_LEN:
+            forms.append(ecdsa.to_der(*ecdsa.from_raw(signature)))
+        if signature_format in (None, "der"):
+            forms.append(signature)
+        if prehashed and len(data) != ecdsa.DIGEST_LEN:
+            return False
+        scheme = ec.ECDSA(Prehashed(hashes.SHA256()) if prehashed else hashes.SHA256())
+        for der in forms:
+            try:
+                self._key.verify(der, bytes(data), scheme)
+                return True
+            except Exception:  # noqa: BLE001, S112 - malformed or wrong: try the other form
+                continue
+        return False
 
 
 class EcdsaPrivate(AsymmetricPrivateKey):
-    def __init__(self, key: ec.EllipticCurvePrivateKey, crv: str, alg: str) -> None:
+    """Signs DER over SHA-256; secp256k1 signatures are always low-S (``ecdsa``)."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey, crv: str, alg: str,
+                 curve: ecdsa.Curve) -> None:
         self._key = key
+        self._curve = curve
         self._public = EcdsaPublic(key.public_key(), crv, alg)
 
+    def _finish(self, der: bytes) -> bytes:
+        if self._curve is not ecdsa.SECP256K1:
+            return der
+        r, s = ecdsa.split(der)
+        return ecdsa.to_der(r, ecdsa.low_s(self._curve, s))
+
     def sign(self, data: bytes) -> bytes:
-        return self._key.sign(bytes(data), ec.ECDSA(hashes.SHA256()))
+        return self._finish(self._key.sign(bytes(data), ec.ECDSA(hashes.SHA256())))
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        """Sign a 32-byte digest as given (SHA-256, or Keccak-256 for Ethereum)."""
+        digest = require_len("data", "a prehashed ECDSA input", digest, ecdsa.DIGEST_LEN)
+        return self._finish(self._key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256()))))
 
 
 class EcdsaSuite(BaseSuite):
     def __init__(self, info: AlgorithmInfo, curve: ec.EllipticCurve, crv: str, alg: str) -> None:
         super().__init__(info)
         self._curve, self._crv, self._alg = curve, crv, alg
+        self.params = ecdsa.CURVES[info.name]
 
     def generate(self) -> bytes:
         key = ec.generate_private_key(self._curve)
@@ -160,7 +201,7 @@ class EcdsaSuite(BaseSuite):
             key = ec.derive_private_key(int.from_bytes(raw, "big"), self._curve)
         except ValueError:
             raise InvalidInputError("private_key", "scalar is out of range for the curve") from None
-        return EcdsaPrivate(key, self._crv, self._alg)
+        return EcdsaPrivate(key, self._crv, self._alg, self.params)
 
     def load_public(self, public: bytes) -> EcdsaPublic:
         """Takes the SEC 1 point, uncompressed (65 bytes) or compressed (33)."""
