@@ -56,6 +56,8 @@ from qkms.model.keys import KeyMetadata, KeyRecord, KeyVersion
 from qkms.model.schedules import effective_grace_period
 from qkms.providers import build_provider
 from qkms.providers.base import CreatedKey, KeyHandle, Provider
+from qkms.signing import NO_OPTIONS, SignOptions
+from qkms.signing import sign as sign_with_options
 from qkms.store.catalog import Catalog
 from qkms.store.layout import check_kek
 from qkms.store.records import FileRecordStore, RecordStore
@@ -88,6 +90,7 @@ class OperationResult:
     plaintext: bytes | None = field(default=None, repr=False)
     shared_secret: bytes | None = field(default=None, repr=False)
     derived_key: bytes | None = field(default=None, repr=False)
+    recovery_id: int | None = None  # SIGN with recovery_id (ECDSA-secp256k1): 0 or 1
 
 
 @dataclass(frozen=True)
@@ -434,17 +437,26 @@ class KeyManagementService:
         context: Any = None,
         salt: bytes | None = None,
         length: int = 32,
+        signature_format: str | None = None,
+        prehashed: bool = False,
+        recovery_id: bool = False,
+        low_s: bool | None = None,
     ) -> Any:
-        """Run one operation; VERIFY returns a bool, the others an ``OperationResult``."""
+        """Run one operation; VERIFY returns a bool, the others an ``OperationResult``.
+
+        SIGN and VERIFY take the signature options of ``qkms.signing`` (ECDSA forms,
+        prehashed digests, Ethereum recovery ids)."""
         actor = Actor.parse(actor)
         op_name = str(operation).strip().upper()
         record = version = None
         try:
             op = _enum(Operation, operation, "operation")
+            options = SignOptions.parse(signature_format, prehashed, recovery_id, low_s)
             record, named = self._resolve(key_id)
             try:
                 version, result = await self._dispatch(op, record, named, data,
-                                                       signature, context, salt, length)
+                                                       signature, context, salt, length,
+                                                       options)
             except KeyStateError:
                 # Another replica may have rotated or revoked it: decide on fresh state.
                 fresh = await asyncio.to_thread(self.catalog.reload_one, record.name)
@@ -453,7 +465,8 @@ class KeyManagementService:
                 record = fresh
                 named = lifecycle.find_version(fresh, named.key_id) if named else None
                 version, result = await self._dispatch(op, record, named, data,
-                                                       signature, context, salt, length)
+                                                       signature, context, salt, length,
+                                                       options)
         except QkmsError as exc:
             await self._record_failure(op_name, exc, actor, record=record, version=version)
             raise
@@ -477,6 +490,20 @@ class KeyManagementService:
                                        name=str(key_id))
             raise
 
+    async def check_signature_options(self, key_id: Any, operation: Any,
+                                      options: SignOptions, *, actor: Any = None) -> None:
+        """Refuse (and audit) signature options the key's algorithm cannot honour, before
+        a batch runs; the version named, else the active one, decides."""
+        try:
+            op = _enum(Operation, operation, "operation")
+            record, named = self._resolve(key_id)
+            version = named or lifecycle.active_version(record) or record.current
+            options.check(resolve_algorithm(version.algorithm), op)
+        except QkmsError as exc:
+            await self._record_failure(str(operation).upper(), exc, Actor.parse(actor),
+                                       name=str(key_id))
+            raise
+
     @staticmethod
     def _digests(op: Operation, data: Any) -> dict[str, str]:
         if op in (Operation.DECRYPT,) or isinstance(data, OperationResult):
@@ -495,13 +522,16 @@ class KeyManagementService:
 
     async def _dispatch(self, op: Operation, record: KeyRecord, named: KeyVersion | None,
                         data: Any, signature: bytes | None, context: Any,
-                        salt: bytes | None, length: int) -> tuple[KeyVersion, Any]:
+                        salt: bytes | None, length: int,
+                        options: SignOptions = NO_OPTIONS) -> tuple[KeyVersion, Any]:
         if op is Operation.VERIFY:
-            return self._verify(record, named, _bytes(data, "data"), signature)
+            return self._verify(record, named, _bytes(data, "data"), signature, options)
         if op is Operation.DECRYPT:
+            options.check(resolve_algorithm(record.algorithm), op)
             return await self._decrypt(record, named, data, _context(context))
         version = self._usable(record, named, op)
         info = resolve_algorithm(version.algorithm)
+        options.check(info, op)
         handle = self._handle(version)
 
         def result(**outputs: Any) -> OperationResult:
@@ -509,7 +539,10 @@ class KeyManagementService:
                                    version.algorithm, **outputs)
 
         if op is Operation.SIGN:
-            return version, result(signature=await self.provider.sign(handle, _bytes(data, "data")))
+            public = self._public_key(version) if options.given else None
+            signed = await sign_with_options(self.provider, handle, info, _bytes(data, "data"),
+                                             options, public)
+            return version, result(signature=signed.signature, recovery_id=signed.recovery_id)
         if op is Operation.ENCRYPT:
             plaintext, aad = _bytes(data, "data"), token_aad(version.key_id, _context(context))
             body = (await self.provider.encrypt(handle, plaintext, aad) if info.symmetric
@@ -531,7 +564,8 @@ class KeyManagementService:
         return version, result(derived_key=derived)
 
     def _verify(self, record: KeyRecord, named: KeyVersion | None, data: bytes,
-                signature: bytes | None) -> tuple[KeyVersion, bool]:
+                signature: bytes | None,
+                options: SignOptions = NO_OPTIONS) -> tuple[KeyVersion, bool]:
         if signature is None:
             raise InvalidInputError("signature", "is required for VERIFY")
         signature = _bytes(signature, "signature")
@@ -541,7 +575,16 @@ class KeyManagementService:
             self._usable(record, None, Operation.VERIFY)  # raises with the reason
         for version in candidates:
             self._usable(record, version, Operation.VERIFY)
-            if self._public_key(version).verify(data, signature):
+            public = self._public_key(version)
+            if options.given:
+                options.check(resolve_algorithm(version.algorithm), Operation.VERIFY)
+                options.check_digest(data)
+                valid = public.verify_with(  # type: ignore[attr-defined]
+                    data, signature, prehashed=options.prehashed,
+                    signature_format=options.signature_format)
+            else:
+                valid = public.verify(data, signature)
+            if valid:
                 return version, True
         return candidates[0], False
 

@@ -411,13 +411,15 @@ class AwsKmsProvider:
         await self.call(self.client.create_alias, AliasName=alias, TargetKeyId=arn)
 
     # -- operations ----------------------------------------------------------------------
-    async def sign(self, key: KeyHandle, data: bytes) -> bytes:
+    async def sign(self, key: KeyHandle, data: bytes, *, prehashed: bool = False) -> bytes:
         arn = key.ref.get("kms_key")
         if arn is None:
-            return await self.envelope.sign(key, data)
+            return await self.envelope.sign(key, data, prehashed=prehashed)
         name = key.algorithm.name
         message, kind = data, "RAW"
-        if len(data) > RAW_LIMIT:
+        if prehashed:  # ECDSA only: a 32-byte digest signed as given
+            kind = "DIGEST"
+        elif len(data) > RAW_LIMIT:
             if name == "Ed25519":
                 raise OperationNotAllowedError(
                     f"AWS KMS signs Ed25519 messages of at most {RAW_LIMIT} bytes "

@@ -217,12 +217,12 @@ class AzureKeyVaultProvider:
     def _native(key: KeyHandle) -> bool:
         return "name" in key.ref
 
-    async def sign(self, key: KeyHandle, data: bytes) -> bytes:
+    async def sign(self, key: KeyHandle, data: bytes, *, prehashed: bool = False) -> bytes:
         if not self._native(key):
-            return await self.envelope.sign(key, data)
+            return await self.envelope.sign(key, data, prehashed=prehashed)
         client = self.crypto(key.ref["name"], key.ref["version"])
         algorithm = _NATIVE[key.algorithm.name][2]
-        digest = hashlib.sha256(data).digest()
+        digest = bytes(data) if prehashed else hashlib.sha256(data).digest()
         signature = (await self.call(lambda: client.sign(algorithm, digest),
                                      key_id=key.key_id)).signature
         if algorithm is SignatureAlgorithm.ps256:

@@ -173,15 +173,16 @@ class HsmProvider:
     def _native(key: KeyHandle) -> bool:
         return "label" in key.ref
 
-    async def sign(self, key: KeyHandle, data: bytes) -> bytes:
+    async def sign(self, key: KeyHandle, data: bytes, *, prehashed: bool = False) -> bytes:
         if not self._native(key):
-            return await self.envelope.sign(key, data)
+            return await self.envelope.sign(key, data, prehashed=prehashed)
         name = key.algorithm.name
 
         def sign(session: Any) -> bytes:
             private = self._object(session, key.key_id, _PRIVATE)
-            if name == "ECDSA-P256":
-                raw = private.sign(hashlib.sha256(data).digest(), mechanism=Mechanism.ECDSA)
+            if name == "ECDSA-P256":  # CKM_ECDSA signs the digest it is given
+                digest = bytes(data) if prehashed else hashlib.sha256(data).digest()
+                raw = private.sign(digest, mechanism=Mechanism.ECDSA)
                 return encode_dss_signature(int.from_bytes(raw[:32], "big"),
                                             int.from_bytes(raw[32:], "big"))
             if name == "Ed25519":

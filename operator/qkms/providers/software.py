@@ -105,8 +105,9 @@ class SoftwareKeys:
     async def count(self) -> int:
         return len(await asyncio.to_thread(self.store.list, MATERIAL))
 
-    async def sign(self, key: KeyHandle, data: bytes) -> bytes:
-        return (await self.load(key)).sign(data)
+    async def sign(self, key: KeyHandle, data: bytes, *, prehashed: bool = False) -> bytes:
+        loaded = await self.load(key)
+        return loaded.sign_digest(data) if prehashed else loaded.sign(data)  # type: ignore[attr-defined]
 
     async def encrypt(self, key: KeyHandle, plaintext: bytes, aad: bytes) -> bytes:
         return (await self.load(key)).encrypt(plaintext, aad)

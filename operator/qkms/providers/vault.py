@@ -374,15 +374,16 @@ class VaultProvider:
                 current = version
             self._fenced[name] = current
 
-    async def sign(self, key: KeyHandle, data: bytes) -> bytes:
+    async def sign(self, key: KeyHandle, data: bytes, *, prehashed: bool = False) -> bytes:
         native = self._native(key)
         if native is None:
-            return await self.envelope.sign(key, data)
+            return await self.envelope.sign(key, data, prehashed=prehashed)
         mount, name, version = native
         await self._fence_encryption(mount, name, version)
+        extra = {"prehashed": True} if prehashed else {}  # ECDSA: the input is the digest
         answer = await self.call(self.client.write_data, f"{mount}/sign/{name}", data={
-            "input": _b64(data), "key_version": version, **_sign_params(key.algorithm)},
-            key_id=key.key_id)
+            "input": _b64(data), "key_version": version, **_sign_params(key.algorithm),
+            **extra}, key_id=key.key_id)
         return _unprefix(answer["data"]["signature"], version)
 
     async def encrypt(self, key: KeyHandle, plaintext: bytes, aad: bytes) -> bytes:
