@@ -42,6 +42,7 @@ class Result:
     plaintext: bytes | None = field(default=None, repr=False)
     shared_secret: bytes | None = field(default=None, repr=False)
     derived_key: bytes | None = field(default=None, repr=False)
+    recovery_id: int | None = None
 
 
 def _decode(item: dict[str, Any], operation: str) -> Any:
@@ -53,7 +54,7 @@ def _decode(item: dict[str, Any], operation: str) -> Any:
     if ciphertext is not None and operation == "encapsulate":
         ciphertext = base64.b64decode(ciphertext)
     return Result(item["key_id"], item["version"], item["algorithm"], ciphertext=ciphertext,
-                  **binary)
+                  recovery_id=item.get("recovery_id"), **binary)
 
 
 def _raise(status: int, body: Any) -> None:
@@ -121,8 +122,11 @@ class QkmsClient:
 
     async def use_key(self, key: str, operation: str, data: bytes | str = b"", *,
                       signature: bytes | None = None, context: bytes | str | None = None,
-                      length: int | None = None) -> Any:
-        """The seed's ``useKey``, over HTTP: ``key`` is ``namespace/name``."""
+                      length: int | None = None, signature_format: str | None = None,
+                      prehashed: bool = False, recovery_id: bool = False,
+                      low_s: bool | None = None) -> Any:
+        """The seed's ``useKey``, over HTTP: ``key`` is ``namespace/name``.  SIGN and VERIFY
+        take the signature options of ``qkms.signing``."""
         op = operation.lower()
         body: dict[str, Any] = {}
         raw = data.encode() if isinstance(data, str) else data
@@ -140,6 +144,14 @@ class QkmsClient:
             body["context"] = base64.b64encode(ctx).decode()
         if length is not None:
             body["length"] = length
+        if signature_format is not None:
+            body["signature_format"] = signature_format
+        if prehashed:
+            body["prehashed"] = True
+        if recovery_id:
+            body["recovery_id"] = True
+        if low_s is not None:
+            body["low_s"] = low_s
         return _decode(await self.call(key, op, body), op)
 
     async def batch(self, key: str, operation: str, items: list[dict[str, Any]]) -> list[Any]:

@@ -18,15 +18,17 @@ from typing import Any, Protocol
 from qkms.errors import Forbidden, InvalidInputError, QkmsError, Unauthenticated
 from qkms.model.enums import Environment, Operation
 from qkms.service import MAX_DERIVE_LENGTH, KeyManagementService, OperationResult
+from qkms.signing import SignOptions
 
 from .auth import Authenticator, Authorizer, Identity
 
 MAX_BATCH = 1000
 OPERATIONS = {op.value.lower(): op for op in Operation}
 _COMMON = {"context", "key_id"}
+SIGN_OPTIONS = ("signature_format", "prehashed", "recovery_id", "low_s")  # qkms.signing
 FIELDS: dict[Operation, set[str]] = {
-    Operation.SIGN: _COMMON | {"input"},
-    Operation.VERIFY: _COMMON | {"input", "signature"},
+    Operation.SIGN: _COMMON | {"input", *SIGN_OPTIONS},
+    Operation.VERIFY: _COMMON | {"input", "signature", "signature_format", "prehashed"},
     Operation.ENCRYPT: _COMMON | {"input"},
     Operation.DECRYPT: _COMMON | {"ciphertext"},
     Operation.ENCAPSULATE: _COMMON,
@@ -77,7 +79,17 @@ def _out(result: Any) -> dict[str, Any]:
     if result.ciphertext is not None:
         out["ciphertext"] = (result.ciphertext if isinstance(result.ciphertext, str)
                              else base64.b64encode(result.ciphertext).decode())
+    if result.recovery_id is not None:
+        out["recovery_id"] = result.recovery_id
     return out
+
+
+def _options(item: dict[str, Any], where: str) -> SignOptions:
+    """SIGN/VERIFY signature options, their types checked; the field named with ``where``."""
+    try:
+        return SignOptions.parse(**{k: item[k] for k in SIGN_OPTIONS if k in item})
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{where}{exc.field}", exc.reason) from None
 
 
 class DataPlane:
@@ -133,6 +145,8 @@ class DataPlane:
             await service.precheck(key, operation, actor=identity.actor)
             for i, item in enumerate(items):
                 self._own_version(service, key, item, f"batch_input[{i}].")
+                await self._check_options(service, key, operation, item, identity,
+                                          f"batch_input[{i}].")
             # Concurrently, so the items' audit entries share one group-commit fsync;
             # gather keeps the results in the items' order.
             results = await asyncio.gather(*(
@@ -175,6 +189,20 @@ class DataPlane:
         return _out(result)
 
     @staticmethod
+    async def _check_options(service: KeyManagementService, key: str, operation: Operation,
+                             item: dict[str, Any], identity: Identity, where: str) -> None:
+        """Options the key's algorithm cannot honour refuse the whole batch, naming the item."""
+        options = _options(item, where) if operation in (Operation.SIGN, Operation.VERIFY) \
+            else SignOptions()
+        if not options.given:
+            return
+        try:
+            await service.check_signature_options(item.get("key_id") or key, operation,
+                                                   options, actor=identity.actor)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{where}{exc.field}", exc.reason) from None
+
+    @staticmethod
     def _own_version(service: KeyManagementService, key: str, item: dict[str, Any],
                      where: str) -> None:
         """A ``key_id`` must be a version of the key in the path: authorization was
@@ -209,6 +237,14 @@ class DataPlane:
             kwargs["data"] = _b64(item, "input", where, required=True)
         if operation is Operation.VERIFY:
             kwargs["signature"] = _b64(item, "signature", where, required=True)
+        if operation in (Operation.SIGN, Operation.VERIFY):
+            options = _options(item, where)
+            if options.prehashed and len(kwargs["data"]) != 32:
+                raise InvalidInputError(f"{where}input", "with prehashed, must be a 32-byte "
+                                        f"digest, got {len(kwargs['data'])} bytes")
+            kwargs.update(signature_format=options.signature_format,
+                          prehashed=options.prehashed, recovery_id=options.recovery_id,
+                          low_s=options.low_s)
         if operation is Operation.DERIVE:
             length = item.get("length", 32)
             if not isinstance(length, int) or isinstance(length, bool) \

@@ -22,8 +22,25 @@ def _item(operation: str) -> dict[str, Any]:
         props["input"] = B64
         required.append("input")
     if operation == "verify":
-        props["signature"] = B64
+        props["signature"] = {**B64, "description": "base64; ECDSA: DER or raw r||s"}
         required.append("signature")
+    if operation in ("sign", "verify"):
+        props["signature_format"] = {
+            "type": "string", "enum": ["der", "raw"],
+            "description": "ECDSA only: DER (the default) or raw r||s, 32+32 bytes (JOSE, "
+                           "WebCrypto); VERIFY takes either form without it"}
+        props["prehashed"] = {
+            "type": "boolean", "default": False,
+            "description": "ECDSA only: input is a 32-byte digest, signed as given "
+                           "(Ethereum signs Keccak-256 digests)"}
+    if operation == "sign":
+        props["recovery_id"] = {
+            "type": "boolean", "default": False,
+            "description": "ECDSA-secp256k1 only: also return the recovery id (0 or 1); "
+                           "the signature is then raw unless signature_format says der"}
+        props["low_s"] = {
+            "type": "boolean",
+            "description": "ECDSA-P256: normalize s to the lower half (secp256k1 always is)"}
     if operation == "decrypt":
         props["ciphertext"] = {"type": "string", "description": "the token ENCRYPT returned"}
         required.append("ciphertext")
@@ -41,7 +58,7 @@ RESULT = {"type": "object", "additionalProperties": False, "properties": {
     "key_id": {"type": "string"}, "version": {"type": "integer"},
     "algorithm": {"type": "string"}, "signature": B64, "valid": {"type": "boolean"},
     "ciphertext": {"type": "string"}, "plaintext": B64, "shared_secret": B64,
-    "derived_key": B64}}
+    "derived_key": B64, "recovery_id": {"type": "integer", "minimum": 0, "maximum": 1}}}
 ERROR = {"type": "object", "required": ["error"], "properties": {
     "error": {"type": "object", "required": ["code", "message"], "properties": {
         "code": {"type": "string"}, "message": {"type": "string"},
