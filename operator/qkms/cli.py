@@ -1,6 +1,9 @@
 """The ``qkms`` command.
 
-Inputs and outputs are files or stdin/stdout (``-``), raw or base64
+Every command uses one data-dir layout (``qkms.store.layout``): ``--data-dir``
+(default ``.qkms``) holds the master key, and ``--environment`` (default
+``dev``) picks the folder with that environment's store and audit chain, the
+one ``qkms serve`` writes.  Inputs and outputs are files or stdin/stdout (``-``), raw or base64
 (``--encoding``).  Results are JSON on stdout; errors go to stderr as
 ``qkms: error: <message>`` with exit code 2 for bad input and 1 otherwise.
 """
@@ -11,6 +14,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import errno
 import json
 import os
 import sys
@@ -27,6 +31,12 @@ from qkms.model.algorithms import resolve_algorithm
 
 Handler = Callable[[argparse.Namespace], Any]
 COMMANDS: dict[str, Handler] = {}
+DESCRIPTION = ("qkms: create, rotate and use cryptographic keys (classical, post-quantum, "
+               "hybrid) from the command line, in standalone mode (serve) or as a Kubernetes "
+               "operator.")
+# Optional packages and the extra that installs each (pip install 'qkms[EXTRA]').
+EXTRAS = {"kopf": "operator", "kubernetes": "operator", "hvac": "vault", "boto3": "aws",
+          "botocore": "aws", "azure": "azure", "pkcs11": "hsm"}
 
 
 def command(name: str) -> Callable[[Handler], Handler]:
@@ -91,10 +101,17 @@ def print_json(value: Any) -> None:
 OPENED: list[Any] = []  # services a command opened: closed (final checkpoint) at its end
 
 
-def service(args: argparse.Namespace) -> Any:
+def service(args: argparse.Namespace, *, create: bool = False) -> Any:
+    """The service of ``--environment``'s folder of the data dir; unless the command creates
+    keys (``create``), an empty folder is an error that says what to run first."""
     from qkms.service import KeyManagementService
+    from qkms.store.layout import require_store
 
-    svc = KeyManagementService(settings_from(args))
+    root = settings_from(args)
+    settings = root.scoped()
+    if not create:
+        require_store(root.data_dir, settings.data_dir, settings.kek_path)
+    svc = KeyManagementService(settings)
     OPENED.append(svc)
     return svc
 
@@ -118,7 +135,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 @command("keys create")
 async def keys_create(args: argparse.Namespace) -> None:
-    print_json(await service(args).create_key(
+    print_json(await service(args, create=True).create_key(
         usage=args.usage, algorithm=args.algorithm, owner=args.owner, name=args.name,
         rotation_schedule=args.rotation_schedule, grace_period=args.grace_period,
         actor={"type": "CLI", "id": args.actor}))
@@ -139,7 +156,7 @@ async def keys_import(args: argparse.Namespace) -> None:
     else:
         algorithm, private = from_raw(_read_file(args.raw, "--raw"),
                                       args.algorithm or "AES-256-GCM")
-    print_json(await service(args).import_key(
+    print_json(await service(args, create=True).import_key(
         private=private, usage=args.usage, algorithm=algorithm, owner=args.owner,
         name=args.name, rotation_schedule=args.rotation_schedule,
         actor={"type": "CLI", "id": args.actor}))
@@ -150,7 +167,7 @@ async def backup_create(args: argparse.Namespace) -> None:
     from qkms import backup
 
     svc = service(args)
-    key = backup.backup_key(args.backup_key_file or svc.settings.data_dir / "backup.key")
+    key = backup.backup_key(args.backup_key_file or settings_from(args).data_dir / "backup.key")
     document = backup.create(svc, key)
     write_output(json.dumps(document, indent=1) + "\n", args.out, "raw")
     print(f"backed up {document['keys']} keys ({document['versions']} versions)",
@@ -161,10 +178,11 @@ async def backup_create(args: argparse.Namespace) -> None:
 async def backup_restore(args: argparse.Namespace) -> None:
     from qkms import backup
 
-    svc = service(args)
-    key = backup.backup_key(args.backup_key_file or svc.settings.data_dir / "backup.key")
+    document_bytes = read_input(args.input, "raw")
+    svc = service(args, create=True)
+    key = backup.backup_key(args.backup_key_file or settings_from(args).data_dir / "backup.key")
     try:
-        document = json.loads(read_input(args.input, "raw"))
+        document = json.loads(document_bytes)
     except ValueError:
         raise InvalidInputError("--in", "not a JSON backup file") from None
     count = await backup.restore(svc, document, key)
@@ -297,10 +315,17 @@ async def keys_derive(args: argparse.Namespace) -> None:
 
 @command("keys rewrap")
 async def keys_rewrap(args: argparse.Namespace) -> None:
+    from qkms.store.layout import NoStoreError, environment_stores, has_records
     from qkms.store.rewrap import rewrap
 
     settings = settings_from(args)
-    count = await asyncio.to_thread(rewrap, settings, args.new_master_key_file)
+    stores = environment_stores(settings.data_dir)  # one KEK seals every environment's store
+    if not settings.kek_path.exists() and not any(has_records(s) for s in stores):
+        raise NoStoreError(settings.data_dir)
+    if args.new_master_key_file is not None and not args.new_master_key_file.is_file():
+        raise InvalidInputError("--new-master-key-file",
+                                f"{args.new_master_key_file} is not a file")
+    count = await asyncio.to_thread(rewrap, settings, args.new_master_key_file, stores)
     print_json({"rewrapped": count, "master_key_file": str(settings.kek_path)})
 
 
@@ -324,6 +349,15 @@ async def serve(args: argparse.Namespace) -> None:
     folder = args.manifests or BUNDLED_EXAMPLES
     if not folder.is_dir():
         raise InvalidInputError("--manifests", f"{folder} is not a folder")
+    serving = bool(args.listen) and not args.once
+    for flag, path in (("--tokens", args.tokens), ("--tls-cert", args.tls_cert),
+                       ("--tls-key", args.tls_key), ("--tls-client-ca", args.tls_client_ca)):
+        if path is not None and not path.is_file():
+            raise InvalidInputError(flag, f"{path} is not a file")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise InvalidInputError("--tls-key", "give --tls-cert and --tls-key together")
+    auth = _standalone_auth(args) if serving else None
+    sock = _listen_socket(args.listen) if serving else None  # a busy port fails before keys
     if args.manifests is None:
         print(f"qkms serve: no --manifests given; serving the bundled examples in {folder}")
     out = args.out or settings.data_dir / "projections"
@@ -332,39 +366,113 @@ async def serve(args: argparse.Namespace) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     runner = Standalone(settings, folder, out, say=lambda line: print(line, flush=True))
+    metrics = None
+    if serving:  # count every audited operation from the first reconcile, as the chain does
+        from qkms.server.metrics import Metrics
+
+        metrics = Metrics()
+        runner.registry.on_new.append(metrics.attach)
     api = None
     task = asyncio.create_task(runner.run(stop, poll=args.poll, once=args.once))
     try:
-        if args.listen and not args.once:
+        if sock is not None:
             ready = asyncio.create_task(runner.ready.wait())
             await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
             if runner.ready.is_set():  # keys exist before the first request can arrive
-                api = await _standalone_api(args, runner)
+                api = await _standalone_api(args, runner, auth, sock, metrics)
         await task
     finally:
         if api is not None:
             await api.cleanup()
+        elif sock is not None:
+            sock.close()
         OPENED.extend(runner.registry.all())  # closed by run_command: final checkpoints
     print("qkms serve: stopped", flush=True)
 
 
-async def _standalone_api(args: argparse.Namespace, runner: Any) -> Any:
+def _listen_socket(listen: str) -> Any:
+    """Bind ``HOST:PORT`` now, so a busy port is reported before any key is made."""
+    import socket
+
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise InvalidInputError("--listen", f"{listen!r} is not HOST:PORT")
+    host, port = host.strip("[]") or "0.0.0.0", int(port_text)  # noqa: S104 - as asked
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise InvalidInputError("--listen", f"cannot listen on {listen}: {exc.strerror or exc}"
+                                ) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise QkmsError(f"port {port} is in use; use --listen HOST:PORT "
+                            f"(e.g. --listen 127.0.0.1:{port + 1})") from None
+        raise QkmsError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _standalone_auth(args: argparse.Namespace) -> Any:
+    """Read the tokens file and the TLS files before any key is made: a mistake in them
+    is reported first, not after reconciling."""
+    import ssl
+
+    import yaml
+
+    from qkms.server.app import tls_context
+    from qkms.server.auth import TokensFile
+
+    if args.tls_cert:
+        try:
+            tls_context(args.tls_cert, args.tls_key, args.tls_client_ca)
+        except (ssl.SSLError, ValueError) as exc:
+            raise InvalidInputError("--tls-cert", f"cannot load the certificate, key or CA: "
+                                                  f"{exc}") from None
+    if not args.tokens:
+        return None
+    try:
+        return TokensFile(args.tokens)
+    except InvalidInputError as exc:
+        raise InvalidInputError("--tokens", f"{args.tokens}: {exc}") from None
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise InvalidInputError("--tokens", f"{args.tokens} is not a tokens file: "
+                                            f"{type(exc).__name__}") from None
+
+
+async def _standalone_api(args: argparse.Namespace, runner: Any, auth: Any, sock: Any,
+                          metrics: Any) -> Any:
     from qkms.server.app import start_data_plane
     from qkms.server.auth import TokensFile
 
-    if args.tokens:
-        auth: Any = TokensFile(args.tokens)
-    else:
+    if auth is None:
         auth = TokensFile.empty()
         print("qkms serve: no --tokens file: key operations will answer 401", flush=True)
     tls = (args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
-    api = await start_data_plane(runner, runner.registry, auth, auth, args.listen, tls)
+    api = await start_data_plane(runner, runner.registry, auth, auth, args.listen, tls,
+                                 sock=sock, metrics=metrics, quiet=True)
     print(f"qkms serve: data plane on {'https' if tls else 'http'}://{args.listen}", flush=True)
     return api
 
 
 @command("operator")
 async def operator(args: argparse.Namespace) -> None:
+    from kubernetes import config
+
+    try:  # as the operator will log in: fail now, not in a retry loop, if it cannot
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except config.ConfigException as exc:
+            raise QkmsError(f"no Kubernetes cluster to run in ({exc}); set KUBECONFIG, or run "
+                            f"`qkms serve` for standalone mode without a cluster") from None
     from qkms.k8s.main import run_operator
 
     logs.configure(json_lines=True)
@@ -392,18 +500,40 @@ async def pqc_status(args: argparse.Namespace) -> None:
     if args.manifests:
         from qkms.standalone import load_manifests
 
+        if not args.manifests.is_dir():
+            raise InvalidInputError("--manifests", f"{args.manifests} is not a folder")
         found = load_manifests(args.manifests)
         keys, namespaces, policies = found.keys, found.namespaces, found.policies
     else:
-        from qkms.k8s.storage import Kube
-        from qkms.model.resources import parse_managed_key
-
-        kube = Kube()
-        keys = [parse_managed_key(b) for b in await kube.managed_keys()]
-        namespaces = {n: await kube.namespace_labels(n) for n in {k.namespace for k in keys}}
-        policies = await kube.key_policies()
+        keys, namespaces, policies = await _cluster_keys()
     rows = report(keys, namespaces, policies, datetime.now(UTC))
     print_json([r for r in rows if r.quantum_vulnerable or args.all])
+
+
+async def _cluster_keys() -> tuple[Any, Any, Any]:
+    """ManagedKeys, their namespaces' labels and the KeyPolicies, from the cluster."""
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.config import ConfigException
+    from urllib3.exceptions import HTTPError
+
+    from qkms.k8s.storage import Kube
+    from qkms.model.resources import parse_managed_key
+
+    try:
+        kube = Kube()
+    except ConfigException:
+        raise QkmsError("no Kubernetes cluster configured (no KUBECONFIG, ~/.kube/config or "
+                        "in-cluster account): give --manifests DIR to read a folder") from None
+    try:
+        keys = [parse_managed_key(b) for b in await kube.managed_keys()]
+        namespaces = {n: await kube.namespace_labels(n) for n in {k.namespace for k in keys}}
+        return keys, namespaces, await kube.key_policies()
+    except ApiException as exc:
+        raise QkmsError(f"the Kubernetes API answered {exc.status} {exc.reason} (are the qkms "
+                        f"CRDs installed? `kubectl apply -f crds/`)") from None
+    except (HTTPError, OSError) as exc:
+        raise QkmsError(f"cannot reach the Kubernetes API at {kube.api.configuration.host}: "
+                        f"{type(exc).__name__}") from None
 
 
 @command("demo")
@@ -430,10 +560,24 @@ async def call(args: argparse.Namespace) -> None:
         data = read_input(args.input, args.encoding)
     signature = read_input(args.signature, args.encoding, "--signature") \
         if op == "verify" else None
-    async with QkmsClient(args.url, token=token, token_file=token_file,
-                          ca_file=args.ca_file) as client:
-        result = await client.use_key(args.key, op, data, signature=signature,
-                                      context=args.context, length=args.length)
+    import aiohttp
+
+    if "/" not in args.key:
+        raise InvalidInputError("key", f"{args.key!r} is not NAMESPACE/NAME")
+    for flag, path in (("--token-file", args.token_file), ("--ca-file", args.ca_file)):
+        if path is not None and not path.is_file():
+            raise InvalidInputError(flag, f"{path} is not a file")
+    try:
+        async with QkmsClient(args.url, token=token, token_file=token_file,
+                              ca_file=args.ca_file) as client:
+            result = await client.use_key(args.key, op, data, signature=signature,
+                                          context=args.context, length=args.length)
+    except aiohttp.InvalidURL:
+        raise InvalidInputError("--url", f"{args.url!r} is not a URL") from None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        reason = str(exc) if isinstance(exc, aiohttp.ClientError) and str(exc) else "timed out"
+        raise QkmsError(f"cannot reach the qkms server at {args.url}: {reason} (is `qkms "
+                        f"serve` running? --url or QKMS_URL names it)") from None
     if isinstance(result, bool):
         print("valid" if result else "invalid")
         if not result:
@@ -469,10 +613,14 @@ async def version(args: argparse.Namespace) -> None:
 # -- parser ---------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qkms", description=__doc__.splitlines()[0])
-    parser.add_argument("--environment", help="dev, staging or prod (QKMS_ENVIRONMENT)")
+    parser = argparse.ArgumentParser(prog="qkms", description=DESCRIPTION)
+    parser.add_argument("--environment",
+                        help="dev, staging or prod (QKMS_ENVIRONMENT, default dev): whose "
+                             "folder of the data dir commands use")
     parser.add_argument("--provider", help="key provider (KMS_PROVIDER), default LOCAL_DEV")
-    parser.add_argument("--data-dir", type=Path, help="embedded store folder (QKMS_DATA_DIR)")
+    parser.add_argument("--data-dir", type=Path,
+                        help="data dir (QKMS_DATA_DIR, default .qkms): master.key and a folder "
+                             "per environment, as qkms serve writes them")
     parser.add_argument("--master-key-file", type=Path, help="KEK file (QKMS_MASTER_KEY_FILE)")
     parser.add_argument("--actor", default="cli", help="who is acting, for the audit log")
     top = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
@@ -608,12 +756,13 @@ def _loop_factory() -> Any:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure()
-    if args.group == "audit":
-        from qkms.audit import cli as audit_cli
-
-        return asyncio.run(audit_cli.run(args))
-    name = " ".join(p for p in (args.group, getattr(args, "action", None)) if p)
+    name = " ".join(p for p in (args.group, getattr(args, "action", None),
+                                getattr(args, "audit_action", None)) if p)
     try:
+        if args.group == "audit":
+            from qkms.audit import cli as audit_cli
+
+            return asyncio.run(audit_cli.run(args))
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(run_command(name, args))
     except InvalidInputError as exc:
@@ -622,10 +771,22 @@ def main(argv: list[str] | None = None) -> int:
     except QkmsError as exc:
         print(f"qkms: error: {exc}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as exc:
+        package = (exc.name or "").split(".")[0]
+        if package not in EXTRAS:
+            raise
+        extra = EXTRAS[package]
+        print(f"qkms: error: `qkms {name}` needs {package}, from the {extra} extra: "
+              f"pip install 'qkms[{extra}]'", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # the reader (head, less) went away: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as exc:  # a file or folder the command was pointed at
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"qkms: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from qkms import lifecycle
+from qkms.crypto import ethereum
 from qkms.errors import EnvironmentMismatchError, InvalidInputError
 from qkms.model.algorithms import resolve_algorithm
 from qkms.model.enums import Environment, RotationReason, VersionState
@@ -251,7 +252,8 @@ def failed_status(mk: ManagedKey, reason: str, message: str, now: datetime) -> M
 
 def projection_data(record: KeyRecord, formats: Sequence[ProjectionFormat],
                     jwks: dict[str, Any], pem: str | None) -> dict[str, str]:
-    """Public material only. Symmetric keys get a reference, never key material."""
+    """Public material only. Symmetric keys get a reference, never key material; a
+    secp256k1 key also its Ethereum address (``ethereum-address``)."""
     shown = lifecycle.active_version(record) or record.current
     next_rotation = lifecycle.next_rotation(record)
     data = {
@@ -269,6 +271,9 @@ def projection_data(record: KeyRecord, formats: Sequence[ProjectionFormat],
         data["jwks.json"] = json.dumps(jwks, sort_keys=True, indent=2)
     if ProjectionFormat.RAW in formats:
         data["public.b64"] = base64.b64encode(shown.public_key).decode()
+    address = ethereum.address_of(shown.algorithm, shown.public_key)
+    if address:  # secp256k1: the EIP-55 address wallets and contracts know the key by
+        data["ethereum-address"] = address
     return data
 
 
