@@ -93,4 +93,8 @@ class Settings:
             if k.startswith(("VAULT_", "AWS_", "AZURE_", "HSM_"))
         }
         settings = cls(**values)
+        for key, kind, flag in (("environment", Environment, "--environment"),
+                                ("provider", ProviderType, "--provider")):
+            if isinstance(overrides.get(key), str):  # from a command-line flag
+                overrides[key] = _enum(kind, flag, overrides[key])
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})

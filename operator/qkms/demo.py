@@ -7,6 +7,7 @@ command with no cluster and no cloud account.
 
 from __future__ import annotations
 
+import secrets
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -16,10 +17,14 @@ from qkms.service import KeyManagementService
 
 
 async def run_demo(settings: Settings, out=print) -> None:
+    """``settings``: the data dir's (unscoped); the default ``.qkms`` means a throwaway one."""
     with tempfile.TemporaryDirectory(prefix="qkms-demo-") as tmp:
+        kek = None
         if settings.data_dir == Path(".qkms"):
-            settings = replace(settings, data_dir=Path(tmp))
-        svc = KeyManagementService(settings)
+            # Thrown away at the end: its master key stays in memory (nothing to back up).
+            settings, kek = replace(settings, data_dir=Path(tmp)), secrets.token_bytes(32)
+        settings = settings.scoped()
+        svc = KeyManagementService(settings, kek=kek)
         svc.on("auditEvent", lambda e: out(f"  audit #{e.sequence}: {e.operation} {e.result}"
                                            f" {e.key_id or e.key_name or ''}"))
         out(f"qkms demo: environment={settings.environment.value} "

@@ -1,9 +1,9 @@
 """``qkms validate``: the seed's validation script, as a command.
 
 One line per check (configuration, policy and key manifests, master key, store,
-provider reachability and credentials, audit store); exit 1 if any fails.  It
-reads and probes; it creates nothing except what the service itself would (a
-missing master key is a failure here, not created).
+provider reachability and credentials, audit chain); exit 1 if any fails.  It
+reads and probes the folder every command uses (``qkms.store.layout``); it
+creates no master key, and in an empty folder its first line says what to run.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from qkms.config import Settings
 from qkms.errors import QkmsError
+from qkms.store.layout import check_kek, require_store
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Check:
         return f"{'ok  ' if self.ok else 'FAIL'} {self.name}: {self.detail}"
 
 
-def check_kek(path: Path) -> Check:
+def check_kek_file(path: Path) -> Check:
     if not path.exists():
         return Check("master key", False, f"{path} does not exist (QKMS_MASTER_KEY_FILE)")
     mode = stat.S_IMODE(path.stat().st_mode)
@@ -48,16 +49,30 @@ def check_manifests(folder: Path) -> Check:
 
 async def run_checks(env: dict[str, str] | None = None, manifests: Path | None = None,
                      **overrides: object) -> list[Check]:
+    """The checks of ``--environment``'s folder of the data dir, as every command uses it."""
     checks: list[Check] = []
     try:
-        settings = Settings.from_env(env if env is not None else dict(os.environ), **overrides)
+        root = Settings.from_env(env if env is not None else dict(os.environ), **overrides)
     except QkmsError as exc:
         return [Check("configuration", False, exc.message)]
+    settings = root.scoped()
+    store = settings.data_dir / "store"
+    try:
+        require_store(root.data_dir, settings.data_dir, settings.kek_path)
+    except QkmsError as exc:  # an empty folder: say what to do first, then what can be checked
+        checks.append(Check("store", False, exc.message))
     checks.append(Check("configuration", True, f"environment {settings.environment.value}, "
-                                               f"provider {settings.provider.value}"))
+                                               f"provider {settings.provider.value}, "
+                                               f"data dir {root.data_dir}"))
     if manifests is not None:
         checks.append(check_manifests(manifests))
-    kek = check_kek(settings.kek_path)
+    if checks[0].name == "store":
+        return checks
+    try:
+        check_kek(settings.kek_path, store)
+    except QkmsError as exc:
+        return [*checks, Check("master key", False, exc.message)]
+    kek = check_kek_file(settings.kek_path)
     checks.append(kek)
     if not kek.ok:
         return checks
@@ -73,9 +88,25 @@ async def run_checks(env: dict[str, str] | None = None, manifests: Path | None =
                         else f"{len(service.catalog.all())} keys readable in "
                              f"{service.sealed.records.describe()}"))
     health = await service.health_check()
-    for part in ("provider", "audit"):
-        report = health["components"][part]
-        detail = ", ".join(f"{k}={v}" for k, v in report.items() if k != "status")
-        checks.append(Check(part, report["status"] != "unhealthy",
-                            f"{report['status']} ({detail})"))
+    report = health["components"]["provider"]
+    detail = ", ".join(f"{k}={v}" for k, v in report.items() if k != "status")
+    checks.append(Check("provider", report["status"] != "unhealthy",
+                        f"{report['status']} ({detail})"))
+    checks.append(check_audit(settings, keys=len(service.catalog.all())))
     return checks
+
+
+def check_audit(settings: Settings, keys: int) -> Check:
+    """The chain ``qkms audit verify`` checks, read and verified (never opened for writing,
+    so a running ``qkms serve`` keeps it)."""
+    from qkms.audit.verify import verify_folder
+    from qkms.service import audit_folder
+
+    if not settings.audit_enabled:
+        return Check("audit", True, "disabled (AUDIT_ENABLED=false)")
+    folder = audit_folder(settings.data_dir)
+    if not (folder / "segments").is_dir():
+        return Check("audit", keys == 0, f"no audit log in {folder}"
+                     + (f", but the store holds {keys} keys" if keys else " yet"))
+    result = verify_folder(folder)
+    return Check("audit", result.ok, f"{folder}: {result.summary()}")

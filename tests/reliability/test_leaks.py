@@ -661,7 +661,7 @@ def drive_cli(scan: Scan, folder: Path) -> None:
     cli("backup", "create", "--out", "backup.json")
     scan.add("cli backup file", (folder / "backup.json").read_bytes())
     cli("validate", ok=None)  # the store, the master key and the settings, checked
-    scan.data_dir("cli", folder / "data")
+    scan.data_dir("cli", folder / "data" / "dev", folder / "data" / "master.key")
     scan.secret("cli backup key", parse_kek((folder / "data" / "backup.key").read_bytes(), ""))
     scan.files("cli data", folder / "data")
 

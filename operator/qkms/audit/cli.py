@@ -3,8 +3,10 @@
 Hooked into ``qkms/cli.py`` with ``add_parser(subparsers)`` and ``run(args)``.
 These commands only read the audit folder (``prune`` deletes whole old
 segments, which the running operator never writes), so they are safe to run
-beside a live operator.  ``--data-dir`` is the qkms data dir (its ``audit``
-folder is used) or the audit folder itself; default ``$QKMS_DATA_DIR``.
+beside a live operator.  ``--data-dir`` is the qkms data dir (its
+``<environment>/audit`` folder is used, ``--environment`` or ``QKMS_ENVIRONMENT``,
+default dev), an environment folder or the audit folder itself; default
+``$QKMS_DATA_DIR``, else ``.qkms``.
 
 Exit codes: 0 on success; 1 when the chain does not verify (the message
 names the first bad entry: sequence, CID and what is wrong) or a report
@@ -87,20 +89,31 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def audit_dir(args: argparse.Namespace) -> Path | None:
-    """The audit folder from ``--data-dir`` or ``QKMS_DATA_DIR`` (None if neither is set)."""
+    """The audit folder from ``--data-dir`` or ``QKMS_DATA_DIR`` (None if neither is set):
+    the environment's chain in a data dir (``<data-dir>/<env>/audit``, as every command
+    writes it), or an environment folder's, or the audit folder itself."""
     base = getattr(args, "data_dir", None)
     if base is None and os.environ.get("QKMS_DATA_DIR"):
         base = Path(os.environ["QKMS_DATA_DIR"])
     if base is None:
         return None
     base = Path(base)
-    return base if (base / "segments").is_dir() else base / "audit"
+    for folder in (base, base / _environment(args) / "audit", base / "audit"):
+        if (folder / "segments").is_dir():
+            return folder
+    return base / _environment(args) / "audit"
+
+
+def _environment(args: argparse.Namespace) -> str:
+    return (getattr(args, "environment", None) or os.environ.get("QKMS_ENVIRONMENT")
+            or "dev").strip().lower()
 
 
 def _folder(args: argparse.Namespace) -> Path:
-    folder = audit_dir(args) or Path(".qkms") / "audit"
+    folder = audit_dir(args) or Path(".qkms") / _environment(args) / "audit"
     if not (folder / "segments").is_dir():
-        raise InvalidInputError("--data-dir", f"no audit log in {folder}")
+        raise InvalidInputError("--data-dir", f"no audit log in {folder} (no store here yet? "
+                                              f"run `qkms serve` or `qkms keys create`)")
     return folder
 
 

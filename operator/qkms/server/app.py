@@ -7,6 +7,7 @@ adds throughput; only reconciliation is single-active) and in ``qkms serve``.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import uuid
 from pathlib import Path
@@ -138,10 +139,14 @@ def tls_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSL
 
 
 async def start(app: web.Application, host: str, port: int,
-                ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
+                ssl_context: ssl.SSLContext | None = None,
+                sock: socket.socket | None = None) -> web.AppRunner:
+    """Serve on ``host:port``, or on ``sock`` if the caller bound it already."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024)
+    site: web.BaseSite = (web.SockSite(runner, sock, ssl_context=ssl_context) if sock is not None
+                          else web.TCPSite(runner, host, port, ssl_context=ssl_context,
+                                           backlog=1024))
     await site.start()
     return runner
 
@@ -151,16 +156,25 @@ __all__ = ["KeyDirectory", "make_app", "start", "tls_context"]
 
 async def start_data_plane(directory: KeyDirectory, registry: Any, authenticator: Any,
                            authorizer: Any, listen: str,
-                           tls: tuple[Path, Path, Path | None] | None = None) -> web.AppRunner:
-    """Build and start the server for a registry of services; returns the runner."""
-    metrics_ = Metrics()
-    registry.on_new.append(metrics_.attach)
-    for service in registry.all():
-        metrics_.attach(service)
+                           tls: tuple[Path, Path, Path | None] | None = None, *,
+                           sock: socket.socket | None = None, metrics: Metrics | None = None,
+                           quiet: bool = False) -> web.AppRunner:
+    """Build and start the server for a registry of services; returns the runner.
+
+    ``metrics``: one the caller attached to the registry already (so it counted the
+    services' audit entries from their first one); ``sock``: a socket bound already;
+    ``quiet``: the caller says where it listens."""
+    metrics_ = metrics
+    if metrics_ is None:
+        metrics_ = Metrics()
+        registry.on_new.append(metrics_.attach)
+        for service in registry.all():
+            metrics_.attach(service)
     plane = DataPlane(directory, authenticator, authorizer)
     app = make_app(plane, registry.all, metrics_)
     host, _, port = listen.rpartition(":")
     context = tls_context(*tls) if tls else None
-    runner = await start(app, host or "0.0.0.0", int(port), context)  # noqa: S104
-    log.info("data plane listening on %s://%s", "https" if context else "http", listen)
+    runner = await start(app, host or "0.0.0.0", int(port), context, sock)  # noqa: S104
+    if not quiet:
+        log.info("data plane listening on %s://%s", "https" if context else "http", listen)
     return runner

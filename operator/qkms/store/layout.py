@@ -149,3 +149,32 @@ def check_kek(kek_path: Path, store: Path) -> None:
         f"this store ({_display(store)}) was sealed under KEK {wanted}"
         + (f", found at {_display(found)}" if found else "")
         + f"; this command used {_display(kek_path)} (KEK {next(iter(known))}): {_hint(found)}")
+
+
+def environment_stores(root: Path) -> list[Path]:
+    """Every environment's store folder under a data dir (what one master key seals)."""
+    from qkms.model.enums import Environment
+
+    return [root / env.value / "store" for env in Environment
+            if (root / env.value / "store").is_dir()]
+
+
+def require_store(root: Path, env_dir: Path, kek_path: Path) -> None:
+    """For commands that use keys but create none: there must be a store to use, in this
+    layout.  An empty folder is not an error to decode but a first step to take."""
+    legacy = root / "store"
+    if has_records(legacy) and not has_records(env_dir / "store"):
+        wanted = next(filter(None, map(sealed_under, record_files(legacy))), None)
+        found = find_kek(wanted, [legacy]) if wanted else None
+        if found is not None and found.parent.resolve() != root.resolve():
+            raise QkmsError(  # pointed at an environment's folder rather than the data dir
+                f"{_display(root)} is an environment's folder of the data dir "
+                f"{_display(found.parent)} (its records are sealed under the master key "
+                f"{_display(found)}): use --data-dir {_display(found.parent)} "
+                f"--environment {root.name}")
+        raise QkmsError(
+            f"{_display(legacy)} is in the layout of an earlier qkms (one store per data dir); "
+            f"each environment now has its own folder: mkdir -p {_display(env_dir)} && mv "
+            f"{_display(legacy)} {_display(root / 'audit')} {_display(env_dir)}/")
+    if not kek_path.exists() and not has_records(env_dir / "store"):
+        raise NoStoreError(root)
