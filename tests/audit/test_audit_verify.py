@@ -206,7 +206,7 @@ async def test_deep_mode_catches_non_canonical_blocks(tmp_path):
     assert verify_folder(tmp_path).ok
     finding = verify_folder(tmp_path, deep=True).finding
     assert (finding.kind, finding.seq) == ("edited", 5)
-    assert "DAG-CBOR" in finding.detail  # the package refuses the non-minimal integer
+    assert "DAG-CBOR" in finding.detail  # libipld refuses the non-minimal integer
 
 
 async def test_log_without_its_start_is_unanchored(chain_dir):
@@ -219,3 +219,20 @@ async def test_log_without_its_start_is_unanchored(chain_dir):
 
 def test_empty_folder_is_a_finding(tmp_path):
     assert verify_folder(tmp_path).finding.kind == "missing"
+
+
+async def test_checkpoint_link_rewritten_as_bytes_is_caught(chain_dir):
+    """libipld decodes a link and a byte string alike: a checkpoint whose ``head`` link was
+    rewritten as the same CID's bytes (same signed fields, other block) must not pass."""
+    records = segment_records(chain_dir)
+    i = next(i for i, r in enumerate(records) if not is_entry(r.block))
+    old = records[i].block
+    link = b"\x64head\xd8\x2a\x58\x25\x00"
+    assert old.count(link) == 1
+    block = old.replace(link, b"\x64head\x58\x24")
+    records[i] = (cid_raw(block), block)
+    write_segment(chain_dir, records)
+    (chain_dir / CHECKPOINTS).unlink()  # so the log's copy is the one checked
+    finding = verify_folder(chain_dir).finding
+    assert finding is not None and finding.kind == "edited", finding
+    assert "canonical" in finding.detail

@@ -187,7 +187,7 @@ def test_the_build_context_builds_the_package(clean_checkout: Path, tmp_path: Pa
         f"{wheel}[{','.join(EXTRAS)}]", cwd=tmp_path)
     installs = json.loads(report.read_text())["install"]
     names = {item["metadata"]["name"].lower().replace("_", "-") for item in installs}
-    assert {"qkms", "kopf", "kubernetes", "aiohttp", "multiformats", "dag-cbor"} <= names
+    assert {"qkms", "kopf", "kubernetes", "aiohttp", "libipld"} <= names
     sdists = [item["download_info"]["url"] for item in installs
               if not item["download_info"]["url"].endswith(".whl")
               and item["metadata"]["name"] != "qkms"]

@@ -10,7 +10,10 @@ import those with ``ipfs dag import --pin-roots=false``.
 
 Reading does not trust the CAR's order (``ipfs dag export`` writes newest
 first): entries are put in sequence order and each checkpoint right after
-the entry it covers, then the usual verifier runs.
+the entry it covers, then the usual verifier runs.  The header is decoded
+with libipld; the sections are split here rather than by ``libipld.decode_car``,
+which returns decoded values keyed by CID: the verifier needs each block's
+exact bytes (to hash them) and every copy of it, in file order.
 """
 
 from __future__ import annotations
@@ -20,10 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import dag_cbor
-from multiformats import CID
-
-from .encoding import CID_LENGTH, CID_PREFIX, cid_str, entry_prefix, is_entry, read_varint
+from .encoding import (
+    CID_LENGTH,
+    CID_PREFIX,
+    Link,
+    cid_str,
+    decode,
+    encode,
+    entry_prefix,
+    is_entry,
+    read_varint,
+)
 from .encoding import section as car_section
 from .store import Damaged, Record, iter_log
 from .verify import Finding, OnEntry, Verifier, VerifyResult, verify_folder
@@ -84,7 +94,7 @@ def export_car(root: Path, out: BinaryIO, *, first: int | None = None,
     if high is not None:
         hi = high  # the writer may have appended since: export what the roots cover
     roots = [c for c in (head, checkpoint) if c is not None]
-    header = dag_cbor.encode({"roots": [CID.decode(r) for r in roots], "version": 1})
+    header = encode({"roots": [Link(r) for r in roots], "version": 1})
     out.write(car_section(b"", header))
     buffer: list[bytes] = []
     for record, _ in _selected(root, lo, hi):
@@ -101,11 +111,11 @@ def read_car(path: Path) -> tuple[list[bytes], list[Record]]:
     data = path.read_bytes()
     try:
         length, pos = read_varint(data, 0)
-        header = dag_cbor.decode(data[pos:pos + length])
+        header = decode(data[pos:pos + length])
         if header.get("version") != 1:
             raise Damaged(path, 0, "not a CARv1 (version is not 1)", tail=False)
         roots = [bytes(c) for c in header.get("roots", [])]
-    except (IndexError, ValueError, AttributeError, dag_cbor.decoding.DAGCBORDecodingError):
+    except (IndexError, ValueError, AttributeError, TypeError, RecursionError):
         raise Damaged(path, 0, "not a CARv1 file (bad header)", tail=False) from None
     records: list[Record] = []
     pos += length

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .encoding import CHECKPOINT_TYPE, cid_str, decode, parse_time, signed_part
+from .encoding import CHECKPOINT_TYPE, cid_str, decode, encode, parse_time, signed_part
 
 ALGORITHM = "Ed25519+ML-DSA-65"
 
@@ -53,6 +53,8 @@ def parse_checkpoint(cid: bytes, block: bytes) -> Checkpoint:
         if not isinstance(value, dict) or value.get("type") != CHECKPOINT_TYPE:
             raise ValueError("not a checkpoint block")
         signer = value["signer"]
+        if encode(value) != block:  # e.g. a link turned into a byte string of the same CID
+            raise ValueError("checkpoint is not canonical DAG-CBOR")
         return Checkpoint(
             cid=cid, size=int(value["size"]), head=bytes(value["head"]),
             time=parse_time(value["time"]),

@@ -16,8 +16,10 @@ checkpoint's (trust on first use).  A log whose oldest segments were pruned
 starts with a copy of a checkpoint, which anchors the first entry left.
 
 The fast path reads ``seq`` and ``prev`` from each entry's fixed canonical
-prefix and hashes the block; ``deep=True`` also decodes every block with the
-``dag-cbor`` package and checks it is canonical and has the entry fields.
+prefix and hashes the block; ``deep=True`` also decodes every entry as strict
+DAG-CBOR (libipld), checks that re-encoding it gives back the same bytes
+(canonical form) and that it has exactly the entry fields, links ``prev`` to a
+dag-cbor CID and has a valid type and result.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dag_cbor
+from libipld import decode_dag_cbor, encode_dag_cbor
 
 from .checkpoint import Checkpoint, parse_checkpoint, signature_valid
-from .encoding import _ENTRY_KEYS, cid_str, entry_prefix, is_entry
+from .encoding import CID_LENGTH, CID_PREFIX, ENTRY_KEYS, cid_str, entry_prefix, is_entry
 from .store import Damaged, Record, iter_log, read_checkpoints, segment_paths
 
 OnEntry = Callable[[int, bytes, bytes], None]
@@ -331,15 +333,23 @@ def _seq_of(block: bytes) -> int | None:
 
 
 def _deep_problem(block: bytes) -> str | None:
-    """Decode with the dag-cbor package: canonical, and every entry field present."""
+    """Strict DAG-CBOR, canonical, and the entry fields (``None`` when all is well)."""
     try:
-        value = dag_cbor.decode(block)
-    except Exception as exc:  # the package raises several kinds
+        value = decode_dag_cbor(block)
+    except (ValueError, RecursionError) as exc:
         return f"not valid DAG-CBOR: {exc}"
-    if dag_cbor.encode(value) != block:
-        return "not canonical DAG-CBOR"
-    if not isinstance(value, dict) or sorted(value) != sorted(_ENTRY_KEYS):
+    if type(value) is not dict or value.keys() != ENTRY_KEYS:
         return "entry fields are missing or unexpected"
+    prev = value["prev"]
+    if prev is not None and (type(prev) is not bytes or len(prev) != CID_LENGTH
+                             or prev[:4] != CID_PREFIX):
+        return "prev is not a dag-cbor sha2-256 CID"
+    try:  # a link comes back as bytes and libipld writes CID-like bytes as a link again,
+        again = encode_dag_cbor(value)  # so a prev written as plain bytes differs here
+    except ValueError as exc:
+        return f"not valid DAG-CBOR: {exc}"
+    if again != block:
+        return "not canonical DAG-CBOR"
     if value["type"] != "entry" or value["result"] not in ("success", "denied", "error"):
         return "entry type or result is not valid"
     return None
