@@ -599,7 +599,8 @@ async def providers(args: argparse.Namespace) -> None:
 
     rows = table()
     if args.provider:
-        rows = [r for r in rows if r["provider"] == args.provider]
+        provider = settings_from(args).provider.value  # refuses an unknown name, listing all
+        rows = [r for r in rows if r["provider"] == provider]
     width = max(len(r["algorithm"]) for r in rows)
     for row in rows:
         print(f"{row['provider']:<16} {row['algorithm']:<{width}}  {row['mode']}")
