@@ -26,6 +26,7 @@ from typing import Any
 
 from qkms import __version__, logs
 from qkms.config import Settings
+from qkms.crypto import ethereum
 from qkms.errors import InvalidInputError, QkmsError
 from qkms.model.algorithms import resolve_algorithm
 
@@ -228,6 +229,12 @@ async def keys_public(args: argparse.Namespace) -> None:
         if meta.public_key_pem is None:
             raise InvalidInputError("--format", f"{meta.algorithm} has no registered PEM form")
         write_output(meta.public_key_pem, args.out, "raw")
+    elif args.format == "ethereum":
+        address = ethereum.address_of(meta.algorithm, meta.public_key)
+        if address is None:
+            raise InvalidInputError("--format", f"only ECDSA-secp256k1 keys have an Ethereum "
+                                    f"address, not {meta.algorithm}")
+        write_output(address + "\n", args.out, "raw")
     else:
         write_output(meta.public_key, args.out, args.encoding)
 
@@ -267,15 +274,27 @@ async def _use(args: argparse.Namespace, operation: str, data: Any, **options: A
 
 @command("keys sign")
 async def keys_sign(args: argparse.Namespace) -> None:
-    result = await _use(args, "SIGN", read_input(args.input, "raw"))
-    write_output(result.signature, args.out, args.encoding)
-    print(f"signed with {result.key_id} (version {result.version})", file=sys.stderr)
+    """``--recovery-id`` appends the id to the raw r||s: the 65-byte r||s||v form that
+    libsecp256k1 and Ethereum tools take (v = 0 or 1)."""
+    if args.recovery_id and args.format == "der":
+        raise InvalidInputError("--format", "--recovery-id appends the id to a raw r||s "
+                                "signature; leave --format out or use raw")
+    result = await _use(args, "SIGN", read_input(args.input, "raw"),
+                        signature_format=args.format, prehashed=args.prehashed,
+                        recovery_id=args.recovery_id, low_s=True if args.low_s else None)
+    signature = result.signature
+    if result.recovery_id is not None:
+        signature += bytes([result.recovery_id])
+    write_output(signature, args.out, args.encoding)
+    extra = f", recovery id {result.recovery_id}" if result.recovery_id is not None else ""
+    print(f"signed with {result.key_id} (version {result.version}){extra}", file=sys.stderr)
 
 
 @command("keys verify")
 async def keys_verify(args: argparse.Namespace) -> None:
     signature = read_input(args.signature, args.encoding, "--signature")
-    valid = await _use(args, "VERIFY", read_input(args.input, "raw"), signature=signature)
+    valid = await _use(args, "VERIFY", read_input(args.input, "raw"), signature=signature,
+                       signature_format=args.format, prehashed=args.prehashed)
     print("valid" if valid else "invalid")
     if not valid:
         raise SystemExit(1)
@@ -718,7 +737,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list keys")
     key_cmd("show", "show a key and its versions")
     public = key_cmd("public", "export public material", io=True)
-    public.add_argument("--format", choices=["pem", "jwks", "raw"], default="pem")
+    public.add_argument("--format", choices=["pem", "jwks", "raw", "ethereum"], default="pem",
+                        help="ethereum: the EIP-55 address of a secp256k1 key")
     rotate = key_cmd("rotate", "rotate a key")
     rotate.add_argument("--reason", default="MANUAL")
     rotate.add_argument("--grace-period")
@@ -727,9 +747,18 @@ def build_parser() -> argparse.ArgumentParser:
     key_cmd("revoke", "revoke a key or version").add_argument("--reason", required=True)
     key_cmd("delete", "schedule deletion").add_argument("--window", default="P30D")
     key_cmd("cancel-deletion", "cancel a scheduled deletion")
-    key_cmd("sign", "sign data", io=True)
+    sign = key_cmd("sign", "sign data", io=True)
     verify = key_cmd("verify", "verify a signature (exit 1 if invalid)", io=True)
     verify.add_argument("--signature", required=True, help="signature file")
+    for cmd in (sign, verify):  # ECDSA signature options (qkms.signing)
+        cmd.add_argument("--format", choices=["der", "raw"],
+                         help="ECDSA: DER (default) or raw r||s; verify takes either without it")
+        cmd.add_argument("--prehashed", action="store_true",
+                         help="ECDSA: the input is a 32-byte digest, signed as given")
+    sign.add_argument("--recovery-id", action="store_true",
+                      help="secp256k1: append the recovery id (r||s||v, 65 bytes)")
+    sign.add_argument("--low-s", action="store_true", help="P-256: normalize s (secp256k1 "
+                      "always is)")
     for name in ("encrypt", "decrypt"):
         key_cmd(name, f"{name} data", io=True).add_argument("--context")
     encap = key_cmd("encapsulate", "KEM encapsulate to the key's public key", io=True)
