@@ -102,6 +102,14 @@ def test_entries_encode_canonically(seq, reason, actor_id, details, version, gen
         entry.operation, actor_id, details, version)
 
 
+def test_an_entry_with_bytes_where_text_belongs_keeps_them_bytes():
+    """Callers pass text; bytes that slip in stay a byte string even when they parse as
+    a CID (libipld alone would write a link)."""
+    entry = make_entry(3, reason=b"\x01\x55\x12\x03abcdef")
+    value = encoding.entry_value(entry, 4, cid_raw(b"x"))
+    assert encoding.encode_entry(entry, 4, cid_raw(b"x")) == dag_cbor.encode(to_package(value))
+
+
 def test_cids_match_multiformats():
     for size in range(0, 400, 7):
         block = os.urandom(size)

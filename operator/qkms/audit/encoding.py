@@ -119,10 +119,13 @@ def decode(block: bytes) -> Any:
 # -- entries ------------------------------------------------------------------------------
 
 def format_time(moment: datetime) -> str:
-    """RFC 3339 in UTC with microseconds and ``Z``: one spelling per instant."""
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment.isoformat(timespec="microseconds") + "Z"
+    """RFC 3339 in UTC with microseconds and ``Z``: one spelling per instant (naive is UTC)."""
+    text = moment.isoformat(timespec="microseconds")
+    if text.endswith("+00:00"):
+        return text[:-6] + "Z"
+    if moment.tzinfo is None:
+        return text + "Z"
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def parse_time(text: str) -> datetime:
@@ -130,7 +133,11 @@ def parse_time(text: str) -> datetime:
 
 
 def _texts(mapping: dict[str, Any]) -> dict[str, str]:
-    return {str(k): v if type(v) is str else str(v) for k, v in mapping.items()}
+    """The mapping with keys and values as text (itself when they already are)."""
+    for key, value in mapping.items():
+        if type(key) is not str or type(value) is not str:
+            return {str(k): v if type(v) is str else str(v) for k, v in mapping.items()}
+    return mapping
 
 
 def entry_value(entry: AuditEntry, seq: int, prev: bytes | None) -> dict[str, Any]:
@@ -160,10 +167,10 @@ def encode_entry(entry: AuditEntry, seq: int, prev: bytes | None) -> bytes:
     """``encode(entry_value(...))``; straight to libipld when no field holds bytes."""
     value = entry_value(entry, seq, prev)
     actor = entry.actor
-    for field in (entry.key_id, entry.reason, entry.result, entry.key_name, entry.operation,
-                  entry.environment, entry.version, actor.id, actor.type):
-        if isinstance(field, bytes):
-            return encode(value)
+    if bytes in {type(entry.key_id), type(entry.reason), type(entry.result),
+                 type(entry.key_name), type(entry.operation), type(entry.environment),
+                 type(entry.version), type(actor.id), type(actor.type)}:
+        return encode(value)  # bytes where text belongs: keep them a byte string
     return encode_dag_cbor(value)
 
 
