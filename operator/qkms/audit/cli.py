@@ -53,7 +53,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                              "checkpoint's key (trust on first use)")
     verify.add_argument("--save-key", type=Path, help="write the pinned key here (base64)")
     verify.add_argument("--deep", action="store_true",
-                        help="also decode every block with the dag-cbor package")
+                        help="also decode every entry strictly and check it is canonical DAG-CBOR")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     export = action("export", "write the chain, or a range, as a CARv1 file for "
                               "`ipfs dag import`")
