@@ -83,10 +83,12 @@ async def run_checks(env: dict[str, str] | None = None, manifests: Path | None =
     except (QkmsError, OSError) as exc:
         return [*checks, Check("store", False, str(exc))]
     corrupt = sorted(service.catalog.corrupt)
+    own = len(service.catalog.all()) - len(service.user_records())  # the checkpoint key
     checks.append(Check("store", not corrupt,
                         f"corrupt records: {', '.join(corrupt)}" if corrupt
-                        else f"{len(service.catalog.all())} keys readable in "
-                             f"{service.sealed.records.describe()}"))
+                        else f"{len(service.user_records())} keys readable in "
+                             f"{service.sealed.records.describe()}"
+                             + (f" (and {own} of qkms's own)" if own else "")))
     health = await service.health_check()
     report = health["components"]["provider"]
     detail = ", ".join(f"{k}={v}" for k, v in report.items() if k != "status")
