@@ -231,17 +231,24 @@ def test_a_busy_port_fails_before_any_key_is_made(qkms) -> None:
 
 
 def test_missing_extras_name_the_extra(qkms, tmp_path) -> None:
-    """As after a plain ``pip install -e .``: no kopf, no kubernetes."""
-    blocker = tmp_path / "no-operator-extra"
+    """As after a plain ``pip install -e .``: no extra at all (no kopf, no kubernetes)."""
+    blocker = tmp_path / "no-extras"
     blocker.mkdir()
     (blocker / "sitecustomize.py").write_text(
-        "import sys\nfor name in ('kopf', 'kubernetes'):\n    sys.modules[name] = None\n")
+        "import sys\nfor name in ('kopf', 'kubernetes', 'uvloop', 'hvac', 'boto3', 'botocore',"
+        " 'azure', 'pkcs11'):\n    sys.modules[name] = None\n")
     env = environ(tmp_path)
     env["PYTHONPATH"] = os.pathsep.join([str(blocker), env["PYTHONPATH"]])
     for args in (["operator"], ["pqc", "status"]):
         clean_failure(qkms(*args, env=env), "pip install 'qkms[operator]'")
+    clean_failure(qkms("--provider", "HASHICORP_VAULT", "keys", "create", "--usage", "SIGNING",
+                       "--algorithm", "Ed25519", "--owner", "o", env=env),
+                  "pip install 'qkms[vault]'")
     listed = qkms("pqc", "status", "--manifests", str(EXAMPLES), env=env)
     assert listed.returncode == 0, listed.stderr.decode()  # the folder needs no extra
+    served = qkms("serve", "--once", env=env)  # the README's first command needs none
+    assert served.returncode == 0 and b"Traceback" not in served.stderr, served.stderr.decode()
+    assert len(json.loads(qkms("keys", "list", env=env).stdout)) == 5
 
 
 def test_pqc_status_without_a_cluster(qkms) -> None:
