@@ -10,9 +10,33 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from datetime import UTC, datetime
 
 ROOT = "key-management"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
+
+
+def escape(text: object, limit: int = 0) -> str:
+    """Text safe for one log line: control characters (CR, LF, ESC, ...) become escapes, so a
+    request-derived value can never start a forged line; ``limit`` bounds its length."""
+    value = str(text)
+    if limit and len(value) > limit:
+        value = value[:limit] + f"...({len(value) - limit} more)"
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), value)
+
+
+class LineFormatter(logging.Formatter):
+    """Short lines whose message has every control character escaped (one record, one line)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        return super().formatMessage(_escaped(record))
+
+
+def _escaped(record: logging.LogRecord) -> logging.LogRecord:
+    copy = logging.makeLogRecord(record.__dict__)
+    copy.message = escape(record.message)
+    return copy
 
 
 class JsonFormatter(logging.Formatter):
@@ -46,7 +70,7 @@ class DebugFilter(logging.Filter):
 def configure(json_lines: bool = False, debug: str | None = None) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if json_lines
-                         else logging.Formatter("qkms: %(levelname)s: %(message)s"))
+                         else LineFormatter("qkms: %(levelname)s: %(message)s"))
     prefixes = [p.rstrip("*") for p in debug_patterns(
         debug if debug is not None else os.environ.get("DEBUG"))]
     handler.addFilter(DebugFilter(prefixes))

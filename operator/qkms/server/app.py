@@ -7,6 +7,7 @@ adds throughput; only reconciliation is single-active) and in ``qkms serve``.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import ssl
 import uuid
@@ -17,6 +18,7 @@ import orjson
 from aiohttp import web
 
 from qkms.errors import Forbidden, InvalidInputError, QkmsError
+from qkms.logs import escape
 
 from .api import Call, DataPlane, KeyDirectory
 from .errors import TooLarge, UnsupportedMedia, error_body, status_of
@@ -42,8 +44,18 @@ def _error(exc: QkmsError, request_id: str) -> web.Response:
     return _json(error_body(exc, request_id), status_of(exc), request_id)
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def request_id_of(request: web.Request) -> str:
+    """The caller's X-Request-Id if it is a plain token, else a new one: it is echoed in
+    headers, bodies and logs, so it must not carry anything else."""
+    given = request.headers.get("X-Request-Id", "")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
 async def key_operation(request: web.Request) -> web.Response:
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request_id = request_id_of(request)
     namespace = request.match_info["namespace"]
     name, _, operation = request.match_info["target"].rpartition(":")
     timer = Timer()
@@ -60,8 +72,10 @@ async def key_operation(request: web.Request) -> web.Response:
         result = await request.app[PLANE].handle(Call(namespace, name, operation), body,
                                                  request.headers.get("Authorization"))
     except QkmsError as exc:
-        log.info("%s %s/%s: %s", operation, namespace, name, exc.code,
-                 extra={"request_id": request_id, "operation": operation})
+        # Every request-derived value is escaped and bounded: one request, one log line.
+        log.info("%s %s/%s: %s", escape(operation, 64), escape(namespace, 64),
+                 escape(name, 256), exc.code,
+                 extra={"request_id": request_id, "operation": escape(operation, 64)})
         return _error(exc, request_id)
     except web.HTTPRequestEntityTooLarge:
         return _json(error_body(TooLarge(f"body larger than {MAX_BODY} bytes"), request_id),
