@@ -10,6 +10,8 @@ from qkms.config import Settings
 from qkms.model.enums import Environment
 from qkms.service import KeyManagementService
 
+pytest_plugins = ["tests.support.fixtures"]  # the real control plane, shared by every folder
+
 
 class Clock:
     """A clock tests move by hand, so grace periods and schedules need no sleeping."""

@@ -1,19 +1,12 @@
-"""A Kopf operator under test, run as its own OS process against the emulated API.
+"""A Kopf operator under test, run as its own OS process against the real API server.
 
 A subprocess (not ``kopf.testing.KopfRunner``'s thread) is what makes crash tests honest:
 the test can SIGKILL it mid-handler and start a new one in a fresh working directory, so
 whatever survives must have been persisted in the API, as in a real pod restart.
 
 The command is ``python -m kopf run --verbose --liveness=URL --standalone --all-namespaces
--m MODULE`` with ``KUBECONFIG`` pointing at the emulator (see :class:`OperatorProcess`).
+-m MODULE`` with ``KUBECONFIG`` pointing at the API server (see :class:`OperatorProcess`).
 Kopf's liveness endpoint doubles as the readiness signal, so tests never sleep blindly.
-
-With namespace patterns that is not enough: Kopf 1.45 lists namespaces once, then its
-namespace watcher lists them again and ignores what that second listing finds, so a
-namespace created between the two listings is never served (its watch starts after it).
-The liveness probe answers before either listing, so :meth:`OperatorProcess.start` also
-waits, when given the :class:`~tests.support.kube.KubeAPI`, until the emulator has the
-operator's namespace watch open: namespaces created after ``start()`` are then seen.
 """
 
 from __future__ import annotations
@@ -31,7 +24,9 @@ from typing import Any
 
 import aiohttp
 
-from tests.support.kube import ROOT, KubeAPI, die_with_parent, free_port
+from tests.support.server_process import die_with_parent, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class OperatorError(RuntimeError):
@@ -45,16 +40,14 @@ class OperatorProcess:
     gets a new working directory and log file under `workdir`. `namespaces` restricts Kopf
     to those namespaces; by default it serves all of them (``--all-namespaces``), which
     avoids namespace scanning. `standalone` disables peering; pass ``peering="name"`` to
-    use a (Cluster)KopfPeering object instead. `kube`, the emulated API, makes ``start()``
-    with `namespaces` wait until Kopf watches namespaces (see the module's docstring).
+    use a (Cluster)KopfPeering object instead.
     """
 
     def __init__(self, target: str, *, kubeconfig: Path, workdir: Path,
                  env: Mapping[str, str] | None = None, namespaces: Sequence[str] = (),
                  standalone: bool = True, peering: str | None = None,
-                 extra_args: Sequence[str] = (), kube: KubeAPI | None = None) -> None:
+                 extra_args: Sequence[str] = ()) -> None:
         self.target = target
-        self.kube = kube
         self.kubeconfig = kubeconfig
         self.workdir = workdir
         self.extra_env = dict(env or {})
@@ -111,14 +104,10 @@ class OperatorProcess:
         return f"--- operator run {self.runs} log (tail) ---\n" + "\n".join(
             self.log().splitlines()[-lines:])
 
-    async def start(self, *, timeout: float = 20.0) -> None:
-        """Start in a fresh working directory and wait until Kopf's liveness probe answers
-        and, with namespace patterns, until Kopf watches namespaces."""
+    async def start(self, *, timeout: float = 30.0) -> None:
+        """Start in a fresh working directory and wait until Kopf's liveness probe answers."""
         if self.running:
             raise RuntimeError("the operator is already running")
-        deadline = time.monotonic() + timeout
-        kube = self.kube if self.namespaces else None  # Kopf then lists and watches namespaces
-        before = (await kube.open_watches())["serial"] if kube is not None else 0
         self.runs += 1
         self.cwd.mkdir(parents=True)
         self.liveness_port = free_port()
@@ -127,14 +116,6 @@ class OperatorProcess:
                                           stdout=log, stderr=subprocess.STDOUT,
                                           preexec_fn=die_with_parent)
         await self.wait_ready(timeout)
-        if kube is not None:
-            try:
-                await kube.wait_watching("v1/namespaces", after=before,
-                                         timeout=max(deadline - time.monotonic(), 1.0),
-                                         context=self.log_tail)
-            except TimeoutError as exc:
-                await self.kill()
-                raise OperatorError(f"not watching namespaces: {exc}") from exc
 
     async def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds the real upstream servers the tests run against -- kube-apiserver, kube-controller-manager,
+# etcd and kubo (IPFS), plus kubectl at the same release -- from the Go module proxy, into a cache outside the clone:
+#   ${QKMS_SERVER_CACHE:-~/.cache/qkms/servers}/<module>-<hash of its go.mod+go.sum>/
+# Prints that folder of each module on stdout (one per line). A binary already there is not rebuilt.
+# Nothing built here is committed; the modules in this folder only pin versions.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+cache="${QKMS_SERVER_CACHE:-$HOME/.cache/qkms/servers}"
+export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+build() {  # build MODULE_DIR OUTPUT_NAME PACKAGE
+  local dir="$here/$1" name="$2" pkg="$3" hash out
+  hash=$(cat "$dir/go.mod" "$dir/go.sum" | sha256sum | cut -c1-12)
+  out="$cache/$1-$hash"
+  if [ ! -x "$out/$name" ]; then
+    mkdir -p "$out"
+    echo "building $name ($1) into $out" >&2
+    (cd "$dir" && go build -trimpath -ldflags=-s -o "$out/$name.tmp" "$pkg") && mv "$out/$name.tmp" "$out/$name"
+  fi
+  echo "$out"
+}
+wanted="${*:-kube etcd kubo}"
+for m in $wanted; do
+  case "$m" in
+    kube) build kube kube-apiserver ./kube-apiserver > /dev/null
+          build kube kube-controller-manager ./kube-controller-manager > /dev/null
+          build kube kubectl ./kubectl ;;
+    etcd) build etcd etcd . ;;
+    kubo) build kubo ipfs github.com/ipfs/kubo/cmd/ipfs ;;
+    *) echo "unknown module $m (kube, etcd, kubo)" >&2; exit 2 ;;
+  esac
+done

@@ -1,0 +1,12 @@
+// The upstream etcd server, unchanged: a main around go.etcd.io/etcd/server/v3/etcdmain.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() {
+	etcdmain.Main(os.Args)
+}

@@ -1,0 +1,157 @@
+"""Fixtures every test folder may use (registered by ``pytest_plugins`` in tests/conftest.py).
+
+- ``control_plane`` (session): the real etcd + kube-apiserver + kube-controller-manager
+  (tests/support/controlplane.py) with qkms's CRDs, Kopf's peering CRD, the
+  ``qkms-system`` namespace and the operator's ServiceAccount and RBAC from
+  ``manifests/`` applied, as ``kubectl apply`` would.
+- ``kube`` (per test): an admin client of that server. After the test, everything the
+  test made is removed (ManagedKeys, KeyPolicies, namespaces, the operator's state in
+  ``qkms-system``), so each test starts from a freshly installed cluster.
+- ``operator_kubeconfig``: a kubeconfig with a real token of ServiceAccount
+  ``qkms-system/qkms``, so the operator under test has exactly the RBAC it ships.
+
+A control plane that cannot be built or started fails the run under
+``QKMS_REQUIRE_SERVERS=1`` (CI) and skips with the reason elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.controlplane import ControlPlane, ControlPlaneError, binaries
+from tests.support.kubeclient import KubeClient, KubeError, eventually
+from tests.support.servers import require_server
+
+ROOT = Path(__file__).resolve().parents[2]
+OPERATOR_NAMESPACE = "qkms-system"
+BASE_MANIFESTS = ("00-namespace.yaml", "01-kopf-peering-crd.yaml", "02-serviceaccount.yaml",
+                  "03-rbac.yaml")
+SYSTEM_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease",
+                               OPERATOR_NAMESPACE})
+
+
+def documents(*paths: Path) -> list[dict[str, Any]]:
+    return [doc for path in paths for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+async def apply_all(client: KubeClient, docs: list[dict[str, Any]]) -> None:
+    """Server-side apply in order, waiting for each CRD to be served before going on."""
+    for doc in docs:
+        await client.apply(doc)
+        if doc["kind"] == "CustomResourceDefinition":
+            name = doc["metadata"]["name"]
+
+            async def established(name: str = name) -> bool:
+                crd = await client.get("customresourcedefinitions", name)
+                return any(c["type"] == "Established" and c["status"] == "True"
+                           for c in ((crd or {}).get("status") or {}).get("conditions") or [])
+            await eventually(established, timeout=30, what=f"CRD {name} established")
+
+
+async def install_base(cp: ControlPlane) -> None:
+    docs = documents(*sorted((ROOT / "crds").glob("*.yaml")),
+                     *(ROOT / "manifests" / name for name in BASE_MANIFESTS))
+    await apply_all(cp.client, docs)
+
+
+async def reset(client: KubeClient) -> None:
+    """Remove what a test made, so the next one starts from a fresh install."""
+    for plural in ("managedkeys", "keypolicies"):
+        for body in await client.list(plural):
+            meta = body["metadata"]
+            with contextlib.suppress(KubeError):
+                await client.patch(plural, meta["name"], {"metadata": {"finalizers": None}},
+                                   meta.get("namespace"))
+                await client.delete(plural, meta["name"], meta.get("namespace"))
+    for body in await client.list("clusterkopfpeerings"):
+        with contextlib.suppress(KubeError):
+            await client.delete("clusterkopfpeerings", body["metadata"]["name"])
+    namespaces = [ns["metadata"]["name"] for ns in await client.list("namespaces")
+                  if ns["metadata"]["name"] not in SYSTEM_NAMESPACES]
+    for name in namespaces:
+        with contextlib.suppress(KubeError):
+            await client.delete("namespaces", name)
+    for plural in ("secrets", "configmaps", "events"):
+        for body in await client.list(plural, OPERATOR_NAMESPACE):
+            name = body["metadata"]["name"]
+            if name != "kube-root-ca.crt":
+                with contextlib.suppress(KubeError):
+                    await client.delete(plural, name, OPERATOR_NAMESPACE)
+
+    async def gone() -> bool:
+        left = {ns["metadata"]["name"] for ns in await client.list("namespaces")}
+        return not left & set(namespaces)
+    await eventually(gone, timeout=60, what=f"namespaces {namespaces} deleted")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the control plane's binaries before the first test that needs them, outside any
+    test's timeout: the first build takes many minutes (later runs find them cached)."""
+    if any("control_plane" in getattr(item, "fixturenames", ()) for item in session.items):
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("qkms: checking the Kubernetes control plane binaries "
+                                "(tests/controlplane/build.sh; the first build takes ~15 min)")
+        with contextlib.suppress(ControlPlaneError):  # the fixture reports it, per test
+            binaries()
+
+
+@contextlib.contextmanager
+def running_control_plane(folder: Path, *, base: bool = True) -> Iterator[ControlPlane]:
+    """Start a control plane (with the base install unless `base` is false) for the block.
+    Sync, so that session- and module-scoped fixtures can use it outside any test's loop."""
+    try:
+        cp = ControlPlane(folder)
+    except ControlPlaneError as exc:
+        require_server("the Kubernetes control plane", str(exc))
+
+    async def up() -> None:
+        try:
+            await cp.start()
+            if base:
+                await install_base(cp)
+        finally:
+            await cp.client.close()
+    try:
+        asyncio.run(up())
+    except (ControlPlaneError, TimeoutError, KubeError, OSError) as exc:
+        asyncio.run(cp.stop())
+        require_server("the Kubernetes control plane", f"{exc}\n{cp.logs()}")
+    try:
+        yield cp
+    finally:
+        asyncio.run(cp.stop())
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    with running_control_plane(tmp_path_factory.mktemp("controlplane")) as cp:
+        yield cp
+
+
+@pytest.fixture
+async def kube(control_plane: ControlPlane) -> AsyncIterator[KubeClient]:
+    """The admin client of the real API server; the cluster is reset after the test."""
+    client = control_plane.client
+    try:
+        yield client
+    finally:
+        try:
+            await reset(client)
+        finally:
+            await client.close()
+
+
+@pytest.fixture
+async def operator_kubeconfig(control_plane: ControlPlane, kube: KubeClient,
+                              tmp_path: Path) -> Path:
+    """Log in as the operator's own ServiceAccount (manifests/02 and 03), never as admin."""
+    return await control_plane.service_account_kubeconfig(
+        OPERATOR_NAMESPACE, "qkms", tmp_path / "operator.kubeconfig")
