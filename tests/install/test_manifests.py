@@ -47,6 +47,7 @@ CONTRACT: set[tuple[str, str, str]] = {
     *{("qkms.io", r, v) for r in ("managedkeys", "keypolicies") for v in (*READ, "patch")},
     *{("qkms.io", r, v) for r in ("managedkeys/status", "keypolicies/status")
       for v in ("get", "patch")},
+    ("qkms.io", "managedkeys/finalizers", "update"),  # blockOwnerDeletion on projections
     *{("", "namespaces", v) for v in READ},
     *{("", r, v) for r in ("secrets", "configmaps")
       for v in (*READ, "create", "update", "patch", "delete")},

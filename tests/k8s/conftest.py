@@ -1,88 +1,46 @@
-"""Fixtures for the Kubernetes tests: kmock's emulated API and Kopf operators as processes.
+"""Fixtures for the operator tests: the qkms operator as a process on the real control plane.
 
-No cluster is needed: each test starts its own API server on 127.0.0.1 (a free port) and
-stops it afterwards. If the emulator cannot start, the test fails under
-``QKMS_REQUIRE_SERVERS=1`` (CI) and is skipped with the reason otherwise.
+The control plane itself (etcd + kube-apiserver + kube-controller-manager) and the ``kube``
+admin client come from tests/support/fixtures.py. The operator logs in with a token of its
+own ServiceAccount, bound by exactly the RBAC in manifests/03-rbac.yaml.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import pytest
 
-from tests.support.servers import require_server
+from tests.support.operator_process import OperatorProcess
+from tests.support.server_process import free_port
 
-try:
-    from tests.support.kube import KubeAPI, ServerStartError
-    from tests.support.operator_process import OperatorProcess
-except ImportError as exc:  # kmock, kopf or kubernetes is not installed
-    IMPORT_ERROR: str | None = f"cannot import the harness: {exc!r}"
-else:
-    IMPORT_ERROR = None
-
-SAMPLE_OPERATOR = "tests.k8s.sample_operator"
+OPERATOR = "qkms.k8s.handlers"
 
 
-async def _started(workdir: Path, *, in_process: bool) -> KubeAPI:
-    if IMPORT_ERROR:
-        require_server("kmock", IMPORT_ERROR)
-    api = KubeAPI(workdir, in_process=in_process)
-    try:
-        await api.start()
-    except (ServerStartError, OSError) as exc:
-        await api.close()
-        require_server("kmock", f"the emulated Kubernetes API did not start: {exc}")
-    return api
+def operator_env(**extra: str) -> dict[str, str]:
+    """What a pod of manifests/ gets, made fast for tests."""
+    return {"QKMS_NAMESPACE": "qkms-system", "QKMS_STATE": "secrets", "QKMS_DATA_DIR": "data",
+            "QKMS_KEY_CACHE_SECONDS": "0", "QKMS_API_LISTEN": f"127.0.0.1:{free_port()}",
+            **extra}
+
+
+def qkms_operator_process(kubeconfig: Path, workdir: Path,
+                          env: Mapping[str, str] | None = None, **kwargs) -> OperatorProcess:
+    return OperatorProcess(OPERATOR, kubeconfig=kubeconfig, workdir=workdir,
+                           env=operator_env(**(env or {})), **kwargs)
 
 
 @pytest.fixture
-async def kube(tmp_path: Path) -> AsyncIterator[KubeAPI]:
-    """The emulated API in its own process: it outlives operators and can be restarted."""
-    api = await _started(tmp_path / "kube", in_process=False)
-    try:
-        yield api
-    finally:
-        await api.close()
-        print(f"--- kmock log ---\n{api.log()}")  # shown by pytest when the test fails
-
-
-@pytest.fixture
-async def kube_inproc(tmp_path: Path) -> AsyncIterator[KubeAPI]:
-    """The emulated API in the test's event loop, with ``.emulator`` for kmock's views."""
-    api = await _started(tmp_path / "kube", in_process=True)
-    try:
-        yield api
-    finally:
-        await api.close()
-
-
-@pytest.fixture
-def gate_dir(tmp_path: Path) -> Path:
-    """Where tests hold the sample operator's handlers (see sample_operator.gate)."""
-    path = tmp_path / "gates"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-async def sample_operator(kube: KubeAPI, tmp_path: Path,
-                          gate_dir: Path) -> AsyncIterator[OperatorProcess]:
-    """The sample operator, configured but not started: tests start, kill and restart it."""
-    operator = OperatorProcess(SAMPLE_OPERATOR, kubeconfig=kube.kubeconfig, kube=kube,
-                               workdir=tmp_path / "operator",
-                               env={"SAMPLE_GATE_DIR": str(gate_dir)})
+async def qkms_operator(kube, operator_kubeconfig: Path,
+                        tmp_path: Path) -> AsyncIterator[OperatorProcess]:
+    """The real qkms operator, configured but not started."""
+    operator = qkms_operator_process(operator_kubeconfig, tmp_path / "operator",
+                                     {"QKMS_BACKUP_INTERVAL_SECONDS": "2",
+                                      "QKMS_BACKUP_DELAY_SECONDS": "1"})
     try:
         yield operator
     finally:
         await operator.stop()
         for run in range(1, operator.runs + 1):  # shown by pytest when the test fails
             print(f"--- operator run {run} ---\n{operator.log(run)}")
-
-
-@pytest.fixture
-async def running_operator(sample_operator: OperatorProcess) -> OperatorProcess:
-    """The sample operator, already started (and stopped after the test)."""
-    await sample_operator.start()
-    return sample_operator

@@ -1,4 +1,7 @@
-"""The real qkms operator (Kopf + its handlers, as a process) against the emulated API.
+"""The real qkms operator (Kopf + its handlers, as a process) against a real kube-apiserver.
+
+The operator logs in as its own ServiceAccount with the RBAC it ships; the server
+validates every object against the CRDs' schemas and CEL rules and runs admission.
 
 Every file in examples/ is applied; then scheduled rotation, emergency rotation by
 annotation, revocation, deletion through the finalizer, an environment mismatch, drift
@@ -9,10 +12,8 @@ through the API, as a user with kubectl would see them.
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 import yaml
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from kubernetes import client as k8s_client
@@ -22,32 +23,15 @@ from qkms.config import Settings
 from qkms.k8s.secret_store import SecretRecordStore, load_or_create_kek_secret
 from qkms.model.enums import Environment
 from qkms.service import KeyManagementService
-from tests.support.kube import KubeAPI, eventually, free_port
-from tests.support.operator_process import OperatorProcess
+from tests.k8s.conftest import qkms_operator_process
+from tests.support.controlplane import ControlPlane
+from tests.support.kubeclient import KubeClient as KubeAPI
+from tests.support.kubeclient import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "payments"
 MK = "managedkeys"
 PLURALS = {"Namespace": "namespaces", "KeyPolicy": "keypolicies", "ManagedKey": MK}
-
-
-@pytest.fixture
-async def qkms_operator(kube: KubeAPI, tmp_path: Path) -> AsyncIterator[OperatorProcess]:
-    await kube.create("namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                     "metadata": {"name": "qkms-system"}})
-    operator = OperatorProcess("qkms.k8s.handlers", kubeconfig=kube.kubeconfig, kube=kube,
-                               workdir=tmp_path / "operator",
-                               env={"QKMS_NAMESPACE": "qkms-system", "QKMS_STATE": "secrets",
-                                    "QKMS_DATA_DIR": "data", "QKMS_KEY_CACHE_SECONDS": "0",
-                                    "QKMS_API_LISTEN": f"127.0.0.1:{free_port()}",
-                                    "QKMS_BACKUP_INTERVAL_SECONDS": "2",
-                                    "QKMS_BACKUP_DELAY_SECONDS": "1"})
-    try:
-        yield operator
-    finally:
-        await operator.stop()
-        for run in range(1, operator.runs + 1):
-            print(f"--- operator run {run} ---\n{operator.log(run)}")
 
 
 async def apply_examples(kube: KubeAPI) -> None:
@@ -74,16 +58,17 @@ async def events(kube: KubeAPI, name: str, namespace: str = NS) -> list[str]:
             if e["involvedObject"]["name"] == name]
 
 
-def service_for(kube: KubeAPI, tmp_path: Path) -> KeyManagementService:
+def service_for(control_plane: ControlPlane, tmp_path: Path) -> KeyManagementService:
     """A second qkms instance reading the operator's state from the API (as a replica would)."""
-    api = k8s_config.new_client_from_config(config_file=str(kube.kubeconfig))
+    api = k8s_config.new_client_from_config(config_file=str(control_plane.kubeconfig))
     core = k8s_client.CoreV1Api(api)
     settings = Settings(environment=Environment.DEV, data_dir=tmp_path / "replica")
     return KeyManagementService(settings, records=SecretRecordStore(core, "qkms-system", "dev"),
                                 kek=load_or_create_kek_secret(core, "qkms-system"))
 
 
-async def test_examples_become_ready_with_verifiable_projections(kube, qkms_operator, tmp_path):
+async def test_examples_become_ready_with_verifiable_projections(kube, qkms_operator, tmp_path,
+                                                                  control_plane):
     await qkms_operator.start()
     await apply_examples(kube)
     for name in ("user-service-signing", "storage-encryption", "secure-service-signing",
@@ -93,7 +78,7 @@ async def test_examples_become_ready_with_verifiable_projections(kube, qkms_oper
     secret = await kube.get("secrets", "user-service-signing-public", NS)
     pem = base64.b64decode(secret["data"]["public.pem"])
     assert secret["metadata"]["ownerReferences"][0]["kind"] == "ManagedKey"
-    replica = service_for(kube, tmp_path)
+    replica = service_for(control_plane, tmp_path)
     signed = await replica.use_key(f"{NS}/user-service-signing", "SIGN", b"from a replica")
     load_pem_public_key(pem).verify(signed.signature, b"from a replica")
     ref = await kube.get("configmaps", "storage-encryption-ref", NS)
@@ -197,7 +182,7 @@ async def test_environment_mismatch_is_refused_and_recorded(kube, qkms_operator)
 
 
 async def test_kill_9_and_restart_in_a_fresh_workdir_resumes_without_duplicates(
-        kube, qkms_operator, tmp_path):
+        kube, qkms_operator, tmp_path, control_plane):
     await qkms_operator.start()
     await apply_examples(kube)
     key_ids = {}
@@ -211,27 +196,25 @@ async def test_kill_9_and_restart_in_a_fresh_workdir_resumes_without_duplicates(
     await ready(kube, "after-restart")
     for name, key_id in key_ids.items():
         assert (await ready(kube, name))["status"]["keyId"] == key_id
-    replica = service_for(kube, tmp_path)
+    replica = service_for(control_plane, tmp_path)
     names = sorted(r.name for r in replica.user_records())
     assert len(names) == len(set(names)) == 6
     assert await replica.use_key(f"{NS}/release-signing", "SIGN", b"still usable")
 
 
-async def test_two_replicas_under_peering_one_active_then_failover(kube, tmp_path):
+async def test_two_replicas_under_peering_one_active_then_failover(kube, operator_kubeconfig,
+                                                                   tmp_path):
     """HA: two operators in one peering with distinct priorities; one reconciles. SIGKILL
     it: once its peering record expires the other takes over, and nothing is made twice."""
-    await kube.create("namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                     "metadata": {"name": "qkms-system"}})
-    await kube.create("kopf.dev/v1/clusterkopfpeerings", {"metadata": {"name": "qkms"}})
+    await kube.create("kopf.dev/v1/clusterkopfpeerings",
+                      {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
+                       "metadata": {"name": "qkms"}})
     await kube.create("namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                      "metadata": {"name": NS,
                                                   "labels": {"qkms.io/environment": "dev"}}})
-    replicas = [OperatorProcess(
-        "qkms.k8s.handlers", kubeconfig=kube.kubeconfig, workdir=tmp_path / f"replica-{i}",
-        peering="qkms", extra_args=[f"--priority={100 - i}"],
-        env={"QKMS_NAMESPACE": "qkms-system", "QKMS_STATE": "secrets", "QKMS_DATA_DIR": "data",
-             "QKMS_API_LISTEN": f"127.0.0.1:{free_port()}", "QKMS_PEERING_LIFETIME": "3"})
-        for i in range(2)]
+    replicas = [qkms_operator_process(
+        operator_kubeconfig, tmp_path / f"replica-{i}", {"QKMS_PEERING_LIFETIME": "3"},
+        peering="qkms", extra_args=[f"--priority={100 - i}"]) for i in range(2)]
 
     async def make(name: str) -> None:
         await kube.create(MK, {"apiVersion": "qkms.io/v1alpha1", "kind": "ManagedKey",
