@@ -73,6 +73,8 @@ AUDIT_KEY = "qkms-system/audit-checkpoint"
 SYSTEM_LABEL = "qkms.io/system"
 TOKEN_PREFIX = "qkms:v1:"  # noqa: S105 - a format marker, not a credential
 MAX_DERIVE_LENGTH = 255 * 32
+MAX_AUDITED_NAME = 320  # what a refusal records of a name or reason, whatever was sent
+MAX_AUDITED_REASON = 512
 E = TypeVar("E")
 
 
@@ -894,27 +896,32 @@ class KeyManagementService:
         return stored
 
     async def audit_denied(self, operation: str, key_name: str | None, actor: Any,
-                           exc: QkmsError) -> None:
+                           exc: QkmsError, details: dict[str, str] | None = None) -> None:
         """Audit a request refused before it reached the key (authentication, RBAC)."""
-        await self._record_failure(str(operation).upper(), exc, Actor.parse(actor),
-                                   name=key_name)
+        await self._record_failure(str(operation).upper()[:32], exc, Actor.parse(actor),
+                                   name=key_name, details=details)
 
     async def _record_failure(self, operation: str, exc: QkmsError, actor: Actor, *,
                               record: KeyRecord | None = None, version: KeyVersion | None = None,
-                              name: str | None = None) -> None:
+                              name: str | None = None,
+                              details: dict[str, str] | None = None) -> None:
         denied = isinstance(exc, KeyStateError | EnvironmentMismatchError | Forbidden |
                             Unauthenticated | OperationNotAllowedError | InvalidInputError |
                             KeyNotFoundError)
         self.counters["failures"][exc.code] += 1
-        details = {"code": exc.code}
+        details = {**(details or {}), "code": exc.code}
+        if name is not None and len(name) > MAX_AUDITED_NAME:  # a refusal records a bounded name
+            name = name[:MAX_AUDITED_NAME] + "..."
         shown = version or (record and (lifecycle.active_version(record) or record.current))
         if shown:
             details["algorithm"] = shown.algorithm
         elif name and self.catalog.get(name):
             details["algorithm"] = self.catalog.get(name).algorithm  # type: ignore[union-attr]
         try:
+            reason = exc.message if len(exc.message) <= MAX_AUDITED_REASON \
+                else exc.message[:MAX_AUDITED_REASON] + "..."
             await self._record(operation, "denied" if denied else "error", actor, record,
-                               version, reason=exc.message, name=name, details=details)
+                               version, reason=reason, name=name, details=details)
         except AuditStorageError:
             log.error("could not audit a failed %s", operation)
 

@@ -206,9 +206,12 @@ class Standalone:
 
     # -- KeyDirectory, for the data plane ---------------------------------------
     async def environment(self, namespace: str) -> Environment | None:
+        """A namespace's environment is its Namespace manifest's label, as in a cluster: a
+        namespace with no manifest (or no label) has none, so neither a caller from it nor
+        a key in it passes the data plane's environment check."""
         labels = self.manifests.namespaces.get(namespace)
         if labels is None:
-            return self.registry.settings.environment
+            return None
         value = labels.get(ENVIRONMENT_LABEL)
         return Environment(value) if value in Environment._value2member_map_ else None
 

@@ -263,7 +263,7 @@ def test_metrics_totals_equal_the_chains_entries_by_operation(qkms, tmp_path) ->
     (qkms.cwd / "tokens.yaml").write_text(
         "tokens:\n  - serviceAccount: payments/checkout\n    token: t0ken\n"
         "grants:\n  - serviceAccount: payments/checkout\n    namespace: payments\n"
-        "    verbs: [sign, verify]\n")
+        "    verbs: [sign, verify, metrics]\n")  # metrics: per-key metrics and health detail
     proc = subprocess.Popen([*command(), "serve", "--listen", f"127.0.0.1:{port}",
                              "--tokens", "tokens.yaml"], cwd=qkms.cwd, env=environ(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -283,8 +283,12 @@ def test_metrics_totals_equal_the_chains_entries_by_operation(qkms, tmp_path) ->
                            env=env))  # not granted: a denied, audited attempt
         clean_failure(qkms("call", "sign", "payments/nope", stdin=b"m", env=env))
         time.sleep(0.5)  # deliveries follow the group commit
-        metrics = urllib.request.urlopen(f"{url}/metrics/keys", timeout=10).read().decode()
-        health = json.loads(urllib.request.urlopen(f"{url}/health/keys", timeout=10).read())
+        bearer = {"Authorization": "Bearer t0ken"}
+        metrics = urllib.request.urlopen(urllib.request.Request(f"{url}/metrics/keys",
+                                                                headers=bearer),
+                                         timeout=10).read().decode()
+        health = json.loads(urllib.request.urlopen(urllib.request.Request(
+            f"{url}/health/keys", headers=bearer), timeout=10).read())
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)

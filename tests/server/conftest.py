@@ -7,12 +7,14 @@ import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from qkms.config import Settings
-from qkms.server.app import start_data_plane
+from qkms.server.api import DataPlane
+from qkms.server.app import PLANE, start_data_plane
 from qkms.server.auth import TokensFile
 from qkms.standalone import Standalone
 from tests.server.common import ALL_VERBS, TOKENS
@@ -66,6 +68,7 @@ def tokens_file(path: Path) -> Path:
             {"serviceAccount": "checkout-prod/app", "token": TOKENS["prod"]},
             {"serviceAccount": "payments/old", "token": TOKENS["expired"], "expires": expired},
             {"serviceAccount": "payments/auditor", "token": TOKENS["auditor"]},
+            {"serviceAccount": "payments/monitor", "token": TOKENS["monitor"]},
         ],
         "grants": [
             {"serviceAccount": "payments/checkout", "namespace": "payments", "verbs": ALL_VERBS},
@@ -73,6 +76,7 @@ def tokens_file(path: Path) -> Path:
             {"serviceAccount": "checkout-prod/app", "namespace": "payments", "verbs": ALL_VERBS},
             {"serviceAccount": "payments/old", "namespace": "payments", "verbs": ALL_VERBS},
             {"serviceAccount": "payments/auditor", "namespace": "payments", "verbs": ["audit"]},
+            {"serviceAccount": "payments/monitor", "namespace": "payments", "verbs": ["metrics"]},
         ],
     }
     path.write_text(yaml.safe_dump(data))
@@ -84,9 +88,14 @@ class Plane:
     url: str
     standalone: Standalone
     seen: list
+    runner: Any = None
 
     def service(self):
         return self.standalone.registry.all()[0]
+
+    @property
+    def data_plane(self) -> DataPlane:
+        return self.runner.app[PLANE]
 
 
 @pytest.fixture
@@ -106,6 +115,6 @@ async def plane(tmp_path) -> Plane:
     for service in standalone.registry.all():
         service.on("auditEvent", seen.append)
     try:
-        yield Plane(f"http://127.0.0.1:{port}", standalone, seen)
+        yield Plane(f"http://127.0.0.1:{port}", standalone, seen, runner)
     finally:
         await runner.cleanup()

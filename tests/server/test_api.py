@@ -154,7 +154,8 @@ async def test_health_metrics_audit_and_openapi(plane):
     async with aiohttp.ClientSession() as session:
         async with session.get(plane.url + "/health/keys") as rsp:
             assert rsp.status == 200 and (await rsp.json())["status"] == "healthy"
-        async with session.get(plane.url + "/metrics/keys") as rsp:
+        async with session.get(plane.url + "/metrics/keys",
+                               headers={"Authorization": f"Bearer {TOKENS['monitor']}"}) as rsp:
             text = await rsp.text()
         async with session.get(plane.url + "/openapi.json") as rsp:
             assert (await rsp.json())["openapi"].startswith("3.")

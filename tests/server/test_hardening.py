@@ -44,3 +44,126 @@ async def test_a_newline_in_the_path_cannot_forge_a_log_line(plane):
     lines = out.getvalue().splitlines()
     assert len(lines) == 1 and "\\n" in lines[0]
     assert not any(line.startswith("qkms: INFO: sign payments-forged") for line in lines)
+
+
+def audit_bytes(plane) -> int:
+    folder = plane.service().audit.root
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+async def test_unauthenticated_requests_cost_the_audit_log_one_bounded_counted_entry(plane):
+    """Item 4: 200 no-token requests with 7,000-character names added 7 KB of fsynced audit
+    each. Now a denial records bounded fields, and one source's repeats become one entry
+    with their count."""
+    service = plane.service()
+    before, entries = audit_bytes(plane), len(plane.seen)
+    long = "k" * 7000
+    for _ in range(200):
+        status, body = await raw_post(f"{plane.url}/v1/keys/payments/{long}:sign", token=None)
+        assert status == 401 and body["error"]["code"] == "unauthenticated"
+    denied = plane.seen[entries:]
+    assert len(denied) == 1 and len(denied[0].key_name) <= 320
+    assert denied[0].actor.type == "ANONYMOUS" and denied[0].details["source"].startswith("ip:")
+    await plane.data_plane.denials.flush()
+    counted = plane.seen[entries + 1:]
+    assert [e.details.get("count") for e in counted] == ["199"]
+    assert audit_bytes(plane) - before < 8 * 1024, "the chain grew with the requests' names"
+    assert service.environment.value == "dev"
+
+
+async def test_a_refused_request_creates_no_environment(plane, tmp_path):
+    """Item 4: one no-token POST to a staging namespace created data/staging/ and a
+    checkpoint signing key. Nothing is created before authorization."""
+    staging = tmp_path / "data" / "staging"
+    assert not staging.exists()
+    for token in (None, "not-a-token", "checkout"):  # anonymous, unknown, not allowed there
+        status, body = await raw_post(f"{plane.url}/v1/keys/checkout-staging/api:sign", token,
+                                      body=b'{"input": "bQ=="}')
+        assert not staging.exists(), f"made by a request that answered {status} {body}"
+        assert status in (401, 403)
+    assert [s.environment.value for s in plane.standalone.registry.all()] == ["dev"]
+
+
+async def test_a_token_file_with_a_date_or_zoneless_expiry(plane, tmp_path):
+    """Item 9: `expires: 2020-01-01 00:00:00` made every request with that token answer 500.
+    A zoneless date-time is refused at load time naming the field; a date is midnight UTC,
+    and the expired token answers 401, audited with its ServiceAccount."""
+    import pytest
+
+    from qkms.errors import InvalidInputError
+    from qkms.server.auth import TokensFile
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tokens:\n- {serviceAccount: payments/x, token: t, "
+                   "expires: 2020-01-01 00:00:00}\n")
+    with pytest.raises(InvalidInputError) as refused:
+        TokensFile(bad)
+    assert refused.value.field == "tokens[0].expires" and "zone" in refused.value.reason
+    for text, field in (("tokens: [{serviceAccount: payments/x, token: t, expires: soon}]",
+                         "tokens[0].expires"),
+                        ("tokens: [{serviceAccount: payments, token: t}]",
+                         "tokens[0].serviceAccount"),
+                        ("tokens: [{serviceAccount: payments/x, sha256: abc}]",
+                         "tokens[0].sha256"),
+                        ("grants: [{serviceAccount: payments/x, namespace: p, verbs: sign}]",
+                         "grants[0].verbs")):
+        bad.write_text(text)
+        with pytest.raises(InvalidInputError) as refused:
+            TokensFile(bad)
+        assert refused.value.field == field
+    dated = tmp_path / "dated.yaml"
+    dated.write_text("tokens:\n- {serviceAccount: payments/old, token: dated, "
+                     "expires: 2020-01-01}\ngrants:\n- {serviceAccount: payments/old, "
+                     "namespace: payments, verbs: [sign]}\n")
+    plane.data_plane.authenticator = plane.data_plane.authorizer = \
+        TokensFile(dated)
+    entries = len(plane.seen)
+    status, body = await raw_post(f"{plane.url}{SIGN}", "dated", body=b'{"input": "bQ=="}')
+    assert status == 401 and body["error"]["message"] == "token expired"
+    (denial,) = plane.seen[entries:]
+    assert denial.result == "denied" and denial.actor.id == "system:serviceaccount:payments:old"
+
+
+async def test_a_token_of_an_undeclared_namespace_has_no_environment(plane, tmp_path):
+    """Item 11: standalone mode gave a namespace without a Namespace manifest the default
+    environment, so its token passed the environment check."""
+    from qkms.server.auth import TokensFile
+
+    tokens = tmp_path / "ghost.yaml"
+    tokens.write_text("tokens:\n- {serviceAccount: ghost/app, token: ghost}\ngrants:\n"
+                      "- {serviceAccount: ghost/app, namespace: payments, verbs: [sign]}\n")
+    plane.data_plane.authenticator = plane.data_plane.authorizer = \
+        TokensFile(tokens)
+    status, body = await raw_post(f"{plane.url}{SIGN}", "ghost", body=b'{"input": "bQ=="}')
+    assert status == 403 and "environment none" in body["error"]["message"]
+
+
+async def get(url: str, token: str | None = None) -> tuple[int, str]:
+    headers = {"Authorization": f"Bearer {TOKENS.get(token, token)}"} if token else {}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, headers=headers) as rsp:
+            return rsp.status, await rsp.text()
+
+
+async def test_probes_are_public_and_bare_detail_and_metrics_need_a_token(plane, monkeypatch):
+    """Item 13: /metrics/keys listed every key name to anyone; /health/keys showed paths and
+    corrupt record names."""
+    status, text = await get(plane.url + "/metrics/keys")
+    assert status == 401 and "user-service-signing" not in text
+    status, text = await get(plane.url + "/health/keys")
+    assert status == 200 and json.loads(text) == {"status": "healthy"}
+    for path, answer in (("/healthz", {"status": "ok"}), ("/readyz", {"status": "ready"})):
+        status, text = await get(plane.url + path)
+        assert status == 200 and json.loads(text) == answer
+    for token in ("checkout", "not-a-token"):  # a key user is not a monitor
+        status, _ = await get(plane.url + "/metrics/keys", token)
+        assert status in (401, 403)
+        status, text = await get(plane.url + "/health/keys", token)
+        assert status in (401, 403) and str(plane.standalone.out) not in text
+    status, text = await get(plane.url + "/metrics/keys", "monitor")
+    assert status == 200 and 'key="payments/user-service-signing"' in text
+    status, text = await get(plane.url + "/health/keys", "monitor")
+    assert status == 200 and "components" in json.loads(text)["environments"]["dev"]
+
+
+SIGN = "/v1/keys/payments/user-service-signing:sign"

@@ -64,5 +64,10 @@ class ServiceRegistry:
             return service
         return known[1]
 
+    def existing(self, environment: Environment) -> KeyManagementService | None:
+        """The environment's service if one is open; never makes one (for refusals)."""
+        known = self._services.get(environment)
+        return known[1] if known is not None else None
+
     def all(self) -> list[KeyManagementService]:
         return [service for _, service in self._services.values()]

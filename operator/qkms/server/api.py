@@ -2,8 +2,11 @@
 
 Requests name a key as ``{namespace}/{name}``; the namespace's environment
 (its ``qkms.io/environment`` label) picks the service, and the caller's own
-namespace must be in the same environment.  Every refusal is audited with the
-caller as actor before the answer leaves.  Binary fields travel as base64.
+namespace must be in the same environment.  The token is checked first: a request
+without a valid one looks nothing up and creates nothing.  Every refusal is audited with
+the caller as actor before the answer leaves, bounded and aggregated per source
+(``denials``), and only to an environment's service that exists already.  Binary
+fields travel as base64.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,6 +25,7 @@ from qkms.service import MAX_DERIVE_LENGTH, KeyManagementService, OperationResul
 from qkms.signing import SignOptions
 
 from .auth import Authenticator, Authorizer, Identity
+from .denials import Denials, bounded
 
 MAX_BATCH = 1000
 OPERATIONS = {op.value.lower(): op for op in Operation}
@@ -92,15 +97,24 @@ def _options(item: dict[str, Any], where: str) -> SignOptions:
         raise InvalidInputError(f"{where}{exc.field}", exc.reason) from None
 
 
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_KEY_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+ANONYMOUS = {"type": "ANONYMOUS", "id": "none"}
+
+
 class DataPlane:
     def __init__(self, directory: KeyDirectory, authenticator: Authenticator,
                  authorizer: Authorizer,
-                 observe: Callable[[str, str, str, float], Awaitable[None] | None] | None = None
-                 ) -> None:
+                 observe: Callable[[str, str, str, float], Awaitable[None] | None] | None = None,
+                 *, registry: Any = None, denials: Denials | None = None) -> None:
+        """``registry``: the services that exist (denials are audited only to those)."""
         self.directory = directory
         self.authenticator = authenticator
         self.authorizer = authorizer
         self.observe = observe
+        self.registry = registry if registry is not None else getattr(directory, "registry",
+                                                                      None)
+        self.denials = denials or Denials()
 
     async def identify(self, authorization: str | None) -> Identity:
         if not authorization or not authorization.startswith("Bearer "):
@@ -110,25 +124,64 @@ class DataPlane:
             raise Unauthenticated("a bearer token is required")
         return await self.authenticator.authenticate(token)
 
-    async def handle(self, call: Call, body: Any, authorization: str | None) -> dict[str, Any]:
-        operation = OPERATIONS.get(call.operation)
-        if operation is None:
-            raise InvalidInputError("operation", f"{call.operation!r} is not one of "
-                                    f"{', '.join(OPERATIONS)}")
-        key = f"{call.namespace}/{call.name}"
-        environment = await self.directory.environment(call.namespace)
-        service = await self.directory.service(environment) if environment else None
-        identity: Identity | None = None
+    def existing(self, environment: Environment | None) -> KeyManagementService | None:
+        """The environment's service if it is open already; never one made for a refusal."""
+        if environment is None or self.registry is None:
+            return None
+        return self.registry.existing(environment)
+
+    async def deny(self, call: Call, operation: Operation | None, identity: Identity | None,
+                   exc: QkmsError, environment: Environment | None, source: str) -> None:
+        """Audit a refusal, bounded and aggregated (``Denials``), to an existing service."""
+        actor = getattr(exc, "actor", None) or (identity.actor if identity else ANONYMOUS)
+        who = f"{actor['type']}:{actor['id']}" if actor is not ANONYMOUS else f"ip:{source}"
+        await self.denials.record(self.existing(environment), who,
+                                  operation.value if operation else "UNKNOWN",
+                                  f"{call.namespace}/{call.name}", actor, exc)
+
+    async def path_environment(self, namespace: str) -> Environment | None:
+        """The environment of a namespace named in a path, looked up only for a valid name."""
+        if not _NAMESPACE.fullmatch(namespace):
+            return None
+        return await self.directory.environment(namespace)
+
+    async def authenticate(self, call: Call, authorization: str | None,
+                           source: str = "unknown") -> Identity:
+        """Who calls: checked before the body is read or anything is looked up; a refusal is
+        audited (bounded, aggregated) only where the path's environment has a service."""
         try:
-            identity = await self.identify(authorization)
+            return await self.identify(authorization)
+        except Unauthenticated as exc:
+            await self.deny(call, OPERATIONS.get(call.operation), None, exc,
+                            await self.path_environment(call.namespace), source)
+            raise
+
+    async def handle(self, call: Call, body: Any, authorization: str | None = None,
+                     source: str = "unknown", *,
+                     identity: Identity | None = None) -> dict[str, Any]:
+        """Run a call for ``identity`` (``authenticate``d already), else for the token."""
+        operation = OPERATIONS.get(call.operation)
+        key = f"{call.namespace}/{call.name}"
+        # Authenticate before anything else: an unauthenticated request learns nothing,
+        # creates nothing and costs the audit log at most one counted entry per interval.
+        if identity is None:
+            identity = await self.authenticate(call, authorization, source)
+        if operation is None:
+            raise InvalidInputError("operation", f"{bounded(call.operation, 64)!r} is not one "
+                                    f"of {', '.join(OPERATIONS)}")
+        if not _NAMESPACE.fullmatch(call.namespace):
+            raise InvalidInputError("namespace", "must be a Kubernetes namespace name")
+        if not _KEY_NAME.fullmatch(call.name):
+            raise InvalidInputError("name", "must be a lower-case DNS name of at most 253 "
+                                            "characters")
+        environment = await self.directory.environment(call.namespace)
+        try:
             await self._authorize(identity, call, environment)
         except QkmsError as exc:
-            if service is not None:
-                actor = identity.actor if identity else {"type": "ANONYMOUS", "id": "none"}
-                await service.audit_denied(operation.value, key, actor, exc)
+            await self.deny(call, operation, identity, exc, environment, source)
             raise
-        if service is None:
-            raise Forbidden(f"namespace {call.namespace!r} has no qkms.io/environment label")
+        assert environment is not None  # _authorize refuses a namespace without one
+        service = await self.directory.service(environment)  # authorized: it may be made now
         if not isinstance(body, dict):
             raise InvalidInputError("body", "must be a JSON object")
         if "batch_input" in body:

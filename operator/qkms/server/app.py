@@ -6,21 +6,26 @@ adds throughput; only reconciliation is single-active) and in ``qkms serve``.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import os
 import re
 import socket
 import ssl
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from qkms.errors import Forbidden, InvalidInputError, QkmsError
+from qkms.errors import Forbidden, InvalidInputError, QkmsError, Unauthenticated
 from qkms.logs import escape
 
 from .api import Call, DataPlane, KeyDirectory
+from .denials import bounded
 from .errors import TooLarge, UnsupportedMedia, error_body, status_of
 from .metrics import Metrics, Timer
 from .openapi import document
@@ -32,6 +37,7 @@ PLANE = web.AppKey("plane", DataPlane)
 METRICS = web.AppKey("metrics", Metrics)
 DIRECTORY = web.AppKey("directory", object)
 SERVICES = web.AppKey("services", object)
+METRICS_TOKEN = web.AppKey("metrics_token", bytes)
 
 
 def _json(data: Any, status: int = 200, request_id: str | None = None) -> web.Response:
@@ -59,7 +65,12 @@ async def key_operation(request: web.Request) -> web.Response:
     namespace = request.match_info["namespace"]
     name, _, operation = request.match_info["target"].rpartition(":")
     timer = Timer()
+    plane = request.app[PLANE]
     try:
+        call = Call(namespace, name, operation)
+        # The token first: without a valid one, the body is not even read.
+        identity = await plane.authenticate(call, request.headers.get("Authorization"),
+                                            source=request.remote or "unknown")
         if not name:
             raise InvalidInputError("path", "must be /v1/keys/{namespace}/{name}:{operation}")
         if request.content_type != "application/json":
@@ -69,8 +80,8 @@ async def key_operation(request: web.Request) -> web.Response:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise InvalidInputError("body", "is not valid JSON") from None
-        result = await request.app[PLANE].handle(Call(namespace, name, operation), body,
-                                                 request.headers.get("Authorization"))
+        result = await plane.handle(call, body, identity=identity,
+                                    source=request.remote or "unknown")
     except QkmsError as exc:
         # Every request-derived value is escaped and bounded: one request, one log line.
         log.info("%s %s/%s: %s", escape(operation, 64), escape(namespace, 64),
@@ -84,23 +95,78 @@ async def key_operation(request: web.Request) -> web.Response:
     return _json(result, request_id=request_id)
 
 
-async def health(request: web.Request) -> web.Response:
+async def _overall(request: web.Request) -> tuple[str, dict[str, Any]]:
     services = request.app[SERVICES]()
     reports = {s.environment.value: await s.health_check() for s in services}
     states = {r["status"] for r in reports.values()}
     status = ("unhealthy" if "unhealthy" in states else "degraded" if "degraded" in states
               else "healthy")
-    return _json({"status": status, "environments": reports},
-                 503 if status == "unhealthy" else 200)
+    return status, reports
+
+
+async def observer(request: web.Request) -> bool:
+    """May this request see health detail and metrics?  No Authorization header: False.
+    A token: the metrics token (``QKMS_METRICS_TOKEN``), or a caller allowed the verb
+    ``metrics`` on managedkeys in its own namespace; else 401 or 403 (raised)."""
+    authorization = request.headers.get("Authorization")
+    if not authorization:
+        return False
+    expected = request.app[METRICS_TOKEN]
+    if expected and authorization.startswith("Bearer ") and hmac.compare_digest(
+            hashlib.sha256(authorization[7:].strip().encode()).digest(), expected):
+        return True
+    plane = request.app[PLANE]
+    identity = await plane.identify(authorization)
+    namespace = identity.namespace
+    if namespace is None or not await plane.authorizer.allowed(identity, "metrics",
+                                                               namespace, ""):
+        raise Forbidden(f"{identity.username} may not read qkms health detail or metrics")
+    return True
+
+
+async def health(request: web.Request) -> web.Response:
+    """Public: the overall status only.  With a token allowed ``metrics``: per environment
+    and per component detail (paths, record names, provider) as well."""
+    request_id = uuid.uuid4().hex
+    try:
+        detailed = await observer(request)
+    except QkmsError as exc:
+        return _error(exc, request_id)
+    status, reports = await _overall(request)
+    body: dict[str, Any] = {"status": status}
+    if detailed:
+        body["environments"] = reports
+    return _json(body, 503 if status == "unhealthy" else 200)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers.  No detail, no authentication."""
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: no environment is unhealthy.  No detail, no authentication."""
+    status, _ = await _overall(request)
+    ready = status != "unhealthy"
+    return _json({"status": "ready" if ready else "unready"}, 200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Per-key metrics name every key: only for the metrics token or a ``metrics`` grant."""
+    request_id = uuid.uuid4().hex
+    try:
+        if not await observer(request):
+            raise Unauthenticated("a bearer token is required")
+    except QkmsError as exc:
+        return _error(exc, request_id)
     body = request.app[METRICS].render(request.app[SERVICES]())
     return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
 
 async def audit(request: web.Request) -> web.Response:
-    """Audit statistics and recent entries, for callers allowed to ``audit`` managedkeys."""
+    """Recent audit entries of the namespaces the caller may ``audit`` (``?namespace=a,b``,
+    default its own), each in the caller's own environment: never another namespace's or
+    environment's entries, and counts over those entries only."""
     request_id = uuid.uuid4().hex
     plane = request.app[PLANE]
     try:
@@ -108,17 +174,40 @@ async def audit(request: web.Request) -> web.Response:
         if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
             raise InvalidInputError("limit", "must be an integer from 1 to 1000")
         identity = await plane.identify(request.headers.get("Authorization"))
-        namespace = identity.namespace or ""
-        if not await plane.authorizer.allowed(identity, "audit", namespace, ""):
-            raise Forbidden(f"{identity.username} may not read the audit log")
+        if identity.namespace is None:
+            raise Forbidden(f"{identity.username} is not a ServiceAccount, so its "
+                            "environment is unknown")
+        wanted = [n.strip() for n in request.query.get("namespace", identity.namespace)
+                  .split(",") if n.strip()]
+        if not wanted or len(wanted) > 50:
+            raise InvalidInputError("namespace", "name 1 to 50 namespaces")
+        caller_env = await plane.path_environment(identity.namespace)
+        scopes: dict[str, list[str]] = {}
+        for namespace in wanted:
+            environment = await plane.path_environment(namespace)
+            if not await plane.authorizer.allowed(identity, "audit", namespace, ""):
+                raise Forbidden(f"{identity.username} may not read the audit log of "
+                                f"namespace {bounded(namespace, 64)}")
+            if environment is None or environment is not caller_env:
+                raise Forbidden(f"namespace {bounded(namespace, 64)} is not in the caller's "
+                                f"environment")
+            scopes.setdefault(environment.value, []).append(namespace)
     except QkmsError as exc:
         return _error(exc, request_id)
     out = {}
+    limit = int(limit_text)
     for service in request.app[SERVICES]():
-        entries = service.audit.recent(int(limit_text))
-        stats = await service.get_statistics()
+        namespaces = scopes.get(service.environment.value)
+        if not namespaces:
+            continue
+        prefixes = tuple(f"{n}/" for n in namespaces)
+        entries = [e for e in service.audit.recent(100_000)
+                   if e.key_name and e.key_name.startswith(prefixes)][-limit:]
         out[service.environment.value] = {
-            "operations": stats["operations"], "failures": stats["failures"],
+            "namespaces": namespaces,
+            "operations": dict(Counter(f"{e.operation}:{e.result}" for e in entries)),
+            "failures": dict(Counter(e.details.get("code", "unknown") for e in entries
+                                     if e.result != "success")),
             "recent": [e.to_dict() for e in entries]}
     return _json(out, request_id=request_id)
 
@@ -133,12 +222,21 @@ def make_app(plane: DataPlane, services: Any, metrics_: Metrics | None = None) -
     app[PLANE] = plane
     app[METRICS] = metrics_ or Metrics()
     app[SERVICES] = services
+    token = os.environ.get("QKMS_METRICS_TOKEN", "").strip()
+    app[METRICS_TOKEN] = hashlib.sha256(token.encode()).digest() if token else b""
+    app.on_cleanup.append(_flush_denials)
     app.router.add_post("/v1/keys/{namespace}/{target}", key_operation)
     app.router.add_get("/health/keys", health)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics/keys", metrics)
     app.router.add_get("/audit/keys", audit)
     app.router.add_get("/openapi.json", openapi)
     return app
+
+
+async def _flush_denials(app: web.Application) -> None:
+    await app[PLANE].denials.flush()
 
 
 def tls_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
@@ -184,7 +282,7 @@ async def start_data_plane(directory: KeyDirectory, registry: Any, authenticator
         registry.on_new.append(metrics_.attach)
         for service in registry.all():
             metrics_.attach(service)
-    plane = DataPlane(directory, authenticator, authorizer)
+    plane = DataPlane(directory, authenticator, authorizer, registry=registry)
     app = make_app(plane, registry.all, metrics_)
     host, _, port = listen.rpartition(":")
     context = tls_context(*tls) if tls else None

@@ -47,6 +47,8 @@ class Metrics:
 
     def observe_entry(self, entry: AuditEntry) -> None:
         self.audit_events.inc()
+        count = entry.details.get("count", "1")  # aggregated refusals carry their count
+        times = int(count) if count.isdigit() else 1
         algorithm = entry.details.get("algorithm") or self._algorithms.get(entry.key_name or "",
                                                                            "unknown")
         if entry.operation == "CREATE" and entry.result == "success":
@@ -56,7 +58,7 @@ class Metrics:
         elif entry.operation in ROTATIONS:
             self.rotations.labels(entry.reason or "unknown", entry.result).inc()
         else:
-            self.operations.labels(entry.operation, algorithm, entry.result).inc()
+            self.operations.labels(entry.operation, algorithm, entry.result).inc(times)
 
     def observe_latency(self, provider: str, operation: str, seconds: float) -> None:
         self.latency.labels(provider, operation).observe(seconds)

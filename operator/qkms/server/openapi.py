@@ -102,28 +102,47 @@ def _operation(operation: str) -> dict[str, Any]:
             "413": _error("body too large"),
             "415": _error("not JSON"),
             "422": _error("operation not allowed for the key's usage"),
-            "503": _error("KMS provider unavailable"),
+            "503": _error("KMS provider unavailable, audit storage failed, or the key's "
+                          "record was rolled back (record_rollback)"),
         }}}
 
 
 def document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         f"/v1/keys/{{namespace}}/{{name}}:{op}": _operation(op) for op in OPERATIONS}
-    paths["/health/keys"] = {"get": {"operationId": "health", "responses": {
-        "200": {"description": "healthy or degraded",
-                "content": {"application/json": {"schema": {"type": "object"}}}},
-        "503": {"description": "unhealthy",
-                "content": {"application/json": {"schema": {"type": "object"}}}}}}}
-    paths["/metrics/keys"] = {"get": {"operationId": "metrics", "responses": {
-        "200": {"description": "Prometheus text format",
-                "content": {"text/plain": {"schema": {"type": "string"}}}}}}}
+    plain = {"content": {"application/json": {"schema": {"type": "object"}}}}
+    paths["/healthz"] = {"get": {"operationId": "liveness", "responses": {
+        "200": {"description": "the process answers (no detail)", **plain}}}}
+    paths["/readyz"] = {"get": {"operationId": "readiness", "responses": {
+        "200": {"description": "ready (no detail)", **plain},
+        "503": {"description": "an environment is unhealthy (no detail)", **plain}}}}
+    paths["/health/keys"] = {"get": {
+        "operationId": "health",
+        "description": "The overall status; with a token allowed `metrics` (or the metrics "
+                       "token), per-environment and per-component detail too.",
+        "security": [{}, {"bearer": []}], "responses": {
+            "200": {"description": "healthy or degraded", **plain},
+            "401": _error("a bad token"), "403": _error("not allowed the detail"),
+            "503": {"description": "unhealthy", **plain}}}}
+    paths["/metrics/keys"] = {"get": {
+        "operationId": "metrics", "security": [{"bearer": []}],
+        "description": "Prometheus metrics, per key included: for the metrics token "
+                       "(QKMS_METRICS_TOKEN) or a caller allowed `metrics`.",
+        "responses": {
+            "200": {"description": "Prometheus text format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}},
+            "401": _error("no token or a bad token"), "403": _error("not allowed")}}}
     paths["/audit/keys"] = {"get": {"operationId": "audit", "security": [{"bearer": []}],
                                     "parameters": [{"name": "limit", "in": "query",
                                                     "schema": {"type": "integer", "minimum": 1,
-                                                               "maximum": 1000}}],
+                                                               "maximum": 1000}},
+                                                   {"name": "namespace", "in": "query",
+                                                    "description": "comma-separated; "
+                                                    "default: the caller's own",
+                                                    "schema": {"type": "string"}}],
                                     "responses": {
-        "200": {"description": "audit statistics and recent entries with CIDs",
-                "content": {"application/json": {"schema": {"type": "object"}}}},
+        "200": {"description": "recent entries (with CIDs) of the namespaces the caller may "
+                               "audit, and counts over them", **plain},
         "400": _error("bad query"), "401": _error("no token or a bad token"),
         "403": _error("not allowed")}}}
     schemas: dict[str, Any] = {f"{op.title()}Request": _item(op) for op in OPERATIONS}
