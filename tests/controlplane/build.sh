@@ -15,7 +15,11 @@ build() {  # build MODULE_DIR OUTPUT_NAME PACKAGE
   if [ ! -x "$out/$name" ]; then
     mkdir -p "$out"
     echo "building $name ($1) into $out" >&2
-    (cd "$dir" && go build -trimpath -ldflags=-s -o "$out/$name.tmp" "$pkg") && mv "$out/$name.tmp" "$out/$name"
+    if ! (cd "$dir" && go build -trimpath -ldflags=-s -o "$out/$name.tmp" "$pkg"); then
+      echo "building $name failed" >&2
+      return 1
+    fi
+    mv "$out/$name.tmp" "$out/$name"
   fi
   echo "$out"
 }

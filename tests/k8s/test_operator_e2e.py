@@ -270,3 +270,63 @@ async def test_import_from_a_secret_and_scheduled_backups(kube, qkms_operator, t
     found = await eventually(lambda: sorted(backups.glob("qkms-dev-*.json")) if backups.is_dir()
                              else None, timeout=30, what="a scheduled backup")
     assert b"PRIVATE" not in found[0].read_bytes()
+
+
+async def test_gitops_rotation_request_migration_policy_replan_and_delete(
+        kube, qkms_operator, tmp_path, control_plane):
+    """One-shot requests from Git (spec.rotationRequest, exactly once per token), a
+    migration by changing spec.algorithm, a KeyPolicy change re-planning its keys, and
+    deletionPolicy Delete scheduling destruction through the finalizer."""
+    await qkms_operator.start()
+    await kube.create("namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                     "metadata": {"name": NS,
+                                                  "labels": {"qkms.io/environment": "dev"}}})
+    policy = yaml.safe_load((ROOT / "examples" / "keypolicy-dev.yaml").read_text())
+    await kube.create("keypolicies", policy)
+    await kube.create(MK, {"apiVersion": "qkms.io/v1alpha1", "kind": "ManagedKey",
+                           "metadata": {"name": "gitops", "namespace": NS},
+                           "spec": {"usage": "SIGNING", "algorithm": "Ed25519", "owner": "git",
+                                    "deletionPolicy": "Delete"}}, NS)
+    first = await ready(kube, "gitops")
+
+    async def versions(count: int) -> dict | None:
+        body = await kube.get(MK, "gitops", NS)
+        status = body.get("status") or {}
+        done = len(status.get("versions", [])) == count and \
+            status.get("observedGeneration") == body["metadata"]["generation"]
+        return body if done else None
+
+    # A rotation request from Git: one new version; the same token again rotates nothing.
+    await kube.patch(MK, "gitops", {"spec": {"rotationRequest": {"token": "2026-12-06-a",
+                                                                 "reason": "MANUAL"}}}, NS)
+    rotated = await eventually(lambda: versions(2), timeout=30, what="one rotation")
+    assert rotated["status"]["lastRequestToken"] == "2026-12-06-a"
+    await kube.patch(MK, "gitops", {"spec": {"owner": "git-team"}}, NS)  # a new generation
+    still = await eventually(lambda: versions(2), timeout=30, what="re-reconciled")
+    assert [v["state"] for v in still["status"]["versions"]] == ["GRACE", "ACTIVE"]
+
+    # Migration: the next version uses the new algorithm, audited and announced.
+    await kube.patch(MK, "gitops", {"spec": {"algorithm": "Ed25519+ML-DSA-65"}}, NS)
+    migrated = await eventually(lambda: versions(3), timeout=30, what="migration")
+    assert migrated["status"]["algorithm"] == "Ed25519+ML-DSA-65"
+    await eventually(lambda: _has_event(kube, "gitops", "KeyMigrated"), what="KeyMigrated")
+
+    # The KeyPolicy's schedule changes: its keys are re-planned without being touched.
+    before = migrated["status"]["nextRotation"]
+    await kube.patch("keypolicies", "dev", {"spec": {"rotationSchedule": {"SIGNING": "P10D"}}})
+
+    async def replanned() -> bool:
+        body = await kube.get(MK, "gitops", NS)
+        return body["status"].get("nextRotation") not in (None, before)
+    await eventually(replanned, timeout=30, what="the key re-planned by its policy")
+    assert first["status"]["keyId"] != migrated["status"]["keyId"]
+
+    # deletionPolicy Delete: the finalizer schedules destruction after the policy's window.
+    await kube.delete(MK, "gitops", NS)
+    await eventually(lambda: _gone(kube, "gitops"), timeout=30, what="finalizer ran")
+    await eventually(lambda: _has_event(kube, "gitops", "KeyDeleted"), what="KeyDeleted")
+    replica = service_for(control_plane, tmp_path)
+    record = replica.get_record(f"{NS}/gitops")
+    assert {v.state.value for v in record.versions} <= {"PENDING_DELETION", "DESTROYED",
+                                                        "RETIRED", "REVOKED"}, record.versions
+    assert any(v.state.value == "PENDING_DELETION" for v in record.versions)
