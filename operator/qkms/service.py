@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 from qkms import lifecycle
 from qkms.audit.chain import AuditChain
 from qkms.audit.chain import options_from_env as chain_options_from_env
-from qkms.audit.entry import Actor, AuditEntry, AuditSink, MemoryAuditLog, digest
+from qkms.audit.entry import Actor, AuditEntry, AuditSink, MemoryAuditLog
+from qkms.audit.mac import AuditMac, parse_rotation
 from qkms.config import Settings
 from qkms.crypto import suite_for
 from qkms.crypto.base import InvalidCiphertext, PublicKey
@@ -184,6 +185,9 @@ class KeyManagementService:
                                   Sealer(kek or load_or_create_kek(kek_path), *older))
         self.catalog = Catalog(self.sealed)
         self.catalog.load()
+        self.audit_mac = AuditMac(self.sealed, clock=lambda: self.clock(),
+                                  rotation=parse_rotation(os.environ.get(
+                                      "QKMS_AUDIT_MAC_ROTATION")))
         self.provider: Provider = provider or build_provider(self.settings, self.sealed)
         self.events = EventBus()
         if audit is None:
@@ -506,11 +510,12 @@ class KeyManagementService:
                                        name=str(key_id))
             raise
 
-    @staticmethod
-    def _digests(op: Operation, data: Any) -> dict[str, str]:
-        if op in (Operation.DECRYPT,) or isinstance(data, OperationResult):
+    def _digests(self, op: Operation, data: Any) -> dict[str, str]:
+        """A keyed digest (HMAC-SHA256 under the environment's audit MAC key) of the data,
+        so that the log proves what was handled without letting its readers test guesses."""
+        if op in (Operation.DECRYPT,) or isinstance(data, OperationResult) or not data:
             return {}
-        return {"data": digest(_bytes(data, "data"))} if data else {}
+        return {"data": self.audit_mac.digest(_bytes(data, "data"))}
 
     def _usable(self, record: KeyRecord, named: KeyVersion | None, op: Operation) -> KeyVersion:
         """The version an operation runs on: the one named, else the active one."""
@@ -847,12 +852,17 @@ class KeyManagementService:
 
     async def prune_audit(self) -> Any:
         """Apply the retention period: drop whole audit segments older than it, only where a
-        signed checkpoint anchors what remains (so the rest still verifies)."""
-        if not isinstance(self.audit, AuditChain):
-            return None
+        signed checkpoint anchors what remains (so the rest still verifies).  The audit MAC
+        key is rotated here too, and retired MAC keys are kept as long as their entries."""
         from qkms.audit.retention import cutoff_for, prune
 
-        cutoff = cutoff_for(self.settings.audit_retention, self.clock())
+        now = self.clock()
+        cutoff = cutoff_for(self.settings.audit_retention, now)
+        done = await asyncio.to_thread(self.audit_mac.maintain, now - cutoff)
+        if done:
+            log.info("audit MAC keys of %s: %s", self.environment.value, ", ".join(done))
+        if not isinstance(self.audit, AuditChain):
+            return None
         return await asyncio.to_thread(prune, self.audit.root, cutoff)
 
     async def close(self) -> None:

@@ -167,3 +167,45 @@ async def test_probes_are_public_and_bare_detail_and_metrics_need_a_token(plane,
 
 
 SIGN = "/v1/keys/payments/user-service-signing:sign"
+
+
+async def test_audit_reads_are_scoped_and_digests_are_keyed(plane, tmp_path):
+    """Item 2: a caller allowed `audit` in its own namespace read every environment's entries,
+    and an entry's unsalted sha256(input) gave a 4-digit plaintext away."""
+    import hashlib
+
+    service = plane.service()
+    await service.create_key(name="billing/ledger", usage="SIGNING", algorithm="Ed25519",
+                             owner="billing")
+    status, _ = await raw_post(f"{plane.url}/v1/keys/billing/ledger:sign", "billing",
+                               body=b'{"input": "NDI0Mg=="}')  # "4242"
+    assert status == 200
+    status, _ = await raw_post(f"{plane.url}{SIGN}", body=b'{"input": "NDI0Mg=="}')
+    assert status == 200
+    status, text = await get(plane.url + "/audit/keys?limit=1000", "auditor")
+    assert status == 200
+    audit = json.loads(text)
+    names = {e["key_name"] for e in audit["dev"]["recent"]}
+    assert names and all(n.startswith("payments/") for n in names), names
+    assert set(audit) == {"dev"} and audit["dev"]["namespaces"] == ["payments"]
+    for query in ("?namespace=billing", "?namespace=payments,billing",
+                  "?namespace=checkout-prod"):
+        status, _ = await get(plane.url + "/audit/keys" + query, "auditor")
+        assert status == 403
+    # The digest of "4242" is keyed: the 10,000 PINs' sha256 match nothing.
+    signed = [e for e in plane.seen if e.operation == "SIGN" and e.result == "success"]
+    kept = {e.digests["data"] for e in signed}
+    assert all(d.startswith("hmac-sha256:") for d in kept)
+    guesses = {"sha256:" + hashlib.sha256(f"{pin:04d}".encode()).hexdigest()
+               for pin in range(10_000)}
+    assert not guesses & kept and not any(d.split(":")[-1] in {g[7:] for g in guesses}
+                                          for d in kept)
+    # Whoever holds the store and its master key can still find an input's entries.
+    from qkms.audit.mac import keyring_near
+    from qkms.audit.search import Query, search
+
+    folder = service.audit.root
+    found = list(search(folder, Query(digests=frozenset(keyring_near(folder)
+                                                       .candidates(b"4242")))))
+    assert {e["key_name"] for e in found} == {"billing/ledger",
+                                              "payments/user-service-signing"}

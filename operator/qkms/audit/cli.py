@@ -67,6 +67,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     find.add_argument("--result", choices=["success", "denied", "error"])
     find.add_argument("--since", help="ISO 8601 date or time (inclusive)")
     find.add_argument("--until", help="ISO 8601 date or time (exclusive)")
+    find.add_argument("--input", type=Path,
+                      help="entries that handled this file's bytes (their keyed digest, "
+                           "computed with the store's audit MAC keys; needs the master key)")
+    find.add_argument("--master-key-file", type=Path,
+                      help="for --input: the master key (default: found near the store)")
     report = action("report", "a SOC 2 or GDPR report from the verified, signed chain")
     report.add_argument("--standard", required=True, choices=["soc2", "gdpr"])
     report.add_argument("--since", help="ISO 8601 date or time (inclusive)")
@@ -217,9 +222,19 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
+    digests = None
+    if args.input is not None:
+        from .mac import keyring_near
+
+        try:
+            data = args.input.read_bytes()
+        except OSError as exc:
+            raise InvalidInputError("--input", f"cannot read {args.input}: {exc.strerror}"
+                                    ) from None
+        digests = frozenset(keyring_near(_folder(args), args.master_key_file).candidates(data))
     query = Query(key=args.key, actor=args.actor, operation=args.operation, result=args.result,
                   since=parse_moment(args.since, "--since"),
-                  until=parse_moment(args.until, "--until"))
+                  until=parse_moment(args.until, "--until"), digests=digests)
     stats = SearchStats()
     out = sys.stdout
     for entry in search(_folder(args), query, stats):

@@ -1,7 +1,8 @@
 """A plain audit entry and the sink protocol the service writes to.
 
-Entries record who did what to which key and how it ended, plus digests of
-the data handled; never the data, never key material.  The hash-chained,
+Entries record who did what to which key and how it ended, plus keyed digests
+(HMAC-SHA256 under the environment's audit MAC key, ``qkms.audit.mac``) of the
+data handled; never the data, never key material.  The hash-chained,
 CID-addressed log implements ``AuditSink``; ``MemoryAuditLog`` keeps recent
 entries in memory for tests and when audit is disabled.
 """
@@ -60,7 +61,9 @@ class AuditEntry:
 
 
 def digest(data: bytes) -> str:
-    """The digest an entry keeps of data it handled (sha256, hex)."""
+    """A plain sha256 (hex) of public bytes.  Never for data a caller handled: an unkeyed
+    hash of a short input is a brute-force away from it; the service keeps
+    ``qkms.audit.mac`` HMAC digests of those."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 

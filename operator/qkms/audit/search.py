@@ -41,9 +41,13 @@ class Query:
     result: str | None = None     # success | denied | error
     since: datetime | None = None
     until: datetime | None = None
+    digests: frozenset[str] | None = None  # any of these keyed digests (``audit.mac``)
 
     def matches(self, value: dict[str, Any]) -> bool:
         if self.key is not None and self.key not in (value["keyName"], value["keyId"]):
+            return False
+        if self.digests is not None and not self.digests & set(
+                (value.get("digests") or {}).values()):
             return False
         if self.actor is not None:
             actor = value["actor"]
