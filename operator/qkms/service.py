@@ -219,7 +219,7 @@ class KeyManagementService:
     def _resolve(self, ref: Any) -> tuple[KeyRecord, KeyVersion | None]:
         """Find a key by name or version key ID, refusing other environments."""
         text = str(ref).strip()
-        match = KEY_ID_RE.match(text)
+        match = KEY_ID_RE.fullmatch(text)
         if match and match["env"] != self.environment.value:
             raise EnvironmentMismatchError(text, match["env"], self.environment.value)
         record = self._lookup(text, by_key_id=bool(match))
@@ -426,7 +426,7 @@ class KeyManagementService:
         if name is None:
             slug = re.sub(r"[^a-z0-9]+", "-", owner.lower()).strip("-")[:40] or "key"
             return f"{slug}-{usage.value.lower().replace('_', '-')}-{key_id[-8:]}"
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(str(name)):
             raise InvalidInputError(
                 "name", f"{name!r} must be lower-case DNS labels, optionally namespace/name")
         return name

@@ -12,6 +12,7 @@ reported by path and skipped: every other key keeps being served.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -106,6 +107,10 @@ def load_manifests(folder: Path) -> Manifests:
                 if kind == "KeyPolicy":
                     found.policies.append(parse_key_policy(doc))
                 else:
+                    if meta.get("namespace") == STATUS_FOLDER:  # its projections would land
+                        raise InvalidInputError(  # among the statuses of other keys
+                            "metadata.namespace", f"{STATUS_FOLDER!r} is the status folder of "
+                            "qkms serve's output; use another namespace")
                     found.keys.append(parse_managed_key(doc))
             except InvalidInputError as exc:
                 found.errors.append(f"{path}: {kind} {meta.get('name')}: {exc}")
@@ -114,12 +119,53 @@ def load_manifests(folder: Path) -> Manifests:
     return found
 
 
+STATUS_FOLDER = "status"  # <out>/status/<namespace>/<name>.json: no namespace may be called so
+
+
+def safe_path(out: Path, *parts: str) -> Path:
+    """``out/parts...`` for writing: every folder below ``out`` is made 0700 or must be a real
+    folder; a symbolic link (planted to send a projection elsewhere) is refused."""
+    folder = out
+    for part in parts[:-1]:
+        if part in ("", ".", "..") or "/" in part or "\0" in part:
+            raise InvalidInputError("--out", f"{part!r} is not a folder name")
+        folder = folder / part
+        if folder.is_symlink():
+            raise InvalidInputError("--out", f"{folder} is a symbolic link: qkms writes "
+                                             "projections only into real folders")
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            if not folder.is_dir() or folder.is_symlink():
+                raise InvalidInputError("--out", f"{folder} is not a folder") from None
+    return folder / parts[-1]
+
+
+def read_nofollow(path: Path) -> str | None:
+    """A projection file's text, never through a symbolic link (None if absent or a link)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link where a projection belongs: replace it
+            return None
+        raise
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
+        return handle.read()
+
+
 def _write_atomic(path: Path, content: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write through a temporary file and rename it over ``path``: a link at ``path`` is
+    replaced, never followed.  The caller made the folder with ``safe_path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(content)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class Standalone:
@@ -185,14 +231,15 @@ class Standalone:
     def _apply(self, mk: ManagedKey, outcome: Outcome) -> None:
         ns, name = mk.namespace or "default", mk.name or ""
         self.statuses[(ns, name)] = outcome.status
-        _write_atomic(self.out / "status" / ns / f"{name}.json",
+        self.out.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_atomic(safe_path(self.out, STATUS_FOLDER, ns, f"{name}.json"),
                       json.dumps(outcome.status.to_dict(), indent=2, sort_keys=True) + "\n")
         projection = mk.spec.projection
         if outcome.projection is not None and projection is not None:
             for target in filter(None, (projection.secret_name, projection.config_map_name)):
                 for key, value in outcome.projection.items():
-                    path = self.out / ns / target / key
-                    if not path.exists() or path.read_text() != value:
+                    path = safe_path(self.out, ns, target, key)
+                    if read_nofollow(path) != value:
                         _write_atomic(path, value)
         for event in outcome.events:
             self.say(f"{event.type} {event.reason} {ns}/{name}: {event.message}")

@@ -38,7 +38,7 @@ Duration = timedelta | isodate.Duration
 def parse_duration(value: str, field: str) -> Duration:
     """Parse a positive ISO 8601 duration or raise naming ``field``."""
     text = str(value).strip()
-    if not _DURATION_RE.match(text):
+    if not _DURATION_RE.fullmatch(text):
         raise InvalidDurationError(
             field, f"{value!r} is not an ISO 8601 duration (examples: P30D, PT5S, P1Y)"
         )

@@ -656,7 +656,7 @@ class _Resource(_Spec):
                                           {"key": key})
         for key in ("name", "namespace"):
             value = meta.get(key)
-            if value is not None and (len(value) > 253 or not re.match(_DNS_NAME, value)):
+            if value is not None and (len(value) > 253 or not re.fullmatch(_DNS_NAME, value)):
                 raise PydanticCustomError(
                     "invalid_input", "{key} {value} must be a lower-case DNS name",
                     {"key": key, "value": repr(value[:64])})

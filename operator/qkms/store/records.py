@@ -22,7 +22,7 @@ SUFFIX = ".rec"
 
 def check_record_name(kind: str, name: str) -> None:
     for field, value in (("record kind", kind), ("record name", name)):
-        if not _SAFE.match(value):
+        if not _SAFE.fullmatch(value):
             raise InvalidInputError(field, f"{value!r} must match {_SAFE.pattern}")
 
 
