@@ -7,8 +7,12 @@
 - ``kube`` (per test): an admin client of that server. After the test, everything the
   test made is removed (ManagedKeys, KeyPolicies, namespaces, the operator's state in
   ``qkms-system``), so each test starts from a freshly installed cluster.
+- ``make_kubo``: real kubo IPFS nodes, offline on 127.0.0.1 (tests/support/kubo.py).
 - ``operator_kubeconfig``: a kubeconfig with a real token of ServiceAccount
   ``qkms-system/qkms``, so the operator under test has exactly the RBAC it ships.
+- ``running_control_plane(folder)`` (sync) and ``private_control_plane(folder)`` (async):
+  a control plane of one test or bench alone, for faults that stop or restart its servers
+  (kube-apiserver, etcd) or loads that would disturb the session's.
 
 A control plane that cannot be built or started fails the run under
 ``QKMS_REQUIRE_SERVERS=1`` (CI) and skips with the reason elsewhere.
@@ -27,6 +31,7 @@ import yaml
 
 from tests.support.controlplane import ControlPlane, ControlPlaneError, binaries
 from tests.support.kubeclient import KubeClient, KubeError, eventually
+from tests.support.kubo import make_kubo  # noqa: F401 - the kubo fixture, for every folder
 from tests.support.servers import require_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,31 +108,48 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             binaries()
 
 
-@contextlib.contextmanager
-def running_control_plane(folder: Path, *, base: bool = True) -> Iterator[ControlPlane]:
-    """Start a control plane (with the base install unless `base` is false) for the block.
-    Sync, so that session- and module-scoped fixtures can use it outside any test's loop."""
+async def _started(folder: Path, base: bool) -> ControlPlane:
+    """A started control plane (with the base install unless `base` is false), or the
+    test fails (CI) or skips with the reason, the servers' logs included."""
     try:
         cp = ControlPlane(folder)
     except ControlPlaneError as exc:
         require_server("the Kubernetes control plane", str(exc))
-
-    async def up() -> None:
-        try:
-            await cp.start()
-            if base:
-                await install_base(cp)
-        finally:
-            await cp.client.close()
     try:
-        asyncio.run(up())
+        await cp.start()
+        if base:
+            await install_base(cp)
     except (ControlPlaneError, TimeoutError, KubeError, OSError) as exc:
-        asyncio.run(cp.stop())
+        await cp.stop()
         require_server("the Kubernetes control plane", f"{exc}\n{cp.logs()}")
+    return cp
+
+
+@contextlib.contextmanager
+def running_control_plane(folder: Path, *, base: bool = True) -> Iterator[ControlPlane]:
+    """Start a control plane (with the base install unless `base` is false) for the block.
+    Sync, so that session- and module-scoped fixtures can use it outside any test's loop."""
+    async def up() -> ControlPlane:
+        cp = await _started(folder, base)
+        await cp.client.close()  # the admin client belongs to this loop
+        return cp
+    cp = asyncio.run(up())
     try:
         yield cp
     finally:
         asyncio.run(cp.stop())
+
+
+@contextlib.asynccontextmanager
+async def private_control_plane(folder: Path, *, base: bool = True
+                                ) -> AsyncIterator[ControlPlane]:
+    """The same, inside a running event loop: a control plane of one test (or bench) alone,
+    which it may stop, restart or overload without disturbing the session's."""
+    cp = await _started(folder, base)
+    try:
+        yield cp
+    finally:
+        await cp.stop()
 
 
 @pytest.fixture(scope="session")

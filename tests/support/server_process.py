@@ -36,10 +36,11 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def http_status(url: str, timeout: float = 1.0) -> int | None:
-    """The HTTP status of a GET, or None when nothing answers."""
+def http_status(url: str, timeout: float = 1.0, method: str = "GET") -> int | None:
+    """The HTTP status of a GET (or `method`), or None when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as rsp:  # noqa: S310 - loopback
+        request = urllib.request.Request(url, method=method)
+        with urllib.request.urlopen(request, timeout=timeout) as rsp:  # noqa: S310 - loopback
             return int(rsp.status)
     except urllib.error.HTTPError as exc:
         return exc.code

@@ -55,6 +55,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     verify.add_argument("--deep", action="store_true",
                         help="also decode every entry strictly and check it is canonical DAG-CBOR")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.add_argument("--anchor", action="append", default=[],
+                        metavar="ipfs:URL|file:PATH",
+                        help="check the log against checkpoint CIDs kept elsewhere (an IPFS "
+                             "node's anchor file, or a file of '<size> <CID>' lines): a cut or "
+                             "re-signed log fails as truncated, forked or unanchored; repeatable")
     export = action("export", "write the chain, or a range, as a CARv1 file for "
                               "`ipfs dag import`")
     export.add_argument("--car", required=True, help="output file (- for stdout)")
@@ -182,6 +187,8 @@ def _verify(args: argparse.Namespace) -> int:
     else:
         result = verify_folder(_folder(args), public_key=key, deep=args.deep)
     finding = result.finding or (car_result.finding if car_result else None) or difference
+    if finding is None and args.anchor:
+        finding = _anchored(args.anchor, _folder(args), result)
     if args.save_key and result.public_key:
         Path(args.save_key).write_text(base64.b64encode(result.public_key).decode() + "\n")
     if args.json:
@@ -204,6 +211,28 @@ def _verify(args: argparse.Namespace) -> int:
         else:
             print(f"FAILED: {finding}")
     return 0 if finding is None else 1
+
+
+def _anchored(sources: list[str], folder: Path, result: Any) -> Any:
+    """The first contradiction between the verified log and its anchors, or None."""
+    from . import anchors
+
+    if result.public_key is None:
+        return anchors.Finding("unanchored", None, None,
+                               "the log has no signed checkpoint to compare with anchors")
+    found: list[anchors.Anchor] = []
+    for source in sources:
+        kind, _, where = source.partition(":")
+        try:
+            if kind == "ipfs" and where:
+                found += anchors.read_ipfs(where, result.public_key)
+            elif kind == "file" and where:
+                found += anchors.read_file(Path(where))
+            else:
+                raise InvalidInputError("--anchor", f"{source!r}: use ipfs:URL or file:PATH")
+        except (OSError, ValueError) as exc:
+            raise InvalidInputError("--anchor", str(exc)) from None
+    return anchors.check(found, anchors.log_checkpoints(folder), result.last_seq)
 
 
 def _export(args: argparse.Namespace) -> int:

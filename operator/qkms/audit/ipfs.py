@@ -6,7 +6,9 @@ node.  The pusher follows the log on disk from a cursor kept in
 down for hours is caught up later.  Each block is sent with
 ``POST /api/v0/block/put?cid-codec=dag-cbor&mhtype=sha2-256`` and the CID
 the node answers must equal ours, which checks the node stored exactly our
-bytes.  ``status()`` exposes the push lag in entries and seconds.
+bytes.  After a checkpoint's block, its ``<size> <CID>`` is appended to the node's anchor
+file for the checkpoint key (see anchors.py), which ``qkms audit verify --anchor``
+checks.  ``status()`` exposes the push lag in entries and seconds.
 
 Configured by ``QKMS_IPFS_API`` or the KeyPolicy's ``auditPolicy.ipfsEndpoint``
 (for example ``http://ipfs.ipfs:5001``).
@@ -22,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import anchors
+from .checkpoint import parse_checkpoint
 from .encoding import cid_str, entry_prefix, is_entry
 from .store import MAGIC, Record, read_from, segment_paths
 
@@ -153,6 +157,13 @@ class IpfsPusher:
 
         results = await asyncio.gather(*(one(r) for r in batch), return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
+        if not failures:  # each checkpoint is anchored once its block is on the node
+            try:
+                for record in batch:
+                    if not is_entry(record.block):
+                        await self.anchor(session, record)
+            except (OSError, ValueError) as exc:
+                failures.append(exc)
         if failures:
             self.errors += len(failures)
             self.last_error = f"{type(failures[0]).__name__}: {failures[0]}"
@@ -160,6 +171,12 @@ class IpfsPusher:
                         len(failures), self.last_error)
             return False
         return True
+
+    async def anchor(self, session: Any, record: Record) -> None:
+        """Append the checkpoint's ``<size> <CID>`` to the node's anchor file (anchors.py)."""
+        checkpoint = parse_checkpoint(record.cid, record.block)
+        await anchors.publish(session, self.endpoint, checkpoint.public_key,
+                              anchors.Anchor(checkpoint.size, checkpoint.cid_text))
 
     async def put(self, session: Any, cid: bytes, block: bytes) -> None:
         """Store one block on the node; raise unless it answers with our CID."""

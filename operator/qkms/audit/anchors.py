@@ -1,0 +1,151 @@
+"""Anchors: checkpoint CIDs kept outside the audit folder, so cutting or re-signing it shows.
+
+A checkpoint signs the log up to its size, but someone who can write the audit folder can
+cut the log *and* its checkpoint file back to an earlier checkpoint (every signature
+still holds), or rebuild the whole log under a fresh key (trust on first use accepts it).
+Only a record of checkpoints that the folder's writer cannot rewind catches either.
+
+An anchor is one line, ``<size> <checkpoint CID>``. The IPFS pusher appends one to a file
+in the node's MFS, ``/qkms-audit/<key fingerprint>/anchors``, after the checkpoint block
+itself is stored there, so the node holds both the anchor and what it names. ``qkms audit
+verify --anchor ipfs:URL`` (or ``--anchor file:PATH``, any copy of the lines) then checks
+every anchored checkpoint against the verified log:
+
+- the log ends before an anchored checkpoint: ``truncated``;
+- the log has another checkpoint at that size, or none: ``forked``;
+- no anchor at all for the log's key: ``unanchored`` (a log re-signed under a new key has
+  none), which fails verification, since an anchor source was asked for.
+
+The anchor is only as strong as the separation between the audit volume and the IPFS
+node: the qkms process appends and never rewrites, but anyone holding the node's RPC API
+could. Pruning keeps anchors: a pruned log still holds the checkpoint it starts from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import parse_checkpoint
+from .encoding import is_entry
+from .store import iter_log
+from .verify import Finding
+
+MFS_ROOT = "/qkms-audit"
+
+
+@dataclass(frozen=True, order=True)
+class Anchor:
+    size: int
+    cid: str
+
+    def line(self) -> str:
+        return f"{self.size} {self.cid}\n"
+
+
+def key_fingerprint(public_key: bytes) -> str:
+    """How anchor files are named: the first 16 bytes of SHA-256 of the checkpoint key."""
+    return hashlib.sha256(public_key).hexdigest()[:32]
+
+
+def mfs_path(public_key: bytes) -> str:
+    return f"{MFS_ROOT}/{key_fingerprint(public_key)}/anchors"
+
+
+def parse_anchors(text: str, source: str) -> list[Anchor]:
+    """Anchor lines; blank lines and ``#`` comments are skipped. ``ValueError`` names the
+    source and line of anything else."""
+    anchors = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit() or not parts[1].startswith("b"):
+            raise ValueError(f"{source} line {number}: expected '<size> <checkpoint CID>'")
+        anchors.append(Anchor(int(parts[0]), parts[1]))
+    return sorted(set(anchors))
+
+
+def check(anchors: Iterable[Anchor], checkpoints: Mapping[int, str],
+          last_seq: int | None) -> Finding | None:
+    """The first anchored checkpoint the verified log contradicts, or None.
+
+    `checkpoints` maps each size the log has a checkpoint for to that checkpoint's CID.
+    """
+    anchors = sorted(anchors)
+    if not anchors:
+        return Finding("unanchored", None, None,
+                       "no anchor names this log's checkpoint key: the log may have been "
+                       "re-signed under another key, or never anchored")
+    for anchor in anchors:
+        local = checkpoints.get(anchor.size)
+        if local == anchor.cid:
+            continue
+        if local is None and (last_seq or 0) < anchor.size:
+            return Finding("truncated", (last_seq or 0) + 1, anchor.cid,
+                           f"the log ends at {last_seq or 0} but checkpoint {anchor.cid} at "
+                           f"{anchor.size} was anchored")
+        return Finding("forked", anchor.size, anchor.cid,
+                       f"anchored checkpoint {anchor.cid} at {anchor.size} is not in the log "
+                       f"(it has {local or 'no checkpoint'} there)")
+    return None
+
+
+def log_checkpoints(root: Path) -> dict[int, str]:
+    """Each checkpoint the log itself holds, by size (after truncation, the log is what is
+    left to compare)."""
+    return {cp.size: cp.cid_text for cp in (parse_checkpoint(r.cid, r.block)
+                                             for r in iter_log(root) if not is_entry(r.block))}
+
+
+def read_file(path: Path) -> list[Anchor]:
+    return parse_anchors(path.read_text(), str(path))
+
+
+def read_ipfs(endpoint: str, public_key: bytes, timeout: float = 10.0) -> list[Anchor]:
+    """The anchor lines an IPFS node holds for `public_key` (none if it has no file)."""
+    path = mfs_path(public_key)
+    url = f"{endpoint.rstrip('/')}/api/v0/files/read?" + urllib.parse.urlencode({"arg": path})
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST"),  # noqa: S310
+                                    timeout=timeout) as reply:
+            return parse_anchors(reply.read().decode(), f"{endpoint}{path}")
+    except urllib.error.HTTPError as exc:
+        message = exc.read().decode(errors="replace")
+        if "does not exist" in message or "not exist" in message:
+            return []
+        raise OSError(f"IPFS node {endpoint}: HTTP {exc.code}: "
+                      f"{_message(message)}") from None
+
+
+def _message(body: str) -> str:
+    try:
+        return str(json.loads(body).get("Message", body))[:200]
+    except ValueError:
+        return body[:200]
+
+
+async def publish(session: object, endpoint: str, public_key: bytes, anchor: Anchor) -> None:
+    """Append one anchor line to the node's MFS file for this key (made if missing)."""
+    import aiohttp
+
+    assert isinstance(session, aiohttp.ClientSession)
+    path = mfs_path(public_key)
+    base = endpoint.rstrip("/") + "/api/v0/files/"
+    async with session.post(base + "stat", params={"arg": path}) as reply:
+        size = int((await reply.json(content_type=None)).get("Size", 0)) \
+            if reply.status == 200 else 0
+    form = aiohttp.FormData()
+    form.add_field("file", anchor.line().encode(), filename="anchors",
+                   content_type="application/octet-stream")
+    params = {"arg": path, "create": "true", "parents": "true", "offset": str(size)}
+    async with session.post(base + "write", params=params, data=form) as reply:
+        if reply.status != 200:
+            raise OSError(f"anchor write HTTP {reply.status}: {_message(await reply.text())}")
