@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qkms.errors import AuditStorageError
+from qkms.store.sealing import private_dirs
 
 from .encoding import CID_LENGTH, CID_PREFIX, read_varint
 
@@ -193,12 +194,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_private(path: Path, data: bytes) -> None:
+    """Create (or overwrite) a log file with mode 0600, whatever the umask."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+        out.write(data)
+
+
 def _cut(path: Path, data: bytes, offset: int, root: Path, why: str) -> bytes:
     """Move a torn tail aside (kept for forensics) and truncate the file there."""
     torn = root / "torn"
-    torn.mkdir(exist_ok=True)
+    torn.mkdir(exist_ok=True, mode=0o700)
     keep = torn / f"{path.name}.{offset}.torn"
-    keep.write_bytes(data[offset:])
+    fd = os.open(keep, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data[offset:])
     with open(path, "r+b") as handle:
         handle.truncate(offset)
         os.fsync(handle.fileno())
@@ -261,7 +270,7 @@ class SegmentLog:
 
     # -- opening -------------------------------------------------------------
     def open(self) -> Recovered:
-        (self.root / SEGMENTS).mkdir(parents=True, exist_ok=True)
+        private_dirs(self.root / SEGMENTS)  # 0700 folders, 0600 files: entries name who did what
         self._lock()
         torn = 0
         for stale in (self.root / SEGMENTS).glob("*.tmp"):
@@ -269,7 +278,7 @@ class SegmentLog:
         paths = segment_paths(self.root)
         if not paths:
             path = segment_path(self.root, 1)
-            path.write_bytes(MAGIC)
+            _write_private(path, MAGIC)
             _fsync_dir(path.parent)
             paths = [(1, path)]
         self.number, path = paths[-1]
@@ -282,7 +291,7 @@ class SegmentLog:
                 raise AuditStorageError(f"audit log damaged: {exc}") from exc
             if exc.offset < len(MAGIC):  # a brand-new file torn inside its magic
                 data = MAGIC
-                path.write_bytes(MAGIC)
+                _write_private(path, MAGIC)
             else:
                 torn += len(data) - exc.offset
                 data = _cut(path, data, exc.offset, self.root, exc.reason)
@@ -303,7 +312,7 @@ class SegmentLog:
     def _open_checkpoints(self) -> list[Record]:
         path = self.root / CHECKPOINTS
         if not path.exists():
-            path.write_bytes(MAGIC)
+            _write_private(path, MAGIC)
         found, damage = read_checkpoints(self.root)
         data = path.read_bytes()
         if damage is not None:
@@ -311,7 +320,7 @@ class SegmentLog:
                 raise AuditStorageError(f"audit checkpoint file damaged: {damage}")
             data = _cut(path, data, max(damage.offset, len(MAGIC)), self.root, damage.reason)
             if len(data) < len(MAGIC):
-                path.write_bytes(MAGIC)
+                _write_private(path, MAGIC)
                 data = MAGIC
         self._checkpoints = _AppendFile(path, len(data))
         return found
@@ -358,7 +367,8 @@ class SegmentLog:
         number = self.number + 1
         final = segment_path(self.root, number)
         temp = final.with_suffix(".tmp")
-        with open(temp, "wb") as handle:
+        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                       "wb") as handle:
             handle.write(MAGIC + anchor)
             handle.flush()
             os.fsync(handle.fileno())

@@ -36,11 +36,14 @@ class RecordStore(Protocol):
 
 
 class FileRecordStore:
-    """Records as files ``<root>/<kind>/<name>.rec`` with atomic replacement."""
+    """Records as files ``<root>/<kind>/<name>.rec`` with atomic replacement; files are
+    0600 (``mkstemp``) and folders 0700."""
 
     def __init__(self, root: Path | str) -> None:
+        from .sealing import private_dirs
+
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dirs(self.root)
 
     def describe(self) -> str:
         return f"files under {self.root}"

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -32,11 +33,45 @@ def kek_id(kek: bytes) -> bytes:
     return hashlib.sha256(b"qkms-kek-id" + kek).digest()[:8]
 
 
+INSECURE_OVERRIDE = "QKMS_ALLOW_INSECURE_KEK"
+
+
+def check_kek_mode(path: Path) -> None:
+    """Refuse a key file that its group or others may read or write (it seals every key),
+    unless ``QKMS_ALLOW_INSECURE_KEK=1`` says that this is known and wanted."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if not mode & 0o077:
+        return
+    if os.environ.get(INSECURE_OVERRIDE, "").strip().lower() in ("1", "true", "yes"):
+        log.warning("%s is readable by group or others (mode %o); used anyway because %s is "
+                    "set", path, mode, INSECURE_OVERRIDE)
+        return
+    raise InvalidInputError("QKMS_MASTER_KEY_FILE",
+                            f"{path} is readable by group or others (mode {mode:o}): run "
+                            f"`chmod 600 {path}`, or set {INSECURE_OVERRIDE}=1 to use it anyway")
+
+
+def private_dirs(path: Path) -> None:
+    """Make ``path`` and any missing parent with mode 0700 (``mkdir(parents=True)`` gives
+    the parents the umask's mode instead)."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+
+
 def load_or_create_kek(path: Path | str) -> bytes:
-    """Read the KEK (base64 or 32 raw bytes); create it with mode 0600 if missing."""
+    """Read the KEK (base64 or 32 raw bytes), refusing one that others may read; create it
+    with mode 0600 if missing."""
     path = Path(path)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dirs(path.parent)
         kek = secrets.token_bytes(32)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
@@ -46,6 +81,7 @@ def load_or_create_kek(path: Path | str) -> bytes:
         log.warning("created a new master key (KEK) at %s with mode 0600; back it up: "
                     "without it the embedded store cannot be opened", path)
         return kek
+    check_kek_mode(path)
     return parse_kek(path.read_bytes(), str(path))
 
 
