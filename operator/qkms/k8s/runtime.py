@@ -55,7 +55,7 @@ class OperatorRuntime:
                 return SecretRecordStore(kube.core, namespace, env.value)
         self.registry = ServiceRegistry(settings, records=records, kek=kek)
         self.reconciler = KeyReconciler(self.registry, credentials=self.credentials,
-                                        secrets=kube.secret_bytes)
+                                        secrets=kube.import_secret)
         self.locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.wakers: dict[tuple[str, str], asyncio.Event] = {}
         self.projections: dict[ProjectionTarget, tuple[dict[str, Any], dict[str, str]]] = {}

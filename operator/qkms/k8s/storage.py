@@ -118,13 +118,20 @@ class Kube:
     async def secret_bytes(self, namespace: str, name: str) -> dict[str, bytes]:
         """A Secret's raw data (key material to import); LookupError when it is missing.
         Never cached: material should not outlive the import."""
+        return (await self.import_secret(namespace, name))[1]
+
+    async def import_secret(self, namespace: str, name: str
+                            ) -> tuple[dict[str, str], dict[str, bytes]]:
+        """A Secret's annotations (its ``qkms.io/import-allowed-for`` opt-in) and raw data,
+        for ``spec.importFrom``; LookupError when it is missing.  Never cached."""
         try:
             secret = await self._call(self.core.read_namespaced_secret, name, namespace)
         except ApiException as exc:
             if exc.status == 404:
                 raise LookupError(f"{namespace}/{name}") from None
             raise
-        return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+        annotations = dict((secret.metadata.annotations if secret.metadata else None) or {})
+        return annotations, {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
 
     async def managed_keys(self) -> list[dict[str, Any]]:
         listing = await self._call(self.custom.list_cluster_custom_object, GROUP, VERSION,

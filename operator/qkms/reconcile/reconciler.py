@@ -72,14 +72,21 @@ def _spec_message(exc: InvalidInputError) -> str:
     return f"{field}: {exc.reason}" if field else exc.message
 
 
+IMPORT_ANNOTATION = "qkms.io/import-allowed-for"  # on a Secret: ManagedKey names, comma-separated
+IMPORT_REFUSED = ("the Secret's data is not a key this ManagedKey can import: name the data "
+                  "key with spec.importFrom.key (unless there is only one); it must hold a PEM "
+                  "private key of spec.algorithm, or 32 raw bytes for a symmetric one")
+SecretReader = Callable[[str, str], Awaitable[tuple[Mapping[str, str], dict[str, bytes]]]]
+
+
 class KeyReconciler:
     def __init__(self, registry: ServiceRegistry, clock: Any = None,
                  credentials: Callable[[KeyPolicy | None],
                                        Awaitable[dict[str, str] | None]] | None = None,
-                 secrets: Callable[[str, str], Awaitable[dict[str, bytes]]] | None = None
-                 ) -> None:
+                 secrets: SecretReader | None = None) -> None:
         """``credentials`` reads a policy's credentialsSecretRef and ``secrets`` a Secret's
-        data for ``spec.importFrom`` (both the operator's Kube; absent in standalone mode)."""
+        annotations and data for ``spec.importFrom`` (both the operator's Kube; absent in
+        standalone mode)."""
         self.registry = registry
         self.clock = clock or (lambda: datetime.now(UTC))
         self.credentials = credentials
@@ -179,26 +186,49 @@ class KeyReconciler:
         source = mk.spec.import_from
         if source is None:
             meta = await service.create_key(algorithm=desired.algorithm, **common)
-        else:  # bring your own key: the material comes from a Secret in the namespace
-            algorithm, private = from_secret_data(
-                await self._secret(mk.namespace or "default", source.secret_name),
-                source.key, mk.spec.algorithm)
-            meta = await service.import_key(private=private, algorithm=algorithm, **common)
+        else:  # bring your own key: the material comes from a Secret that allows it
+            data = await self._secret(mk.namespace or "default", source.secret_name,
+                                      mk.name or "")
+            # A refusal says nothing about what the Secret holds (its data keys, their kind).
+            try:
+                algorithm, private = from_secret_data(data, source.key, mk.spec.algorithm)
+            except InvalidInputError:
+                raise InvalidInputError("spec.importFrom", IMPORT_REFUSED) from None
+            finally:
+                del data
+            try:
+                meta = await service.import_key(private=private, algorithm=algorithm, **common)
+            except InvalidInputError as exc:
+                if exc.field not in ("private", "algorithm"):
+                    raise
+                raise InvalidInputError("spec.importFrom", IMPORT_REFUSED) from None
         verb = "created" if source is None else f"imported from Secret {source.secret_name} as"
         events.append(KubeEvent("Normal", "KeyCreated",
                                 f"{verb} {meta.key_id} ({meta.algorithm}) in "
                                 f"{meta.provider.value}{_audit_ref(service, desired.name)}"))
         return service.get_record(desired.name)
 
-    async def _secret(self, namespace: str, name: str) -> dict[str, bytes]:
+    async def _secret(self, namespace: str, name: str, importer: str) -> dict[str, bytes]:
+        """The Secret's data, only if the Secret opts in: its annotation
+        ``qkms.io/import-allowed-for`` names this ManagedKey.  Anyone who may create a
+        ManagedKey must not be able to turn any Secret of the namespace into a key.  A
+        missing Secret and one that does not allow it are refused alike, without a word
+        about what it holds."""
         if self.secrets is None:
             raise InvalidInputError("spec.importFrom", "needs the operator: standalone mode "
                                                        "reads no Secrets")
+        refused = InvalidInputError(
+            "spec.importFrom.secretName",
+            f"Secret {namespace}/{name} does not exist or does not allow this import: it "
+            f"needs the annotation {IMPORT_ANNOTATION}: {importer}")
         try:
-            return await self.secrets(namespace, name)
+            annotations, data = await self.secrets(namespace, name)
         except LookupError:
-            raise InvalidInputError("spec.importFrom.secretName",
-                                    f"Secret {namespace}/{name} does not exist") from None
+            raise refused from None
+        allowed = {n.strip() for n in str(annotations.get(IMPORT_ANNOTATION, "")).split(",")}
+        if not importer or importer not in allowed:
+            raise refused
+        return data
 
     async def _apply_requests(self, service: KeyManagementService, mk: ManagedKey,
                               record: KeyRecord, events: list[KubeEvent]) -> KeyRecord:
