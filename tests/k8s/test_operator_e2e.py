@@ -254,7 +254,9 @@ async def test_import_from_a_secret_and_scheduled_backups(kube, qkms_operator, t
     pem = legacy.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                serialization.NoEncryption())
     await kube.create("secrets", {"apiVersion": "v1", "kind": "Secret",
-                                  "metadata": {"name": "legacy-key", "namespace": NS},
+                                  "metadata": {"name": "legacy-key", "namespace": NS,
+                                               "annotations": {
+                                                   "qkms.io/import-allowed-for": "imported"}},
                                   "data": {"tls.key": base64.b64encode(pem).decode()}}, NS)
     await kube.create(MK, {"apiVersion": "qkms.io/v1alpha1", "kind": "ManagedKey",
                            "metadata": {"name": "imported", "namespace": NS},
