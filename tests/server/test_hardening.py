@@ -209,3 +209,47 @@ async def test_audit_reads_are_scoped_and_digests_are_keyed(plane, tmp_path):
                                                        .candidates(b"4242")))))
     assert {e["key_name"] for e in found} == {"billing/ledger",
                                               "payments/user-service-signing"}
+
+
+async def test_a_health_probe_answers_during_a_large_rsa_batch(plane, monkeypatch):
+    """Item 5: a 1,000-item RSA batch after the key cache expired reloaded the key 1,000
+    times on the event loop; /health/keys took 33 s."""
+    import asyncio
+    import base64
+    import time
+
+    service = plane.service()
+    meta = await service.create_key(name="payments/rsa-signing", usage="SIGNING",
+                                    algorithm="RSA-2048", owner="payments")
+    service.provider.forget(meta.key_id)  # the key cache expired
+    loads = []
+    original = getattr(service.provider, "_load", None)
+    if original is not None:
+        async def counted(key):
+            loads.append(key.key_id)
+            return await original(key)
+        monkeypatch.setattr(service.provider, "_load", counted)
+    items = [{"input": base64.b64encode(b"item %d" % i).decode()} for i in range(1000)]
+    done = asyncio.Event()
+    latencies: list[float] = []
+
+    async def probe() -> None:
+        async with aiohttp.ClientSession() as session:
+            while not done.is_set():
+                started = time.perf_counter()
+                async with session.get(plane.url + "/health/keys") as rsp:
+                    assert rsp.status == 200
+                latencies.append(time.perf_counter() - started)
+                await asyncio.sleep(0.02)
+
+    prober = asyncio.create_task(probe())
+    await asyncio.sleep(0.05)
+    try:
+        status, body = await raw_post(f"{plane.url}/v1/keys/payments/rsa-signing:sign",
+                                      body=json.dumps({"batch_input": items}).encode())
+    finally:
+        done.set()
+        await prober
+    assert status == 200 and all("signature" in r for r in body["batch_results"])
+    assert latencies and max(latencies) < 1.0, f"slowest probe {max(latencies):.2f} s"
+    assert loads.count(meta.key_id) == 1  # loaded once for the whole batch

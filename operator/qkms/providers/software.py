@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import contextvars
+import os
 import time
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
 
 from qkms.crypto import suite_for
 from qkms.crypto.base import PrivateKey
@@ -24,6 +29,7 @@ from qkms.store.sealed import SealedStore
 from .base import Capability, CreatedKey, KeyHandle
 
 MATERIAL = "material"
+T = TypeVar("T")
 
 
 class Wrapper(Protocol):
@@ -56,6 +62,7 @@ class SoftwareKeys:
         self.mode = mode
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, PrivateKey]] = {}
+        self._loading: dict[str, asyncio.Future[PrivateKey]] = {}
 
     async def create(self, key_id: str, algorithm: Any) -> CreatedKey:
         suite = suite_for(algorithm)
@@ -81,18 +88,36 @@ class SoftwareKeys:
                           mode=self.mode)
 
     async def load(self, key: KeyHandle) -> PrivateKey:
+        """The unwrapped key object: from the cache, from the batch being served (a batch
+        loads each key once, whatever ``cache_seconds``), or loaded once for every caller
+        waiting on it at the time (a thousand concurrent misses make one load, not 1,000),
+        off the event loop (an RSA key check takes tens of milliseconds)."""
+        pinned = _BATCH.get()
+        if pinned is not None and key.key_id in pinned:
+            return pinned[key.key_id]
         now = time.monotonic()
         hit = self._cache.get(key.key_id)
         if hit is not None and hit[0] > now:
             return hit[1]
-        # A miss reads the record store, which may be the Kubernetes API: off the loop.
+        loading = self._loading.get(key.key_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(key))
+            self._loading[key.key_id] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(key.key_id, None))
+        loaded = await asyncio.shield(loading)  # a cancelled caller leaves it to the others
+        if pinned is not None:
+            pinned[key.key_id] = loaded
+        return loaded
+
+    async def _load(self, key: KeyHandle) -> PrivateKey:
+        # The record store may be the Kubernetes API, and loading checks the key: off the loop.
         record = await asyncio.to_thread(self.store.get_json, MATERIAL, key.key_id)
         if record is None:
             raise KeyNotFoundError(key.key_id)
         private = await self.wrapper.unwrap(key.key_id, base64.b64decode(record["private"]))
-        loaded = suite_for(key.algorithm).load_private(private)
+        loaded = await asyncio.to_thread(suite_for(key.algorithm).load_private, private)
         if self.cache_seconds > 0:
-            self._cache[key.key_id] = (now + self.cache_seconds, loaded)
+            self._cache[key.key_id] = (time.monotonic() + self.cache_seconds, loaded)
         return loaded
 
     def forget(self, key_id: str) -> None:
@@ -107,17 +132,55 @@ class SoftwareKeys:
 
     async def sign(self, key: KeyHandle, data: bytes, *, prehashed: bool = False) -> bytes:
         loaded = await self.load(key)
-        return loaded.sign_digest(data) if prehashed else loaded.sign(data)  # type: ignore[attr-defined]
+        return await run_crypto(loaded.sign_digest if prehashed  # type: ignore[attr-defined]
+                                else loaded.sign, data)
 
     async def encrypt(self, key: KeyHandle, plaintext: bytes, aad: bytes) -> bytes:
-        return (await self.load(key)).encrypt(plaintext, aad)
+        return await run_crypto((await self.load(key)).encrypt, plaintext, aad)
 
     async def decrypt(self, key: KeyHandle, ciphertext: bytes, aad: bytes) -> bytes:
-        return (await self.load(key)).decrypt(ciphertext, aad)
+        return await run_crypto((await self.load(key)).decrypt, ciphertext, aad)
 
     async def decapsulate(self, key: KeyHandle, ciphertext: bytes) -> bytes:
-        return (await self.load(key)).decapsulate(ciphertext)
+        return await run_crypto((await self.load(key)).decapsulate, ciphertext)
 
     async def derive(self, key: KeyHandle, info: bytes, length: int,
                      salt: bytes | None) -> bytes:
-        return (await self.load(key)).derive(info, length, salt)
+        return await run_crypto((await self.load(key)).derive, info, length, salt)
+
+
+# -- batches: each key loaded once, the private operations off the event loop ------------
+
+_BATCH: contextvars.ContextVar[dict[str, PrivateKey] | None] = contextvars.ContextVar(
+    "qkms_batch_keys", default=None)
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """A small pool of its own: a batch's items never queue behind (or ahead of) the
+    default executor's store reads, and leave a core to the event loop."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1),
+                                   thread_name_prefix="qkms-crypto")
+    return _POOL
+
+
+@contextlib.contextmanager
+def batch_scope() -> Iterator[None]:
+    """While a batch is served: each key it uses is loaded once and kept to its end, and
+    private operations run in the crypto pool, so probes and other callers keep their
+    latency however long the batch is."""
+    token = _BATCH.set({})
+    try:
+        yield
+    finally:
+        _BATCH.reset(token)
+
+
+async def run_crypto(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)``: in the crypto pool inside a batch, inline otherwise (a single
+    operation costs less than the hop to a thread)."""
+    if _BATCH.get() is None:
+        return function(*args)
+    return await asyncio.get_running_loop().run_in_executor(_pool(), function, *args)
