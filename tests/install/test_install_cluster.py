@@ -57,7 +57,7 @@ def test_helm_install_upgrade_uninstall(helm_cluster: ControlPlane):
     config = helm.Config(kubeconfig_path=helm_cluster.kubeconfig, namespace=NAMESPACE)
     release = config.install(CHART, "qkms", namespace=NAMESPACE, create_namespace=True,
                              timeout=120)
-    assert release["info"]["status"] == "deployed", release["info"]
+    assert release["status"] == "deployed", release
 
     kind = next(o["kind"] for o in manifest_objects() if o["kind"] in ("Deployment",
                                                                          "StatefulSet"))
@@ -73,7 +73,7 @@ def test_helm_install_upgrade_uninstall(helm_cluster: ControlPlane):
 
     assert asyncio.run(replicas()) == 2
     upgraded = config.upgrade(CHART, "qkms", {"replicas": 3}, namespace=NAMESPACE, timeout=120)
-    assert upgraded["version"] == 2 and upgraded["info"]["status"] == "deployed"
+    assert upgraded["revision"] == 2 and upgraded["status"] == "deployed", upgraded
     assert asyncio.run(replicas()) == 3
     config.uninstall("qkms", timeout=120)
     assert all(r["name"] != "qkms" for r in config.list() or [])

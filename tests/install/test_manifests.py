@@ -36,7 +36,7 @@ from tests.install.helpers import (
 IMAGE = "ghcr.io/qkms/qkms:0.1.0"
 # Kinds that `kubectl apply` can map before anything in the same run is created.
 BUILT_IN_KINDS = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
-                  "RoleBinding", "PersistentVolumeClaim", "Service", "Deployment",
+                  "RoleBinding", "Service", "StatefulSet",
                   "PodDisruptionBudget", "CustomResourceDefinition", "ConfigMap"}
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
 
@@ -59,7 +59,7 @@ CONTRACT: set[tuple[str, str, str]] = {
 }
 # Beyond the contract, each with its reason.
 EXTRA = {
-    # the init container creates the ClusterKopfPeering "qkms" (see 06-deployment.yaml)
+    # the init container creates the ClusterKopfPeering "qkms" (see 05-statefulset.yaml)
     ("kopf.dev", "clusterkopfpeerings", "create"),
 }
 DANGEROUS_VERBS = {"*", "escalate", "bind", "impersonate", "approve", "sign"}
@@ -72,7 +72,7 @@ def objects() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def deployment(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    return find(objects, "Deployment", "qkms")
+    return find(objects, "StatefulSet", "qkms")
 
 
 def containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
@@ -109,7 +109,7 @@ def test_every_manifest_parses_into_named_objects(objects: list[dict[str, Any]])
     assert len(keys) == len(set(keys)), "an object is defined twice"
     kinds = {o["kind"] for o in objects}
     assert {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-            "CustomResourceDefinition", "PersistentVolumeClaim", "Service", "Deployment",
+            "CustomResourceDefinition", "Service", "StatefulSet",
             "PodDisruptionBudget"} <= kinds
 
 
@@ -198,7 +198,7 @@ async def test_peering_init_container_against_an_api_server(
         assert peering["kind"] == "ClusterKopfPeering"
 
 
-# -- the Deployment's security posture ------------------------------------------------------
+# -- the StatefulSet's security posture -----------------------------------------------------
 
 def test_deployment_runs_restricted(deployment: dict[str, Any]) -> None:
     spec = deployment["spec"]
@@ -237,14 +237,23 @@ def test_operator_container(deployment: dict[str, Any]) -> None:
     pod = deployment["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes["tmp"]
-    assert volumes["audit"]["persistentVolumeClaim"] == {"claimName": "qkms-audit"}
+    # Each replica's own audit volume, from the StatefulSet's claim template (no shared claim).
+    assert "audit" not in volumes
+    (claim,) = deployment["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "audit"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
     assert {"name": "audit", "mountPath": "/var/lib/qkms"} in container["volumeMounts"]
+    assert deployment["spec"]["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Retain", "whenScaled": "Retain"}
 
 
 def test_operator_environment(deployment: dict[str, Any]) -> None:
     env = {e["name"]: e for e in operator_container(deployment)["env"]}
     assert env["QKMS_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["POD_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # One audit log per replica, named after its pod.
+    assert env["QKMS_AUDIT_WRITER"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["QKMS_STATE"]["value"] == "secrets"
     assert env["QKMS_DATA_DIR"]["value"] == "/var/lib/qkms"
     assert env["QKMS_ENVIRONMENT"]["value"] == "dev"
@@ -265,8 +274,8 @@ def test_service_pvc_and_disruption_budget(objects: list[dict[str, Any]],
     assert service["spec"]["selector"] == selector
     assert {(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == \
         {("api", 8443, "api"), ("health", 8080, "health")}
-    pvc = find(objects, "PersistentVolumeClaim", "qkms-audit")
-    assert pvc["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert deployment["spec"]["serviceName"] == service["metadata"]["name"]
+    assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim"]  # one per replica
     pdb = find(objects, "PodDisruptionBudget", "qkms")
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == selector
@@ -408,7 +417,7 @@ def test_helm_values_change_what_they_say() -> None:
             assert obj["metadata"]["namespace"] == "keys", obj["kind"]
     binding = find(objects, "ClusterRoleBinding", "qkms")
     assert binding["subjects"][0]["namespace"] == "keys"
-    deployment = find(objects, "Deployment", "qkms")
+    deployment = find(objects, "StatefulSet", "qkms")
     assert deployment["spec"]["replicas"] == 3
     pod = deployment["spec"]["template"]["spec"]
     assert pod["tolerations"] == values["tolerations"]
@@ -423,9 +432,17 @@ def test_helm_values_change_what_they_say() -> None:
     assert env["QKMS_ENVIRONMENT"] == "prod" and env["KMS_PROVIDER"] == "HASHICORP_VAULT"
     assert env["DEBUG"] == "key-management:*"
     assert container["envFrom"] == [{"secretRef": {"name": "qkms-vault"}}]
-    pvc = find(objects, "PersistentVolumeClaim", "qkms-audit")
-    assert pvc["spec"] == {"accessModes": ["ReadWriteMany"], "storageClassName": "fast",
-                           "resources": {"requests": {"storage": "5Gi"}}}
+    (claim,) = deployment["spec"]["volumeClaimTemplates"]
+    assert claim["spec"] == {"accessModes": ["ReadWriteMany"], "storageClassName": "fast",
+                             "resources": {"requests": {"storage": "5Gi"}}}
+
+
+def test_one_replica_renders_no_disruption_budget() -> None:
+    """A PDB of minAvailable 1 over one replica would block every node drain."""
+    assert "PodDisruptionBudget" not in {o["kind"] for o in render({"replicas": 1})}
+    assert find(render({"replicas": 2}), "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    with pytest.raises(helm.HelmError, match="would block every drain"):
+        render({"replicas": 2, "podDisruptionBudget": {"minAvailable": 2}})
 
 
 @pytest.mark.parametrize("values", [
