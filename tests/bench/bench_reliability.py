@@ -2,8 +2,11 @@
 
     python -m tests.bench.run reliability        # ~15 min on two cores
 
-1. crash mid-rotation at full size: 100 rotating keys on LOCAL_DEV, 50 on OpenBao;
+1. crash mid-rotation at full size: 100 rotating keys on LOCAL_DEV, 50 on OpenBao, each
+   on a control plane of its own (etcd + kube-apiserver + kube-controller-manager);
 2. provider outages of 30 s under steady traffic (OpenBao stopped, moto paused);
+2b. Kubernetes outages of 30 s under the operator (``kube``): kube-apiserver stopped, and
+   etcd stopped, each on a control plane of its own and restarted with its state;
 3. load: 10,000 data-plane operations at 64 concurrent on each of Ed25519 (sign),
    AES-256-GCM (encrypt) and ML-DSA-65 (sign) against a ``qkms serve`` process:
    0 errors, RSS at the end within 10% of RSS after warm-up;
@@ -13,7 +16,8 @@
 
 Each check prints ``FIGURE`` lines (the tests' format) and rewrites its own table
 (``figures:bench-<check>``) in ``tests/reliability/README.md`` as soon as it is done.
-Knobs: ``QKMS_BENCH_RELIABILITY`` (comma-separated subset of crash,outage,load,rotation),
+Knobs: ``QKMS_BENCH_RELIABILITY`` (comma-separated subset of crash,outage,kube,load,
+rotation),
 ``QKMS_BENCH_ROTATION_KEYS`` (1000), ``QKMS_BENCH_ROTATION_SECONDS`` (300),
 ``QKMS_BENCH_LOAD_OPS`` (10000).
 """
@@ -40,14 +44,17 @@ from qkms.model import durations
 from qkms.standalone import Standalone
 from tests.reliability import report
 from tests.reliability.test_faults_crash import crash_mid_rotation
+from tests.reliability.test_faults_kube_outage import kube_outage
 from tests.reliability.test_faults_provider_outage import moto, openbao, provider_outage
 from tests.server.conftest import free_port, tokens_file
 from tests.server.test_load import hammer, rss_kib
+from tests.support.fixtures import private_control_plane
 from tests.support.moto import MotoServer
 from tests.support.openbao import OpenBao
 
 ROOT = Path(__file__).resolve().parents[2]
-CHECKS = os.environ.get("QKMS_BENCH_RELIABILITY", "crash,outage,load,rotation").split(",")
+CHECKS = os.environ.get("QKMS_BENCH_RELIABILITY",
+                        "crash,outage,kube,load,rotation").split(",")
 ROTATION_KEYS = int(os.environ.get("QKMS_BENCH_ROTATION_KEYS", "1000"))
 ROTATION_SECONDS = float(os.environ.get("QKMS_BENCH_ROTATION_SECONDS", "300"))
 ROTATION_SCHEDULE = "PT30S"
@@ -64,13 +71,15 @@ def figure(check: str, line: str, ok: bool) -> None:
 # -- 1. crash mid-rotation -------------------------------------------------------------------
 
 async def crash(tmp: Path) -> None:
-    figures = await crash_mid_rotation(tmp / "local", 100)
+    async with private_control_plane(tmp / "controlplane-local") as cp:
+        figures = await crash_mid_rotation(cp, tmp / "local", 100)
     figure("crash", figures.line(), _clean(figures))
     vault = OpenBao(tmp / "openbao", raft=True)
     vault.start()
     try:
-        figures = await crash_mid_rotation(tmp / "vault", 50, provider="HASHICORP_VAULT",
-                                           vault=vault)
+        async with private_control_plane(tmp / "controlplane-vault") as cp:
+            figures = await crash_mid_rotation(cp, tmp / "vault", 50,
+                                               provider="HASHICORP_VAULT", vault=vault)
     finally:
         vault.stop()
     figure("crash", figures.line(), _clean(figures))
@@ -106,6 +115,14 @@ async def outage(tmp: Path) -> None:
 def _outage_ok(result: Any) -> bool:
     return (not result.other and not result.lost and result.health_during == 503
             and "KMS provider unavailable" in result.degraded and result.cpu_outage < 0.5)
+
+
+# -- 2b. 30 s Kubernetes outages ----------------------------------------------------------------
+
+async def kube(tmp: Path) -> None:
+    for fault in ("apiserver", "etcd"):
+        result = await kube_outage(tmp / fault, fault, outage=30.0)
+        figure("kube", result.line(), not result.problems())
 
 
 # -- 3. load ---------------------------------------------------------------------------------
@@ -236,7 +253,7 @@ async def rotation(tmp: Path) -> None:
 
 async def main() -> None:
     steps: dict[str, Callable[[Path], Awaitable[None]]] = {
-        "crash": crash, "outage": outage, "load": load, "rotation": rotation}
+        "crash": crash, "outage": outage, "kube": kube, "load": load, "rotation": rotation}
     tmp = Path(tempfile.mkdtemp(prefix="qkms-bench-reliability-"))
     try:
         for name in (n.strip() for n in CHECKS):

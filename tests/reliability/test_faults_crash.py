@@ -1,9 +1,11 @@
 """Operator crash mid-rotation: ``kill -9`` under 100 rotating keys, restart, count the damage.
 
-The real operator (Kopf + qkms handlers, its own process) runs against kmock's emulated
-API (its own process too) with the key records in Secrets, as in a cluster. Keys rotate
-every 6 s with a 2 s grace; once rotations are under way the operator is SIGKILLed and
-started again in a fresh working directory, so only what the API holds survives. Then:
+The real operator (Kopf + qkms handlers, its own process) runs against the real control
+plane (etcd + kube-apiserver + kube-controller-manager, tests/support/controlplane.py),
+logged in as its own ServiceAccount with the RBAC it ships, with the key records in
+Secrets, as in a cluster. Keys rotate every 6 s with a 2 s grace; once rotations are under
+way the operator is SIGKILLed and started again in a fresh working directory, so only what
+the API holds survives. Then:
 
 * keys lost: a ManagedKey whose status keyId (or any listed version) does not resolve
   in the store, read by a second service over the same Secrets (as a replica would);
@@ -19,9 +21,11 @@ started again in a fresh working directory, so only what the API holds survives.
   write is made but never announced (Events are best effort): counted, not failed;
 * ``qkms audit verify`` passes on each run's chain (``run-N/data/dev/audit``).
 
-The default run uses ``QKMS_RELIABILITY_CRASH_KEYS`` keys (40: 100 take longer than a CI
-test should on two cores); ``tests/bench/bench_reliability.py`` runs 100. The figure line
-says which. This module also holds the helpers the Kubernetes-outage test shares.
+Only the operator is killed, never a server, so the tests use the session's control plane
+(reset after each test); ``tests/bench/bench_reliability.py`` gives the scenario one of
+its own. The default run uses ``QKMS_RELIABILITY_CRASH_KEYS`` keys (40: 100 take longer
+than a CI test should on two cores); the bench runs 100. The figure line says which. This
+module also holds the helpers the Kubernetes-outage test shares.
 """
 
 from __future__ import annotations
@@ -35,28 +39,22 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.servers import require_server
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
 
-try:
-    import aiohttp
-    from kubernetes import client as k8s_client
-    from kubernetes import config as k8s_config
-
-    from qkms.config import Settings
-    from qkms.k8s.secret_store import SecretRecordStore, load_or_create_kek_secret
-    from qkms.model.enums import Environment
-    from qkms.service import AUDIT_KEY, KeyManagementService
-    from tests.support.kube import KubeAPI, ServerStartError, die_with_parent, eventually
-    from tests.support.operator_process import OperatorProcess
-except ImportError as exc:  # kmock, kopf or kubernetes missing
-    require_server("kmock", f"cannot import the harness: {exc!r}", module_level=True)
-
+from qkms.config import Settings
+from qkms.k8s.secret_store import SecretRecordStore, load_or_create_kek_secret
+from qkms.model.enums import Environment
+from qkms.service import AUDIT_KEY, KeyManagementService
+from tests.support.controlplane import ControlPlane
+from tests.support.kubeclient import KubeClient, eventually
 from tests.support.openbao import make_openbao_raft  # noqa: F401 - fixture
+from tests.support.operator_process import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "rotating"
@@ -67,89 +65,23 @@ CRASH_KEYS = int(os.environ.get("QKMS_RELIABILITY_CRASH_KEYS", "40"))
 
 # -- shared helpers (also used by test_faults_kube_outage.py and the bench) ------------------
 
-# kmock keeps every request it served and, for each new one, scans that whole history once
-# per reaction (16 of them) to see whether the request reached it: the cost of a request
-# grows with the number served before it, and a few minutes of rotations make the emulator
-# the bottleneck (90% of a core at ~20 requests/s). The emulator in its own process has no
-# test reading its history, so this launcher keeps only the newest requests.
-# TODO(lead): move into tests.support.kube.serve(), which every subprocess emulator uses.
-LEAN_EMULATOR = """
-from tests.support import kube
-
-class Recent(list):
-    def append(self, item):
-        if len(self) >= 256:
-            del self[:128]
-        super().append(item)
-
-_new = kube.new_emulator
-
-def new_emulator(state, crds):
-    emulator = _new(state, crds)
-    emulator._requests = Recent()
-    for reaction in emulator._payloads:
-        object.__setattr__(reaction, "_requests", Recent())  # attrs-frozen
-    return emulator
-
-kube.new_emulator = new_emulator
-kube.main()
-"""
-
-
-class LeanKubeAPI(KubeAPI):
-    """:class:`KubeAPI` whose emulator process keeps a bounded request history."""
-
-    async def start(self, timeout: float = 15.0) -> None:
-        command = [sys.executable, "-c", LEAN_EMULATOR, "--port", str(self.port),
-                   "--state", str(self.state_path)]
-        command += ["--crds", str(self.crd_dir)] if self.crd_dir else ["--no-crds"]
-        pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                          env={**os.environ, "PYTHONPATH": pythonpath},
-                                          preexec_fn=die_with_parent)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._proc.poll() is not None:
-                raise ServerStartError(f"kmock exited with {self._proc.returncode}:\n{self.log()}")
-            try:
-                await self.request("GET", "/version")
-                return
-            except (aiohttp.ClientError, OSError):
-                if time.monotonic() > deadline:
-                    await self.kill()
-                    raise ServerStartError(f"kmock did not answer in {timeout}s:\n{self.log()}")
-                await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def kube_api(workdir: Path) -> AsyncIterator[KubeAPI]:
-    """kmock in its own process (it can be stopped and restarted with its state)."""
-    api = LeanKubeAPI(workdir)
-    try:
-        await api.start()
-    except (ServerStartError, OSError) as exc:
-        await api.close()
-        require_server("kmock", f"the emulated Kubernetes API did not start: {exc}")
-    try:
-        yield api
-    finally:
-        await api.close()
-
-
-async def namespaces(kube: KubeAPI, *names: str, environment: str = "dev") -> None:
-    await kube.create("namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                     "metadata": {"name": SYSTEM_NS}})
+async def namespaces(kube: KubeClient, *names: str, environment: str = "dev") -> None:
+    """The test's namespaces (``qkms-system`` comes with the control plane's base install)."""
     for name in names:
         await kube.create("namespaces", {
             "apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": name, "labels": {"qkms.io/environment": environment}}})
 
 
-def qkms_operator(kube: KubeAPI, workdir: Path, **env: str) -> OperatorProcess:
+async def operator_login(cp: ControlPlane, workdir: Path) -> Path:
+    """A kubeconfig of the operator's own ServiceAccount (manifests/02, 03): never admin."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    return await cp.service_account_kubeconfig(SYSTEM_NS, "qkms", workdir / "operator.kubeconfig")
+
+
+def qkms_operator(kubeconfig: Path, workdir: Path, **env: str) -> OperatorProcess:
     """The qkms operator as run in test_operator_e2e.py, records in Secrets, no data plane."""
-    return OperatorProcess("qkms.k8s.handlers", kubeconfig=kube.kubeconfig, kube=kube,
-                           workdir=workdir,
+    return OperatorProcess("qkms.k8s.handlers", kubeconfig=kubeconfig, workdir=workdir,
                            env={"QKMS_NAMESPACE": SYSTEM_NS, "QKMS_STATE": "secrets",
                                 "QKMS_DATA_DIR": "data", "QKMS_API_LISTEN": "", **env})
 
@@ -160,7 +92,7 @@ def managed_key(name: str, namespace: str = NS, **spec: Any) -> dict[str, Any]:
             "metadata": {"name": name, "namespace": namespace}, "spec": body}
 
 
-async def create_all(kube: KubeAPI, bodies: Iterable[dict[str, Any]], parallel: int = 8) -> None:
+async def create_all(kube: KubeClient, bodies: Iterable[dict[str, Any]], parallel: int = 8) -> None:
     gate = asyncio.Semaphore(parallel)
 
     async def one(body: dict[str, Any]) -> None:
@@ -169,7 +101,7 @@ async def create_all(kube: KubeAPI, bodies: Iterable[dict[str, Any]], parallel: 
     await asyncio.gather(*(one(b) for b in bodies))
 
 
-async def patch_all(kube: KubeAPI, names: Iterable[str], patch: dict[str, Any],
+async def patch_all(kube: KubeClient, names: Iterable[str], patch: dict[str, Any],
                     namespace: str = NS, parallel: int = 8) -> None:
     gate = asyncio.Semaphore(parallel)
 
@@ -191,13 +123,14 @@ def version_of(body: dict[str, Any]) -> int:
     return int((body.get("status") or {}).get("currentVersion") or 0)
 
 
-async def all_keys(kube: KubeAPI, namespace: str = NS) -> dict[str, dict[str, Any]]:
+async def all_keys(kube: KubeClient, namespace: str = NS) -> dict[str, dict[str, Any]]:
     return {b["metadata"]["name"]: b for b in await kube.list(MK, namespace)}
 
 
-def replica(kube: KubeAPI, workdir: Path) -> KeyManagementService:
-    """A second qkms instance over the operator's Secrets (``service_for`` in the e2e test)."""
-    api = k8s_config.new_client_from_config(config_file=str(kube.kubeconfig))
+def replica(cp: ControlPlane, workdir: Path) -> KeyManagementService:
+    """A second qkms instance over the operator's Secrets (``service_for`` in the e2e test),
+    reading them as the test's admin."""
+    api = k8s_config.new_client_from_config(config_file=str(cp.kubeconfig))
     core = k8s_client.CoreV1Api(api)
     settings = Settings(environment=Environment.DEV, data_dir=workdir / "replica")
     return KeyManagementService(settings, records=SecretRecordStore(core, SYSTEM_NS, "dev"),
@@ -261,12 +194,12 @@ def audited_creates(data_dir: Path) -> Counter[str]:
     return Counter(made.values())
 
 
-async def events_by_reason(kube: KubeAPI, reason: str, namespace: str = NS) -> Counter[str]:
+async def events_by_reason(kube: KubeClient, reason: str, namespace: str = NS) -> Counter[str]:
     return Counter(e["involvedObject"]["name"] for e in await kube.list("events", namespace)
                    if e.get("reason") == reason)
 
 
-async def vault_policy(kube: KubeAPI, vault: Any, environment: str = "dev",
+async def vault_policy(kube: KubeClient, vault: Any, environment: str = "dev",
                        **settings: str) -> None:
     """The environment's KeyPolicy on OpenBao; the token reaches qkms through the policy's
     credentialsSecretRef (a Secret in the operator's namespace), never inline."""
@@ -326,76 +259,77 @@ class CrashFigures:
                 f"entries={entries})")
 
 
-async def crash_mid_rotation(workdir: Path, keys: int, *, provider: str = "LOCAL_DEV",
-                             vault: Any = None) -> CrashFigures:
-    """Run the whole scenario; ``vault`` is an OpenBao (raft) for HASHICORP_VAULT."""
+async def crash_mid_rotation(cp: ControlPlane, workdir: Path, keys: int, *,
+                             provider: str = "LOCAL_DEV", vault: Any = None) -> CrashFigures:
+    """Run the whole scenario on `cp` (its base install, nothing else yet); ``vault`` is an
+    OpenBao (raft) for HASHICORP_VAULT."""
     figures = CrashFigures(provider, keys)
-    async with kube_api(workdir / "kube") as kube:
-        await namespaces(kube, NS)
-        if vault is not None:
-            await vault_policy(kube, vault)
-        operator = qkms_operator(kube, workdir / "operator")
-        try:
-            await operator.start(timeout=60)
-            names = [f"k{i:03d}" for i in range(keys)]
-            await create_all(kube, (managed_key(n, rotationSchedule="PT6S", gracePeriod="PT2S",
-                                                projection={"secretName": f"{n}-public"})
-                                    for n in names))
+    kube = cp.client
+    await namespaces(kube, NS)
+    if vault is not None:
+        await vault_policy(kube, vault)
+    operator = qkms_operator(await operator_login(cp, workdir), workdir / "operator")
+    try:
+        await operator.start(timeout=60)
+        names = [f"k{i:03d}" for i in range(keys)]
+        await create_all(kube, (managed_key(n, rotationSchedule="PT6S", gracePeriod="PT2S",
+                                            projection={"secretName": f"{n}-public"})
+                                for n in names))
 
-            async def rotated_enough() -> dict[str, dict[str, Any]] | None:
-                found = await all_keys(kube)
-                rotated = sum(1 for b in found.values() if version_of(b) >= 2)
-                return found if len(found) == keys and rotated >= keys // 2 else None
-            # Rotations under way: at least half the keys have rotated once. Kill now.
-            at_kill = await eventually(rotated_enough, timeout=60 + keys, interval=0.2,
-                                       what="rotations under way", context=operator.log_tail)
-            await operator.kill()
-            figures.versions_at_kill = {n: version_of(b) for n, b in at_kill.items()}
-            figures.first_at_kill = {n: b["status"]["versions"][0]["keyId"]
-                                     for n, b in at_kill.items()
-                                     if (b.get("status") or {}).get("versions")}
-            figures.rotations_before_kill = sum(v - 1 for v in figures.versions_at_kill.values())
-
-            started = time.monotonic()
-            await operator.start(timeout=60)  # a fresh working directory: run-2
-
-            async def resumed() -> bool:
-                found = await all_keys(kube)
-                return all(version_of(found[n]) > v for n, v in figures.versions_at_kill.items())
-            with contextlib.suppress(TimeoutError):
-                await eventually(resumed, timeout=60 + keys / 2, interval=0.2,
-                                 what="every key rotated again after the restart")
-            figures.resume_seconds = time.monotonic() - started
+        async def rotated_enough() -> dict[str, dict[str, Any]] | None:
             found = await all_keys(kube)
-            figures.not_resumed = sorted(n for n, v in figures.versions_at_kill.items()
-                                         if version_of(found[n]) <= v)
+            rotated = sum(1 for b in found.values() if version_of(b) >= 2)
+            return found if len(found) == keys and rotated >= keys // 2 else None
+        # Rotations under way: at least half the keys have rotated once. Kill now.
+        at_kill = await eventually(rotated_enough, timeout=60 + keys, interval=0.2,
+                                   what="rotations under way", context=operator.log_tail)
+        await operator.kill()
+        figures.versions_at_kill = {n: version_of(b) for n, b in at_kill.items()}
+        figures.first_at_kill = {n: b["status"]["versions"][0]["keyId"]
+                                 for n, b in at_kill.items()
+                                 if (b.get("status") or {}).get("versions")}
+        figures.rotations_before_kill = sum(v - 1 for v in figures.versions_at_kill.values())
 
-            # Quiesce: a long schedule, so status, projections and store hold still.
-            await patch_all(kube, names, {"spec": {"rotationSchedule": "PT1H"}})
+        started = time.monotonic()
+        await operator.start(timeout=60)  # a fresh working directory: run-2
 
-            last: dict[str, dict[str, Any]] = {}
+        async def resumed() -> bool:
+            found = await all_keys(kube)
+            return all(version_of(found[n]) > v for n, v in figures.versions_at_kill.items())
+        with contextlib.suppress(TimeoutError):
+            await eventually(resumed, timeout=60 + keys / 2, interval=0.2,
+                             what="every key rotated again after the restart")
+        figures.resume_seconds = time.monotonic() - started
+        found = await all_keys(kube)
+        figures.not_resumed = sorted(n for n, v in figures.versions_at_kill.items()
+                                     if version_of(found[n]) <= v)
 
-            async def settled() -> dict[str, dict[str, Any]] | None:
-                found = await all_keys(kube)
-                last.update(found)
-                for body in found.values():
-                    status = body.get("status") or {}
-                    if (status.get("observedGeneration") != body["metadata"]["generation"]
-                            or not is_ready(body)
-                            or any(v["state"] == "GRACE" for v in status.get("versions", []))):
-                        return None
-                return found
-            final = await eventually(settled, timeout=60 + keys / 2, interval=0.3,
-                                     what="keys settled on the long schedule",
-                                     context=lambda: unsettled(last))
-            await operator.stop()
-            await check_outcome(kube, workdir, operator, final, figures, vault)
-        finally:
-            await operator.stop()
-            if not figures.audit_ok:
-                for run in range(1, operator.runs + 1):
-                    print(f"--- operator run {run} (tail) ---\n"
-                          + "\n".join(operator.log(run).splitlines()[-40:]))
+        # Quiesce: a long schedule, so status, projections and store hold still.
+        await patch_all(kube, names, {"spec": {"rotationSchedule": "PT1H"}})
+
+        last: dict[str, dict[str, Any]] = {}
+
+        async def settled() -> dict[str, dict[str, Any]] | None:
+            found = await all_keys(kube)
+            last.update(found)
+            for body in found.values():
+                status = body.get("status") or {}
+                if (status.get("observedGeneration") != body["metadata"]["generation"]
+                        or not is_ready(body)
+                        or any(v["state"] == "GRACE" for v in status.get("versions", []))):
+                    return None
+            return found
+        final = await eventually(settled, timeout=60 + keys / 2, interval=0.3,
+                                 what="keys settled on the long schedule",
+                                 context=lambda: unsettled(last))
+        await operator.stop()
+        await check_outcome(cp, workdir, operator, final, figures, vault)
+    finally:
+        await operator.stop()
+        if not figures.audit_ok:
+            for run in range(1, operator.runs + 1):
+                print(f"--- operator run {run} (tail) ---\n"
+                      + "\n".join(operator.log(run).splitlines()[-40:]))
     return figures
 
 
@@ -406,10 +340,11 @@ def unsettled(found: dict[str, dict[str, Any]]) -> str:
                      != b["metadata"]["generation"])[:4000]
 
 
-async def check_outcome(kube: KubeAPI, workdir: Path, operator: OperatorProcess,
+async def check_outcome(cp: ControlPlane, workdir: Path, operator: OperatorProcess,
                         final: dict[str, dict[str, Any]], figures: CrashFigures,
                         vault: Any) -> None:
-    store = replica(kube, workdir)
+    kube = cp.client
+    store = replica(cp, workdir)
     records = {r.name: r for r in store.catalog.all()}
     for name, body in final.items():
         status = body["status"]
@@ -501,19 +436,21 @@ def assert_clean(figures: CrashFigures) -> None:
     assert figures.orphans_audited == len(figures.orphans), figures.orphans
 
 
-async def test_kill_9_mid_rotation_local_dev(tmp_path: Path) -> None:
-    figures = await crash_mid_rotation(tmp_path, CRASH_KEYS)
+async def test_kill_9_mid_rotation_local_dev(tmp_path: Path, control_plane: ControlPlane,
+                                            kube: KubeClient) -> None:
+    figures = await crash_mid_rotation(control_plane, tmp_path, CRASH_KEYS)
     report(figures, "default run; 100 keys in tests/bench/bench_reliability.py"
            if CRASH_KEYS < 100 else "")
     assert_clean(figures)
 
 
-async def test_kill_9_mid_rotation_openbao(tmp_path: Path, make_openbao_raft) -> None:  # noqa: F811
+async def test_kill_9_mid_rotation_openbao(tmp_path: Path, control_plane: ControlPlane,
+                                           kube: KubeClient,
+                                           make_openbao_raft) -> None:  # noqa: F811
     """The same with keys in OpenBao transit (raft storage), the token read from the
     KeyPolicy's credentialsSecretRef."""
     vault = make_openbao_raft()
-    figures = await crash_mid_rotation(tmp_path, max(10, CRASH_KEYS // 2),
+    figures = await crash_mid_rotation(control_plane, tmp_path, max(10, CRASH_KEYS // 2),
                                        provider="HASHICORP_VAULT", vault=vault)
     report(figures)
     assert_clean(figures)
-

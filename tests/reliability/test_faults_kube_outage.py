@@ -1,27 +1,43 @@
-"""Kubernetes API outage: stop the API server under a running operator, bring it back with its
-state on the same port, and check the operator reconnects and resumes by itself.
+"""Kubernetes control-plane faults under a running operator: kube-apiserver stopped, and etcd
+restarted, each with the cluster's state kept, and the operator left to recover by itself.
 
-The emulated API (kmock, its own process) is stopped gracefully (its state saved) while:
+Each test has a control plane of its own (etcd + kube-apiserver + kube-controller-manager,
+tests/support/controlplane.py), so stopping its servers disturbs no other test; the
+operator logs in as its own ServiceAccount with the RBAC it ships. The fault comes:
 
-* a burst of new ManagedKeys is still being created (some half-way: material written,
-  catalog write refused), and
-* a key on a short schedule falls due (its rotation cannot be written while the API is
-  down).
+* right after a burst of new ManagedKeys (some half-way: material written, catalog write
+  refused), and
+* while a key on a short schedule falls due (its rotation cannot be written meanwhile).
 
-Afterwards: the operator process never died; its watches reopen (the reconnect time is
-printed); every ManagedKey has exactly one key in the store, one ``CREATE`` success in the
-audit chain and at most one ``KeyCreated`` Event (a creation cut short after the key
-was made is never announced: Events are best effort, and that count is printed); the due
-key is rotated after the reconnection;
-keys created after it become Ready. Orphaned material from creations the outage cut short
-is counted and named, never silent.
+The faults:
+
+* **API server outage**: kube-apiserver is stopped (SIGTERM; SIGKILL after 5 s, since with
+  watches open it lingers) and started again ``OUTAGE`` seconds after the signal, on the
+  same port with the same certificates; etcd keeps running, so the cluster's state is all
+  there. The operator's connections are refused meanwhile.
+* **etcd restart**: etcd is stopped the same way, with its data folder kept, and started
+  again ``OUTAGE`` seconds later; kube-apiserver stays up and answers errors (or nothing)
+  meanwhile, which is the other way an API "goes away".
+
+Afterwards: the operator process never died; it reconnects (the time until a ManagedKey
+created once the API is back becomes Ready is printed as ``reconnect_s``); every ManagedKey
+has exactly one key in the store, one ``CREATE`` success in the audit chain and at most
+one ``KeyCreated`` Event (a creation cut short after the key was made is never announced:
+Events are best effort, and that count is printed); the due key is rotated after the
+reconnection; keys created after it become Ready. Orphaned material from creations the
+outage cut short is counted and named, never silent.
+
+``QKMS_RELIABILITY_KUBE_OUTAGE_SECONDS`` sets the outage (8 s by default, so that the
+default run stays short); ``tests/bench/bench_reliability.py`` runs both faults with 30 s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,106 +50,198 @@ from tests.reliability.test_faults_crash import (
     create_all,
     events_by_reason,
     is_ready,
-    kube_api,
     managed_key,
     namespaces,
+    operator_login,
     qkms_operator,
     replica,
     version_of,
 )
-from tests.support.kube import eventually
+from tests.support.controlplane import ControlPlane
+from tests.support.fixtures import private_control_plane
+from tests.support.kubeclient import eventually
 
 STEADY = 6  # keys made before the outage
 BURST = 10  # keys created just before the API goes away
-OUTAGE = 8.0  # seconds the API is down; the fast key's schedule is shorter
+OUTAGE = float(os.environ.get("QKMS_RELIABILITY_KUBE_OUTAGE_SECONDS", "8"))
+DUE_SCHEDULE = 5.0  # seconds: the due key's schedule, shorter than any outage here
+FIGURE_NAMES = {"apiserver": "kube-api-outage", "etcd": "etcd-restart"}
 
 
-async def test_api_outage_operator_reconnects_without_duplicates_or_missed_rotations(
-        tmp_path: Path) -> None:
-    async with kube_api(tmp_path / "kube") as kube:
+@dataclass
+class OutageFigures:
+    fault: str
+    outage: float
+    keys: int = 0
+    burst_ready: int = 0
+    ready_seconds: float = 0.0  # from the restart until kube-apiserver's /readyz is ok
+    operator_alive: bool = False
+    reconnect_seconds: float = 0.0
+    resume_seconds: float = 0.0
+    store_names: list[str] = field(default_factory=list)
+    expected_names: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    audited: Counter[str] = field(default_factory=Counter)
+    created: Counter[str] = field(default_factory=Counter)
+    due_from: int = 0
+    due_to: int = 0
+    due_late: float = 0.0
+    orphans: list[str] = field(default_factory=list)
+    audit: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        events = Counter(self.created[n.split("/", 1)[1]] for n in self.expected_names)
+        stopped = "kube-apiserver" if self.fault == "apiserver" else "etcd"
+        return (f"FIGURE {FIGURE_NAMES[self.fault]}: keys={self.keys} "
+                f"outage_s={self.outage:.1f} ({stopped} stopped, state kept; API ready "
+                f"{self.ready_seconds:.1f}s after the restart) "
+                f"burst_ready_when_stopped={self.burst_ready}/{BURST} "
+                f"operator_alive={self.operator_alive} reconnect_s={self.reconnect_seconds:.1f} "
+                f"(a key created after the restart Ready) resumed_s={self.resume_seconds:.1f} "
+                f"store_keys={len(self.store_names)} duplicates={len(self.duplicates)} "
+                f"audited_creates_max={max(self.audited.values(), default=0)} "
+                f"keycreated_events={dict(sorted(events.items()))} "
+                f"due_rotated={self.due_to > self.due_from} (v{self.due_from}->v{self.due_to}, "
+                f"{self.due_late:.1f}s after due) orphans={len(self.orphans)} "
+                f"audit={'verified' if self.audit.get('ok') else 'FAILED'}")
+
+    def problems(self) -> list[str]:
+        found = []
+        if not self.operator_alive:
+            found.append("the operator died during the outage")
+        if sorted(self.store_names) != sorted(self.expected_names):
+            found.append(f"store keys {self.store_names} != {self.expected_names}")
+        if self.duplicates:
+            found.append(f"duplicate keys {self.duplicates}")
+        if any(self.audited[n] != 1 for n in self.expected_names):
+            found.append(f"committed CREATEs per key not all 1: {dict(self.audited)}")
+        # KeyCreated is best effort: a create handler that made the key and then lost the
+        # API before its status and Event is retried, finds the key, and announces nothing.
+        # Counted (keycreated_events {0: n}); never twice.
+        if any(c > 1 for c in self.created.values()):
+            found.append(f"KeyCreated twice: {dict(self.created)}")
+        if self.due_to <= self.due_from:
+            found.append("the due key did not rotate after the outage")
+        if not self.audit.get("ok"):
+            found.append(f"audit: {self.audit}")
+        return found
+
+
+async def inject(cp: ControlPlane, fault: str, outage: float) -> tuple[float, float]:
+    """Take the API away for `outage` seconds (from the stop signal to the restart, the
+    stopping included) and bring it back, state kept. Returns (seconds from the stop signal
+    to the restart, seconds from there until the API server is ready)."""
+    stopped = time.monotonic()
+    if fault == "apiserver":
+        await cp.stop_apiserver()
+    elif fault == "etcd":
+        await cp.stop_etcd()
+    else:
+        raise ValueError(fault)
+    await asyncio.sleep(max(0.0, outage - (time.monotonic() - stopped)))
+    restarted = time.monotonic()
+    if fault == "apiserver":
+        await cp.start_apiserver()
+    else:
+        await cp.start_etcd()
+        await cp.wait_ready()
+    return restarted - stopped, time.monotonic() - restarted
+
+
+async def kube_outage(workdir: Path, fault: str, outage: float = OUTAGE) -> OutageFigures:
+    """The whole scenario on a control plane of its own; `fault` is apiserver or etcd."""
+    figures = OutageFigures(fault, outage)
+    async with private_control_plane(workdir / "controlplane") as cp:
+        kube = cp.client
         await namespaces(kube, NS)
-        operator = qkms_operator(kube, tmp_path / "operator")
+        operator = qkms_operator(await operator_login(cp, workdir), workdir / "operator")
         try:
             await operator.start(timeout=60)
             steady = [f"steady-{i}" for i in range(STEADY)]
             await create_all(kube, [managed_key(n, rotationSchedule="PT1H") for n in steady]
-                             + [managed_key("due", rotationSchedule="PT5S", gracePeriod="PT1S",
+                             + [managed_key("due", rotationSchedule=f"PT{DUE_SCHEDULE:.0f}S",
+                                            gracePeriod="PT1S",
                                             projection={"secretName": "due-public"})])
 
             async def all_ready() -> bool:
                 found = {b["metadata"]["name"]: b for b in await kube.list(MK, NS)}
                 return len(found) == STEADY + 1 and all(map(is_ready, found.values()))
             await eventually(all_ready, timeout=40, what="keys Ready", context=operator.log_tail)
-            due = await kube.get(MK, "due", NS)
-            assert due is not None
 
             # A burst of creations, then the API goes away mid-way through them.
-            burst = [managed_key(f"burst-{i}") for i in range(BURST)]
-            await create_all(kube, burst)
-            due_version = version_of(await kube.get(MK, "due", NS) or due)
-            burst_ready = sum(1 for b in await kube.list(MK, NS)
-                              if b["metadata"]["name"].startswith("burst-") and is_ready(b))
-            stopped_at = time.monotonic()
-            await kube.stop()
-            await asyncio.sleep(OUTAGE)  # the due key's rotation falls due in here
-            assert operator.running, "the operator died during the API outage"
-            await kube.start()
+            await create_all(kube, [managed_key(f"burst-{i}") for i in range(BURST)])
+            figures.due_from = version_of(await kube.get(MK, "due", NS) or {})
+            figures.burst_ready = sum(1 for b in await kube.list(MK, NS)
+                                      if b["metadata"]["name"].startswith("burst-")
+                                      and is_ready(b))
+            # The due key's rotation falls due in here.
+            figures.outage, figures.ready_seconds = await inject(cp, fault, outage)
             back_at = time.monotonic()
-            watch = await kube.wait_watching("managedkeys", timeout=120,
-                                             context=operator.log_tail)
-            reconnect = time.monotonic() - back_at
-            assert watch
+            figures.operator_alive = operator.running
 
-            # Everything resumes: the due key rotates, the burst becomes Ready, and a key
-            # created after the outage is handled.
+            # Reconnected: a key created now is seen and made.
             await kube.create(MK, managed_key("after"), NS)
 
+            async def after_ready() -> bool:
+                return is_ready(await kube.get(MK, "after", NS) or {})
+            await eventually(after_ready, timeout=120 + outage, interval=0.2,
+                             what="a key created after the restart Ready",
+                             context=operator.log_tail)
+            figures.reconnect_seconds = time.monotonic() - back_at
+
+            # Everything resumes: the due key rotates and the burst becomes Ready.
             async def resumed() -> dict[str, Any] | None:
                 found = {b["metadata"]["name"]: b for b in await kube.list(MK, NS)}
                 done = (len(found) == STEADY + BURST + 2 and all(map(is_ready, found.values()))
-                        and version_of(found["due"]) > due_version)
+                        and version_of(found["due"]) > figures.due_from)
                 return found if done else None
-            found = await eventually(resumed, timeout=90, interval=0.2,
+            found = await eventually(resumed, timeout=90 + outage, interval=0.2,
                                      what="resumed after the outage", context=operator.log_tail)
-            resume = time.monotonic() - back_at
-            assert operator.running
+            figures.resume_seconds = time.monotonic() - back_at
+            figures.operator_alive = figures.operator_alive and operator.running
             await kube.patch(MK, "due", {"spec": {"rotationSchedule": "PT1H"}}, NS)
             await asyncio.sleep(1.0)
             await operator.stop()
 
-            store = replica(kube, tmp_path)
-            names = [r.name for r in store.user_records()]
-            duplicates = sorted(n for n, c in Counter(names).items() if c > 1)
-            created = await events_by_reason(kube, "KeyCreated")
-            audited = audited_creates(operator.cwd / "data" / "dev")
+            figures.keys = len(found)
+            figures.expected_names = sorted(f"{NS}/{n}" for n in found)
+            store = replica(cp, workdir)
+            figures.store_names = [r.name for r in store.user_records()]
+            figures.duplicates = sorted(n for n, c in Counter(figures.store_names).items()
+                                        if c > 1)
+            figures.created = await events_by_reason(kube, "KeyCreated")
+            figures.audited = audited_creates(operator.cwd / "data" / "dev")
             referenced = {v.key_id for r in store.catalog.all() for v in r.versions}
-            orphans = sorted(set(store.sealed.list("material")) - referenced)
-            audit = audit_verify(operator.cwd / "data" / "dev")
-            event_counts = Counter(created[n] for n in found)
+            figures.orphans = sorted(set(store.sealed.list("material")) - referenced)
+            figures.audit = audit_verify(operator.cwd / "data" / "dev")
             versions = found["due"]["status"]["versions"]
-            late = (datetime.fromisoformat(versions[due_version]["createdAt"])
-                    - datetime.fromisoformat(versions[due_version - 1]["createdAt"])
-                    - timedelta(seconds=5)).total_seconds()
-            print(f"FIGURE kube-api-outage: keys={len(found)} outage_s={OUTAGE:.0f} "
-                  f"burst_ready_when_stopped={burst_ready}/{BURST} "
-                  f"reconnect_s={reconnect:.1f} resumed_s={resume:.1f} "
-                  f"store_keys={len(names)} duplicates={len(duplicates)} "
-                  f"audited_creates_max={max(audited.values())} "
-                  f"keycreated_events={dict(sorted(event_counts.items()))} "
-                  f"due_rotated={version_of(found['due']) > due_version} "
-                  f"(v{due_version}->v{version_of(found['due'])}, {late:.1f}s after due) "
-                  f"orphans={len(orphans)} "
-                  f"audit={'verified' if audit['ok'] else 'FAILED'} "
-                  f"(down {back_at - stopped_at:.1f}s)")
-            if orphans:
-                print(f"  orphaned material (creation cut short by the outage): {orphans}")
-            assert sorted(names) == sorted(f"{NS}/{n}" for n in found), names
-            assert not duplicates
-            assert all(audited[f"{NS}/{n}"] == 1 for n in found), audited
-            # KeyCreated is best effort: a create handler that made the key and then lost
-            # the API before its status and Event is retried, finds the key, and announces
-            # nothing. Counted (keycreated_events {0: n}); never twice.
-            assert all(created[n] <= 1 for n in found), created
-            assert audit["ok"], audit
+            figures.due_to = version_of(found["due"])
+            figures.due_late = (datetime.fromisoformat(versions[figures.due_from]["createdAt"])
+                                - datetime.fromisoformat(
+                                    versions[figures.due_from - 1]["createdAt"])
+                                - timedelta(seconds=DUE_SCHEDULE)).total_seconds()
         finally:
             await operator.stop()
+            if not figures.audit.get("ok"):
+                print(operator.log_tail(60))
+    return figures
+
+
+def report(figures: OutageFigures) -> None:
+    print(figures.line())
+    if figures.orphans:
+        print(f"  orphaned material (creation cut short by the outage): {figures.orphans}")
+
+
+async def test_api_server_outage_operator_reconnects_without_duplicates_or_missed_rotations(
+        tmp_path: Path) -> None:
+    figures = await kube_outage(tmp_path, "apiserver")
+    report(figures)
+    assert not figures.problems(), figures.problems()
+
+
+async def test_etcd_restart_operator_recovers_without_duplicates_or_missed_rotations(
+        tmp_path: Path) -> None:
+    figures = await kube_outage(tmp_path, "etcd")
+    report(figures)
+    assert not figures.problems(), figures.problems()

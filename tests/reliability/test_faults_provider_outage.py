@@ -41,7 +41,7 @@ import yaml
 
 from tests.server.common import TOKENS
 from tests.server.conftest import free_port, tokens_file
-from tests.support.kube import eventually
+from tests.support.kubeclient import eventually
 from tests.support.moto import REGION, MotoServer
 from tests.support.openbao import OpenBao, make_openbao_raft  # noqa: F401 - fixture
 from tests.support.server_process import ServerError

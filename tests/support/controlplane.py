@@ -323,12 +323,30 @@ class ControlPlane:
 
     async def start_apiserver(self, timeout: float = 90.0) -> None:
         self.apiserver.start()
+        await self.wait_ready(timeout)
 
+    async def wait_ready(self, timeout: float = 90.0) -> None:
+        """Until kube-apiserver's ``/readyz`` says ok (etcd reachable, every hook done)."""
         async def ready() -> bool:
             self.apiserver.check_alive()
             return await self.client.request("GET", "/readyz", timeout=5) == "ok"
         await eventually(ready, timeout=timeout, interval=0.25, what="kube-apiserver ready",
                          context=self.apiserver.log_tail)
+
+    # Faults for the reliability tests. Each server keeps its state: etcd's data folder
+    # stays, and the API server comes back on the same port with the same certificates and
+    # ServiceAccount signing key, so clients and tokens from before still work.
+
+    async def stop_apiserver(self, timeout: float = 5.0) -> None:
+        """Stop kube-apiserver: SIGTERM (it stops listening at once), SIGKILL after `timeout`
+        (with watches open it may linger draining them); etcd and the controller-manager
+        keep running."""
+        await self.apiserver.stop(timeout)
+
+    async def stop_etcd(self, timeout: float = 5.0) -> None:
+        """Stop etcd (SIGTERM, SIGKILL after `timeout`), keeping its data; kube-apiserver
+        keeps running without it."""
+        await self.etcd.stop(timeout)
 
     async def stop(self) -> None:
         for process in (self.controller_manager, self.apiserver, self.etcd):
