@@ -42,6 +42,9 @@ class Settings:
     catalog_ttl: float = 1.0  # how stale another replica's rotation or revocation may be
     audit_fail_closed: bool | None = None  # None: closed in prod, open elsewhere
     audit_retention: str = "P7Y"  # the KeyPolicy's auditPolicy.retentionPeriod
+    # AES-GCM and ChaCha20-Poly1305 versions take random 96-bit nonces: NIST SP 800-38D
+    # allows 2^32 encryptions per key; qkms rotates (SCHEDULED, audited) well before that.
+    aead_max_encryptions: int = 2**30
     # Holds credentials (VAULT_TOKEN, HSM_PIN, ...): never in repr, logs or errors.
     provider_options: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -88,6 +91,12 @@ class Settings:
                     values[key] = float(env[var])
                 except ValueError:
                     raise InvalidInputError(var, "must be a number") from None
+        if "QKMS_AEAD_MAX_ENCRYPTIONS" in env:
+            text = env["QKMS_AEAD_MAX_ENCRYPTIONS"].strip().replace("_", "")
+            if not text.isdigit() or not 1 <= int(text) <= 2**32:
+                raise InvalidInputError("QKMS_AEAD_MAX_ENCRYPTIONS",
+                                        "must be an integer from 1 to 4294967296 (2^32)")
+            values["aead_max_encryptions"] = int(text)
         values["provider_options"] = {
             k: v for k, v in env.items()
             if k.startswith(("VAULT_", "AWS_", "AZURE_", "HSM_"))

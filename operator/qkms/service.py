@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from qkms import lifecycle
+from qkms.aead_budget import EncryptionBudget
 from qkms.audit.chain import AuditChain
 from qkms.audit.chain import options_from_env as chain_options_from_env
 from qkms.audit.entry import Actor, AuditEntry, AuditSink, MemoryAuditLog
@@ -185,6 +186,8 @@ class KeyManagementService:
                                   Sealer(kek or load_or_create_kek(kek_path), *older))
         self.catalog = Catalog(self.sealed)
         self.catalog.load()
+        self.budget = EncryptionBudget(self.sealed, self.settings.aead_max_encryptions)
+        self._background: set[asyncio.Task[None]] = set()
         self.audit_mac = AuditMac(self.sealed, clock=lambda: self.clock(),
                                   rotation=parse_rotation(os.environ.get(
                                       "QKMS_AUDIT_MAC_ROTATION")))
@@ -552,8 +555,13 @@ class KeyManagementService:
             return version, result(signature=signed.signature, recovery_id=signed.recovery_id)
         if op is Operation.ENCRYPT:
             plaintext, aad = _bytes(data, "data"), token_aad(version.key_id, _context(context))
+            counted = info.symmetric and self.budget.applies(info.name)
+            if counted:  # random 96-bit nonces: counted (durably) before the encryption
+                await self.budget.count(version.key_id)
             body = (await self.provider.encrypt(handle, plaintext, aad) if info.symmetric
                     else self._public_key(version).encrypt(plaintext, aad))
+            if counted and self.budget.due(version.key_id):
+                self._rotate_spent(record.name, version.key_id)
             return version, result(ciphertext=make_token(version.key_id, body))
         if op is Operation.ENCAPSULATE:
             ciphertext, secret = self._public_key(version).encapsulate()
@@ -624,6 +632,7 @@ class KeyManagementService:
         algorithm: Any = None,
         actor: Any = None,
         request_id: str | None = None,
+        details: dict[str, str] | None = None,
     ) -> RotationResult:
         """Make a new version active; COMPROMISE revokes the old one at once.
 
@@ -642,7 +651,7 @@ class KeyManagementService:
                 if request_id and request_id in record.handled_requests:
                     return self._replayed(record, why)
                 return await self._rotate(record, why, grace_period, immediate, algorithm,
-                                          actor, request_id)
+                                          actor, request_id, details)
         except QkmsError as exc:
             self.counters["failures"]["rotation"] += 1
             if not getattr(exc, "audited", False):
@@ -656,6 +665,27 @@ class KeyManagementService:
                 exc, ProviderUnavailableError | StorageError)
             raise failure from exc
 
+    def _rotate_spent(self, name: str, key_id: str) -> None:
+        """A random-nonce AEAD version reached ``aead_max_encryptions``: rotate the key (an
+        audited SCHEDULED rotation, its trigger in the entry's details) in the background;
+        the old version stays in grace and keeps decrypting."""
+        async def rotate() -> None:
+            record = self.catalog.get(name)
+            active = lifecycle.active_version(record) if record else None
+            if active is None or active.key_id != key_id:
+                return  # rotated or revoked meanwhile
+            try:
+                await self.rotate_key(name, reason=RotationReason.SCHEDULED, details={
+                    "trigger": "encryption_limit",
+                    "limit": str(self.settings.aead_max_encryptions)})
+            except QkmsError as exc:
+                self.budget.failed(key_id)
+                log.error("%s: rotation at the encryption limit failed: %s", name, exc)
+
+        task = asyncio.get_running_loop().create_task(rotate())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _replayed(self, record: KeyRecord, why: RotationReason) -> RotationResult:
         current = record.current
         previous = record.versions[-2] if len(record.versions) > 1 else current
@@ -665,7 +695,8 @@ class KeyManagementService:
 
     async def _rotate(self, record: KeyRecord, why: RotationReason, grace_period: str | None,
                       immediate: bool, algorithm: Any, actor: Actor,
-                      request_id: str | None) -> RotationResult:
+                      request_id: str | None,
+                      details: dict[str, str] | None = None) -> RotationResult:
         old = lifecycle.active_version(record)
         if old is None:
             raise RotationFailedError(
@@ -690,8 +721,8 @@ class KeyManagementService:
         assert demoted is not None
         operation = "MIGRATE" if migration else "ROTATE"
         await self._record(operation, "success", actor, updated, new, reason=why.value,
-                           details={"old_key_id": old.key_id, "old_state": demoted.state.value,
-                                    "algorithm": info.name})
+                           details={**(details or {}), "old_key_id": old.key_id,
+                                    "old_state": demoted.state.value, "algorithm": info.name})
         await self._commit(operation, updated, new, actor)
         if demoted.state is not VersionState.GRACE:
             await self.provider.retire(self._handle(old))

@@ -69,10 +69,11 @@ async def test_rewrap_reseals_everything_under_a_new_kek(make_service, tmp_path)
     key = await svc.create_key(usage="ENCRYPTION", algorithm="AES-256-GCM", owner="o")
     token = await svc.use_key(key.key_id, "ENCRYPT", b"kept")
     old_kek = svc.settings.kek_path.read_bytes()
-    records = sum(len(svc.sealed.list(kind)) for kind in ("keys", "material", "audit"))
+    records = sum(len(svc.sealed.list(kind)) for kind in ("keys", "material", "audit",
+                                                          "usage"))
     count = rewrap(svc.settings)
-    assert count == records == 5  # catalog and material, for the key and the audit key,
-    # and the audit MAC keys
+    assert count == records == 6  # catalog and material, for the key and the audit key,
+    # the audit MAC keys, and the AES key's encryption count
     assert svc.settings.kek_path.read_bytes() != old_kek
     assert not svc.settings.kek_path.with_suffix(".old").exists()
     after = make_service()
