@@ -48,6 +48,62 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKLOAD_CONTROLLERS = ("statefulset", "deployment", "replicaset", "disruption")
 
 
+SELECTOR = "app.kubernetes.io/name=qkms,app.kubernetes.io/component=operator"
+APP_NS = "payments"
+
+
+def kubectl_ok(cp: ControlPlane, *args: str) -> str:
+    run = cp.kubectl(*args)
+    assert run.returncode == 0, f"kubectl {' '.join(args)}:\n{run.stdout}\n{run.stderr}"
+    assert "would violate PodSecurity" not in run.stderr, run.stderr
+    return run.stdout
+
+
+def claim_of(pod: dict[str, Any], volume: str = "audit") -> str:
+    (found,) = [v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"]
+                if v["name"] == volume]
+    return found
+
+
+async def ready_key(kube: KubeClient, name: str, namespace: str = APP_NS,
+                    timeout: float = 60) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        body = await kube.get("managedkeys", name, namespace)
+        conditions = {c["type"]: c for c in ((body or {}).get("status") or {})
+                      .get("conditions", [])}
+        return body if conditions.get("Ready", {}).get("status") == "True" else None
+    return await eventually(probe, timeout=timeout, what=f"{namespace}/{name} Ready")
+
+
+async def key_user(cp: ControlPlane, namespace: str = APP_NS, name: str = "checkout",
+                   verbs: tuple[str, ...] = ("sign", "verify")) -> str:
+    """A workload's token: ServiceAccount `name` with a Role that may use keys."""
+    kube = cp.client
+    await kube.create("roles", {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "key-user", "namespace": namespace},
+        "rules": [{"apiGroups": ["qkms.io"], "resources": ["managedkeys"],
+                   "verbs": list(verbs)}]}, namespace)
+    await kube.create("rolebindings", {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "key-user", "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                    "name": "key-user"},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]},
+        namespace)
+    return await cp.token(namespace, name)
+
+
+async def signing_key(kube: KubeClient, name: str = "signer") -> None:
+    await kube.create("namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                     "metadata": {"name": APP_NS,
+                                                  "labels": {"qkms.io/environment": "dev"}}})
+    await kube.create("managedkeys", {
+        "apiVersion": "qkms.io/v1alpha1", "kind": "ManagedKey",
+        "metadata": {"name": name, "namespace": APP_NS},
+        "spec": {"usage": "SIGNING", "algorithm": "Ed25519", "owner": "checkout"}}, APP_NS)
+
+
 def local_command(command: list[str]) -> list[str]:
     """The image's programs on this machine: ``qkms`` is ``python -m qkms`` (the console
     script's module), ``python`` this interpreter."""

@@ -176,26 +176,26 @@ def peering_script(deployment: dict[str, Any]) -> str:
 
 
 async def test_peering_init_container_against_an_api_server(
-        tmp_path: Path, deployment: dict[str, Any]) -> None:
-    """The init container's script, run twice against a local Kubernetes API (kmock): it
-    creates ClusterKopfPeering "qkms" once and then finds it there."""
-    from tests.support.kube import kube_api
-
+        tmp_path: Path, deployment: dict[str, Any], kube: Any,
+        operator_kubeconfig: Path) -> None:
+    """The init container's script, run twice against the real kube-apiserver as the pod's
+    ServiceAccount (``qkms``, with the RBAC it ships): it creates ClusterKopfPeering "qkms"
+    once and then finds it there."""
     script = peering_script(deployment)
-    async with kube_api(tmp_path / "kube") as api:
-        env = {"KUBECONFIG": str(api.kubeconfig), "HOME": str(tmp_path),
-               "PATH": "/usr/bin:/bin"}
-        outputs = []
-        for _ in range(2):
-            proc = await asyncio.to_thread(
-                subprocess.run, [sys.executable, "-c", script], env=env, capture_output=True,
-                text=True, timeout=60)
-            assert proc.returncode == 0, proc.stderr
-            outputs.append(proc.stdout.strip())
-        assert outputs == [f"created ClusterKopfPeering {PEERING}",
-                           f"ClusterKopfPeering {PEERING} exists"]
-        peering = await api.request("GET", f"/apis/kopf.dev/v1/clusterkopfpeerings/{PEERING}")
-        assert peering["kind"] == "ClusterKopfPeering"
+    env = {"KUBECONFIG": str(operator_kubeconfig), "HOME": str(tmp_path),
+           "PATH": "/usr/bin:/bin"}
+    outputs = []
+    for _ in range(2):
+        proc = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", script], env=env, capture_output=True,
+            text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout.strip())
+    assert outputs == [f"created ClusterKopfPeering {PEERING}",
+                       f"ClusterKopfPeering {PEERING} exists"]
+    peering = await kube.get("kopf.dev/v1/clusterkopfpeerings", PEERING)
+    assert peering["kind"] == "ClusterKopfPeering"
+    assert peering["metadata"]["labels"] == {"app.kubernetes.io/part-of": "qkms"}
 
 
 # -- the StatefulSet's security posture -----------------------------------------------------
@@ -333,7 +333,7 @@ def test_rbac_covers_every_api_call_in_the_operator_code(objects: list[dict[str,
 
 # -- the Helm chart ----------------------------------------------------------------------------
 
-def render(values: dict[str, Any] | None = None, *, namespace: str = "default"
+def render(values: dict[str, Any] | None = None, *, namespace: str = NAMESPACE
            ) -> list[dict[str, Any]]:
     """`helm template qkms helm/qkms -n NAMESPACE` plus the chart's crds/ (the Kopf one)."""
     with helm.Chart.load(CHART) as chart:
@@ -365,16 +365,29 @@ def test_helm_lint_is_clean() -> None:
 
 
 def test_helm_default_rendering_equals_manifests(objects: list[dict[str, Any]]) -> None:
-    """Object by object, with no Helm-only labels to ignore: the chart with its defaults
-    installs what `kubectl apply -f manifests/` installs. The release namespace does not
-    matter, the objects go to namespace.name."""
+    """Object by object, with no Helm-only labels to ignore: the chart with its defaults,
+    installed with `-n qkms-system --create-namespace`, installs what `kubectl apply -f
+    manifests/` installs but the Namespace, which the chart does not own by default (so
+    that `helm uninstall` cannot delete the Secrets that hold the keys)."""
     helm_objects = render() + [crd for name, crd in chart_crds().items()
                                if not (CRDS / name).exists()]
-    expected = {object_key(o): o for o in objects}
+    expected = {object_key(o): o for o in objects if o["kind"] != "Namespace"}
     actual = {object_key(o): o for o in helm_objects}
     assert sorted(actual) == sorted(expected)
     for key, obj in expected.items():
         assert actual[key] == obj, f"{key} differs between the chart and manifests/"
+
+
+def test_a_namespace_the_chart_creates_is_kept_on_uninstall(
+        objects: list[dict[str, Any]]) -> None:
+    """namespace.create=true renders manifests/' Namespace, kept by `helm uninstall`."""
+    rendered = find(render({"namespace": {"create": True}}), "Namespace")
+    assert rendered["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
+    assert rendered == find(objects, "Namespace")
+    for values in ({"namespace": {"create": True, "name": "keys"}}, {}):
+        kept = [o for o in render(values) if o["kind"] == "Namespace"]
+        assert all(o["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+                   for o in kept)
 
 
 def test_chart_crds_are_the_repository_crds() -> None:
@@ -391,7 +404,7 @@ def test_chart_crds_are_the_repository_crds() -> None:
 
 
 VALUES_OVERRIDDEN: dict[str, Any] = {
-    "namespace": {"name": "", "create": False},
+    "namespace": {"name": "", "create": False},  # the defaults, said again
     "image": {"tag": "0.2.0-rc1"},
     "replicas": 3,
     "environment": "prod",

@@ -22,64 +22,20 @@ import helm_python as helm
 from qkms.audit.verify import verify_folder
 from qkms.client import QkmsClient
 from tests.install.helpers import CHART, NAMESPACE
-from tests.install.pods import LocalPod, mark_ready, pods_of, workload_control_plane
-from tests.support.controlplane import ControlPlane
+from tests.install.pods import (
+    APP_NS,
+    SELECTOR,
+    LocalPod,
+    claim_of,
+    key_user,
+    kubectl_ok,
+    mark_ready,
+    pods_of,
+    ready_key,
+    signing_key,
+    workload_control_plane,
+)
 from tests.support.kubeclient import KubeClient, KubeError, eventually
-
-SELECTOR = "app.kubernetes.io/name=qkms,app.kubernetes.io/component=operator"
-APP_NS = "payments"
-
-
-def kubectl_ok(cp: ControlPlane, *args: str) -> str:
-    run = cp.kubectl(*args)
-    assert run.returncode == 0, f"kubectl {' '.join(args)}:\n{run.stdout}\n{run.stderr}"
-    assert "would violate PodSecurity" not in run.stderr, run.stderr
-    return run.stdout
-
-
-def claim_of(pod: dict[str, Any], volume: str = "audit") -> str:
-    (found,) = [v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"]
-                if v["name"] == volume]
-    return found
-
-
-async def ready_key(kube: KubeClient, name: str, namespace: str = APP_NS,
-                    timeout: float = 60) -> dict[str, Any]:
-    async def probe() -> dict[str, Any] | None:
-        body = await kube.get("managedkeys", name, namespace)
-        conditions = {c["type"]: c for c in ((body or {}).get("status") or {})
-                      .get("conditions", [])}
-        return body if conditions.get("Ready", {}).get("status") == "True" else None
-    return await eventually(probe, timeout=timeout, what=f"{namespace}/{name} Ready")
-
-
-async def key_user(cp: ControlPlane, namespace: str = APP_NS, name: str = "checkout",
-                   verbs: tuple[str, ...] = ("sign", "verify")) -> str:
-    """A workload's token: ServiceAccount `name` with a Role that may use keys."""
-    kube = cp.client
-    await kube.create("roles", {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": {"name": "key-user", "namespace": namespace},
-        "rules": [{"apiGroups": ["qkms.io"], "resources": ["managedkeys"],
-                   "verbs": list(verbs)}]}, namespace)
-    await kube.create("rolebindings", {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": "key-user", "namespace": namespace},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                    "name": "key-user"},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]},
-        namespace)
-    return await cp.token(namespace, name)
-
-
-async def signing_key(kube: KubeClient, name: str = "signer") -> None:
-    await kube.create("namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                     "metadata": {"name": APP_NS,
-                                                  "labels": {"qkms.io/environment": "dev"}}})
-    await kube.create("managedkeys", {
-        "apiVersion": "qkms.io/v1alpha1", "kind": "ManagedKey",
-        "metadata": {"name": name, "namespace": APP_NS},
-        "spec": {"usage": "SIGNING", "algorithm": "Ed25519", "owner": "checkout"}}, APP_NS)
 
 
 async def test_two_replicas_each_own_volume_and_audit_log(tmp_path: Path) -> None:
@@ -149,11 +105,11 @@ async def test_drain_one_replica_and_keep_one_of_two(tmp_path: Path) -> None:
         def upgrade(values: dict[str, Any]) -> Any:
             return config.upgrade(CHART, "qkms", values, namespace=NAMESPACE, timeout=120)
 
-        await asyncio.to_thread(install, {"replicas": 1, "namespace": {"create": False}})
+        await asyncio.to_thread(install, {"replicas": 1})
         (pod,) = await all_ready(kube, 1)
         assert await evict(kube, pod["metadata"]["name"]) == 201, "a single replica is undrainable"
 
-        await asyncio.to_thread(upgrade, {"replicas": 2, "namespace": {"create": False}})
+        await asyncio.to_thread(upgrade, {"replicas": 2})
         pods = await all_ready(kube, 2)
 
         async def budget_allows(count: int) -> bool:
