@@ -14,8 +14,10 @@ Ready=False with reason InvalidSpec or EnvironmentMismatch and a message that st
 the field (``spec.…`` or ``metadata.…``). Nothing may escape as an exception, a refused
 resource leaves no key behind, and no status or Event carries a traceback.
 
-A smaller run posts generated bodies to kmock for the real operator process; the emulator
-validates nothing, so the operator sees the junk as it is.
+A smaller run posts generated bodies to the real kube-apiserver for the real operator
+process: what the CRD's schema and CEL rules refuse comes back as a 422 naming the field
+and never reaches the operator; the rest (defaulted and pruned by the server) is what the
+operator sees.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ from qkms.model.enums import Usage
 from qkms.model.resources import KeyPolicy, parse_key_policy, parse_managed_key
 from qkms.reconcile.reconciler import KeyReconciler, Outcome
 from qkms.reconcile.registry import ServiceRegistry
+from tests.support.kubeclient import KubeClient, KubeError, eventually
+from tests.support.operator_process import OperatorProcess
+from tests.support.server_process import free_port
 
 API_VERSION = "qkms.io/v1alpha1"
 FIELD_RE = re.compile(r"^(spec|metadata)(\.[A-Za-z_]+|\[[^\]]*\])*(?=:)")
@@ -561,35 +566,54 @@ def test_known_conflicts_are_each_refused_naming_the_field(world: World) -> None
         assert check_outcome(world, case, outcome) == wanted, outcome.status.conditions
 
 
-# -- the real operator against kmock ---------------------------------------------------------
+# -- the real operator against the real API server ---------------------------------------------
 
-def generated_bodies(count: int) -> list[dict[str, Any]]:
-    """``count`` generated ManagedKey bodies (cluster-possible metadata, JSON-safe values)."""
+def generated_bodies(count: int, ids: Iterator[int]) -> list[dict[str, Any]]:
+    """``count`` generated ManagedKey bodies (cluster-possible metadata, JSON-safe values),
+    named ``op-N`` from `ids`."""
     found: list[dict[str, Any]] = []
-    ids = itertools.count()
+    case_ids = itertools.count()
 
     @settings(max_examples=count, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
-    @given(case=managed_key_cases(CLUSTER_SAFE, ids))
+    @given(case=managed_key_cases(CLUSTER_SAFE, case_ids))
     def collect(case: Case) -> None:
         if case.policy is None and case.labels is not None and len(found) < count:
             text = json.dumps(case.body, allow_nan=False, default=str)
             found.append(json.loads(text))
-            found[-1]["metadata"]["name"] = f"op-{len(found)}"
+            found[-1]["metadata"]["name"] = f"op-{next(ids)}"
 
     while len(found) < count:
         collect()
     return found
 
 
-@pytest.mark.server
-async def test_operator_survives_generated_bodies_on_kmock(kmock_api: Any,
-                                                           tmp_path: Path) -> None:
-    from tests.support.kube import eventually, free_port
-    from tests.support.operator_process import OperatorProcess
+async def create_or_refused(kube: KubeClient, resource: str, body: dict[str, Any]
+                            ) -> str | None:
+    """Create `body`; None if the server admitted it, else the field its schema or CEL
+    rules refused. A refusal must be a 422 naming a field of the spec or metadata (the
+    first), with no traceback."""
+    try:
+        await kube.create(resource, body, (body.get("metadata") or {}).get("namespace"))
+        return None
+    except KubeError as exc:
+        assert exc.status == 422, (exc.status, exc.body)
+        no_traceback(json.dumps(exc.body, ensure_ascii=False))
+        causes = ((exc.body or {}).get("details") or {}).get("causes") or []
+        # "<nil>": the server's note that CEL rules were skipped on an already invalid object.
+        fields = [f for c in causes if (f := c.get("field", "")) != "<nil>"]
+        assert fields and all(re.match(r"^(spec|metadata)\b", f) for f in fields), exc.body
+        return str(fields[0])
 
-    kube = kmock_api
-    for name, labels in [("qkms-system", {}), *NAMESPACES.items()]:
+
+@pytest.mark.server
+async def test_operator_survives_generated_bodies_on_the_api_server(
+        kube: KubeClient, operator_kubeconfig: Path, tmp_path: Path) -> None:
+    """Generated bodies go to the real kube-apiserver: what its CRD schema and CEL rules
+    refuse never reaches the operator (a 422 naming the field); generation continues until
+    ``OPERATOR_BODIES`` generated bodies were admitted, so the operator (logged in as its
+    own ServiceAccount) sees as many as before, with whatever junk the schema lets through."""
+    for name, labels in NAMESPACES.items():
         if name == "unknown":
             continue
         await kube.create("namespaces", {"apiVersion": "v1", "kind": "Namespace",
@@ -598,11 +622,19 @@ async def test_operator_survives_generated_bodies_on_kmock(kmock_api: Any,
                     "bad-env": {"environment": "qa"}, "bad-type": "LOCAL_DEV",
                     "bad-credentials": {"environment": "prod",
                                         "provider": {"settings": {"vaultToken": "s.x"}}}}
+    server_refused: Counter[str] = Counter()
+    admitted_policies = []
     for name, spec in {**FIXED_POLICIES, **bad_policies}.items():
-        await kube.create("keypolicies", {"apiVersion": API_VERSION, "kind": "KeyPolicy",
-                                          "metadata": {"name": name}, "spec": spec})
+        refused = await create_or_refused(kube, "keypolicies", {
+            "apiVersion": API_VERSION, "kind": "KeyPolicy", "metadata": {"name": name},
+            "spec": spec})
+        assert refused is None or name in bad_policies, (name, refused)
+        if refused is None:
+            admitted_policies.append(name)
+        else:
+            server_refused[f"KeyPolicy {refused}"] += 1
     operator = OperatorProcess(
-        "qkms.k8s.handlers", kubeconfig=kube.kubeconfig, kube=kube, workdir=tmp_path / "op",
+        "qkms.k8s.handlers", kubeconfig=operator_kubeconfig, workdir=tmp_path / "op",
         env={"QKMS_NAMESPACE": "qkms-system", "QKMS_STATE": "secrets", "QKMS_DATA_DIR": "data",
              "QKMS_API_LISTEN": f"127.0.0.1:{free_port()}"})
     # A user's own Secret, and a key asking to project into it: qkms must not overwrite it.
@@ -610,20 +642,40 @@ async def test_operator_survives_generated_bodies_on_kmock(kmock_api: Any,
              "metadata": {"name": "pub", "namespace": "team-dev"},
              "data": {"password": "aHVudGVyMg=="}}
     await kube.create("secrets", users, "team-dev")
-    bodies = generated_bodies(OPERATOR_BODIES)
+    handmade: list[dict[str, Any]] = []
     for index, spec in enumerate([12345, ["usage"], "SIGNING", None, {"projection": "pub"},
                                   {"usage": "SIGNING", "owner": "x", "projection": ["pub"]}]):
-        bodies.append({"apiVersion": API_VERSION, "kind": "ManagedKey",
-                       "metadata": {"name": f"junk-{index}", "namespace": "team-dev"},
-                       **({} if spec is None else {"spec": spec})})
-    bodies.append({"apiVersion": API_VERSION, "kind": "ManagedKey",
-                   "metadata": {"name": "hijack", "namespace": "team-dev"},
-                   "spec": {"usage": "SIGNING", "algorithm": "Ed25519", "owner": "x",
-                            "projection": {"secretName": "pub"}}})
+        handmade.append({"apiVersion": API_VERSION, "kind": "ManagedKey",
+                         "metadata": {"name": f"junk-{index}", "namespace": "team-dev"},
+                         **({} if spec is None else {"spec": spec})})
+    handmade.append({"apiVersion": API_VERSION, "kind": "ManagedKey",
+                     "metadata": {"name": "hijack", "namespace": "team-dev"},
+                     "spec": {"usage": "SIGNING", "algorithm": "Ed25519", "owner": "x",
+                              "projection": {"secretName": "pub"}}})
+    bodies: list[dict[str, Any]] = []
+    generated = 0
+    ids = itertools.count(1)
     try:
         await operator.start()
-        for body in bodies:
-            await kube.create("managedkeys", body, body["metadata"]["namespace"])
+        for body in handmade:
+            refused = await create_or_refused(kube, "managedkeys", body)
+            if refused is None:
+                bodies.append(body)
+            else:
+                server_refused[refused] += 1
+        admitted = 0
+        while admitted < OPERATOR_BODIES:
+            assert generated < 20 * OPERATOR_BODIES, f"only {admitted} of {generated} admitted"
+            for body in generated_bodies(OPERATOR_BODIES, ids):
+                generated += 1
+                refused = await create_or_refused(kube, "managedkeys", body)
+                if refused is None:
+                    bodies.append(body)
+                    admitted += 1
+                else:
+                    server_refused[refused] += 1
+                if admitted == OPERATOR_BODIES:
+                    break
 
         async def settled() -> dict[str, dict[str, Any]] | None:
             seen = {}
@@ -638,7 +690,7 @@ async def test_operator_survives_generated_bodies_on_kmock(kmock_api: Any,
             return seen
 
         final = await eventually(settled, timeout=90, interval=0.5,
-                                 what="every generated ManagedKey has a Ready condition",
+                                 what="every admitted ManagedKey has a Ready condition",
                                  context=operator.log_tail)
         assert operator.running, operator.log_tail()
         async with aiohttp.ClientSession() as session:
@@ -667,29 +719,33 @@ async def test_operator_survives_generated_bodies_on_kmock(kmock_api: Any,
 
         async def policies_reported() -> dict[str, dict[str, Any]] | None:
             found = {}
-            for name in [*FIXED_POLICIES, *bad_policies]:
+            for name in admitted_policies:
                 status = (await kube.get("keypolicies", name) or {}).get("status") or {}
                 if not status.get("conditions"):
                     return None
                 found[name] = ready_condition(status)
             return found
         policies = await eventually(policies_reported, timeout=30, interval=0.5,
-                                    what="every KeyPolicy has a Ready condition")
+                                    what="every admitted KeyPolicy has a Ready condition")
         for name, ready in policies.items():
             no_traceback(json.dumps(ready))
             if name in bad_policies:
                 assert ready["status"] == "False" and field_of(ready["message"]), ready
             else:
                 assert ready["status"] == "True", ready
+        bad_seen = sorted(set(admitted_policies) & set(bad_policies))
+        assert bad_seen, "every bad KeyPolicy was refused by the server: none reached qkms"
         hijack = ready_condition(final["team-dev/hijack"]["status"])
         assert field_of(hijack["message"]) == "spec.projection.secretName", hijack
         log = operator.log()
-        print(f"generated resources on kmock: {len(final)} ManagedKeys, operator alive, "
-              f"outcomes {dict(sorted(outcomes.items()))}; {len(bad_policies)} bad KeyPolicies "
-              f"refused naming the field; {len(events)} Events, "
+        print(f"generated resources on the API server: {generated} generated and "
+              f"{len(handmade)} handmade ManagedKeys, {sum(server_refused.values())} refused "
+              f"by the API server (422) {dict(sorted(server_refused.items()))}; "
+              f"{len(final)} admitted, operator alive, outcomes "
+              f"{dict(sorted(outcomes.items()))}; bad KeyPolicies refused by the operator "
+              f"naming the field: {bad_seen}; {len(events)} Events, "
               f"tracebacks in its log: {log.count('Traceback')}")
         assert "Traceback" not in log and "failed with an exception" not in log, \
             operator.log_tail(200)
     finally:
         await operator.stop()
-

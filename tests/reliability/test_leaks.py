@@ -6,8 +6,9 @@ One end-to-end run drives every surface with long random plaintexts and bearer t
     derive, import, rotate, revoke, backup), refused operations and bad input;
 (b) the HTTP data plane (standalone directory, tokens file) with good and bad requests;
 (c) the ``qkms`` command, errors included; (d) ``qkms serve --once`` (projections, statuses);
-(e) the real operator process against kmock: Events, ManagedKey statuses, ConfigMaps, every
-    Secret (the ``qkms-rec-*`` records hold only sealed material), its log and data plane;
+(e) the real operator process against the real kube-apiserver, logged in as its own
+    ServiceAccount: Events, ManagedKey statuses, ConfigMaps, every Secret (the
+    ``qkms-rec-*`` records hold only sealed material), its log and data plane;
 (f) the audit trails: ``qkms audit search``, SOC 2 and GDPR reports, verify and CAR export.
 
 Then every private key is read back from each store (``material/<key_id>``, the stored
@@ -714,23 +715,23 @@ async def drive_audit(scan: Scan, folders: dict[str, Path]) -> None:
         await asyncio.gather(*calls[index:index + 4])
 
 
-# -- (e) the operator on kmock -----------------------------------------------------------------
+# -- (e) the operator on the real API server ---------------------------------------------------
 
-async def drive_operator(scan: Scan, kube: Any, folder: Path) -> Path:
+async def drive_operator(scan: Scan, cp: Any, kube: Any, kubeconfig: Path, folder: Path) -> Path:
     from kubernetes import client as k8s_client
     from kubernetes import config as k8s_config
 
     from qkms.k8s.secret_store import SecretRecordStore, load_or_create_kek_secret
-    from tests.support.kube import eventually
+    from tests.support.kubeclient import eventually
     from tests.support.operator_process import OperatorProcess
 
-    for name, labels in (("qkms-system", {}), (NS, {"qkms.io/environment": "dev"}),
+    for name, labels in ((NS, {"qkms.io/environment": "dev"}),
                          ("shop", {"qkms.io/environment": "prod"})):
         await kube.create("namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                          "metadata": {"name": name, "labels": labels}})
     port = free_port()
     operator = OperatorProcess(
-        "qkms.k8s.handlers", kubeconfig=kube.kubeconfig, kube=kube, workdir=folder,
+        "qkms.k8s.handlers", kubeconfig=kubeconfig, workdir=folder,
         env={"QKMS_NAMESPACE": "qkms-system", "QKMS_STATE": "secrets", "QKMS_DATA_DIR": "data",
              "QKMS_KEY_CACHE_SECONDS": "0", "QKMS_API_LISTEN": f"127.0.0.1:{port}",
              "DEBUG": "key-management:*"})
@@ -742,8 +743,9 @@ async def drive_operator(scan: Scan, kube: Any, folder: Path) -> Path:
                    "spec": {"usage": "SIGNING", "algorithm": "Ed25519", "owner": "x",
                             "environment": "dev"}})
     bodies.append({"apiVersion": "qkms.io/v1alpha1", "kind": "ManagedKey",
-                   "metadata": {"name": "invalid", "namespace": NS},
-                   "spec": {"usage": "SIGNING", "algorithm": "RSA-1024", "owner": "x"}})
+                   "metadata": {"name": "invalid", "namespace": NS},  # the server admits it
+                   "spec": {"usage": "SIGNING", "algorithm": "Ed25519", "owner": "x",
+                            "rotationSchedule": "P1D", "gracePeriod": "P2D"}})
     try:
         await operator.start()
         for body in bodies:
@@ -781,7 +783,8 @@ async def drive_operator(scan: Scan, kube: Any, folder: Path) -> Path:
                          context=operator.log_tail)
         await kube.delete("managedkeys", names[2], NS)
         await eventually(lambda: _gone(kube, names[2]), timeout=60, what="finalizer ran")
-        # The operator's data plane: no TokenReview in kmock, so refusals (with secrets in).
+        # The operator's data plane: tokens the cluster never issued, so refusals (with
+        # secrets in).
         text = scan.plaintext("operator data plane")
         async with aiohttp.ClientSession() as session:
             http = Http(scan, session, f"http://127.0.0.1:{port}", "operator plane")
@@ -797,7 +800,7 @@ async def drive_operator(scan: Scan, kube: Any, folder: Path) -> Path:
         for item in await kube.list(resource):
             scan.add(f"kube {resource} {item['metadata'].get('namespace')}/"
                      f"{item['metadata']['name']}", item)
-    api = k8s_config.new_client_from_config(config_file=str(kube.kubeconfig))
+    api = k8s_config.new_client_from_config(config_file=str(cp.kubeconfig))  # the test's admin
     core = k8s_client.CoreV1Api(api)
     kek = load_or_create_kek_secret(core, "qkms-system")
     scan.secret("operator master key", kek)
@@ -829,7 +832,8 @@ async def _gone(kube: Any, name: str) -> bool:
 # -- the test -------------------------------------------------------------------------------
 
 @pytest.mark.server
-async def test_no_private_key_or_plaintext_leaks_anywhere(tmp_path: Path, kmock_api: Any,
+async def test_no_private_key_or_plaintext_leaks_anywhere(tmp_path: Path, control_plane: Any,
+                                                          kube: Any, operator_kubeconfig: Path,
                                                           caplog: pytest.LogCaptureFixture
                                                           ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -843,7 +847,8 @@ async def test_no_private_key_or_plaintext_leaks_anywhere(tmp_path: Path, kmock_
     scan.files("plane out", tmp_path / "plane" / "out")
     await asyncio.to_thread(drive_cli, scan, tmp_path / "cli")
     await asyncio.to_thread(drive_serve, scan, tmp_path / "serve")
-    operator_audit = await drive_operator(scan, kmock_api, tmp_path / "operator")
+    operator_audit = await drive_operator(scan, control_plane, kube, operator_kubeconfig,
+                                          tmp_path / "operator")
     await drive_audit(scan, {"api": tmp_path / "service", "plane": tmp_path / "plane/data/dev",
                              "cli": tmp_path / "cli/data", "serve": tmp_path / "serve/data/dev",
                              "operator": operator_audit})
