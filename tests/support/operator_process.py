@@ -36,7 +36,7 @@ class OperatorError(RuntimeError):
 class OperatorProcess:
     """Start, stop, SIGKILL and restart ``kopf run`` for one operator module.
 
-    `target` is a module name (``tests.k8s.sample_operator``) or a ``.py`` path. Each start
+    `target` is a module name (``qkms.k8s.handlers``) or a ``.py`` path. Each start
     gets a new working directory and log file under `workdir`. `namespaces` restricts Kopf
     to those namespaces; by default it serves all of them (``--all-namespaces``), which
     avoids namespace scanning. `standalone` disables peering; pass ``peering="name"`` to
