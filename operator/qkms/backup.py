@@ -26,7 +26,6 @@ from qkms.errors import IntegrityError, InvalidInputError
 from qkms.model.keys import KeyRecord
 from qkms.providers.software import MATERIAL
 from qkms.service import KeyManagementService
-from qkms.store.catalog import KEYS
 from qkms.store.sealing import kek_id, load_or_create_kek
 
 FORMAT = "qkms-backup/1"
@@ -94,10 +93,8 @@ async def restore(service: KeyManagementService, document: Any, key: bytes) -> i
         raise InvalidInputError("store", "restore needs an empty store; this one has keys")
     for key_id, stored in payload["material"].items():
         service.sealed.put_json(MATERIAL, key_id, stored)
-    for raw in payload["keys"]:
-        record = KeyRecord.model_validate(raw)
-        service.sealed.put(KEYS, record.name.replace("/", "~"),
-                           record.model_dump_json().encode())
+    for raw in payload["keys"]:  # each at a generation above any the audit chain remembers
+        service.catalog.put(KeyRecord.model_validate(raw))
     service.catalog.load()
     await service._record("RESTORE", "success", service_actor(), None, None,
                           details={"keys": str(len(payload["keys"])),

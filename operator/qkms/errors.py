@@ -115,6 +115,26 @@ class RecordCorruptError(IntegrityError):
         self.record = record
 
 
+class RecordRollbackError(RecordCorruptError):
+    """A key's record is older than the audit chain says it is: an old copy was put back.
+    The key is refused (HTTP 503) rather than served from the older state."""
+
+    code = "record_rollback"
+
+    def __init__(self, record: str, key: str, found: int, expected: int,
+                 key_ids: list[str] | None = None) -> None:
+        IntegrityError.__init__(
+            self, f"Stored record {record} was rolled back: it holds generation {found} of "
+                  f"key {key}, the audit chain says {expected} or later; the key is refused "
+                  "until its newest record is put back or it is revoked")
+        self.record = record
+        self.key = key
+        self.found = found
+        self.expected = expected
+        self.key_ids = list(key_ids or [])
+        self.stale: object = None  # the rolled-back record itself (``store.catalog``)
+
+
 class StorageError(QkmsError):
     """The key store refused a write (disk full, read-only, the Kubernetes API down)."""
 

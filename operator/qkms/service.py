@@ -30,6 +30,7 @@ from qkms.aead_budget import EncryptionBudget
 from qkms.audit.chain import AuditChain
 from qkms.audit.chain import options_from_env as chain_options_from_env
 from qkms.audit.entry import Actor, AuditEntry, AuditSink, MemoryAuditLog
+from qkms.audit.generations import floors as generation_floors
 from qkms.audit.mac import AuditMac, parse_rotation
 from qkms.config import Settings
 from qkms.crypto import suite_for
@@ -46,6 +47,7 @@ from qkms.errors import (
     PQCDisabledError,
     ProviderUnavailableError,
     QkmsError,
+    RecordRollbackError,
     RotationFailedError,
     StorageError,
     Unauthenticated,
@@ -184,8 +186,14 @@ class KeyManagementService:
         older = [load_or_create_kek(p) for p in (kek_path.with_suffix(".old"),) if p.exists()]
         self.sealed = SealedStore(records or FileRecordStore(self.settings.data_dir / "store"),
                                   Sealer(kek or load_or_create_kek(kek_path), *older))
-        self.catalog = Catalog(self.sealed)
+        # Each key's latest generation, replayed from the audit chain: an older record is
+        # refused as rolled back (``store.catalog``, ``audit.generations``).
+        chain_root = (audit.root if isinstance(audit, AuditChain)
+                      else audit_folder(self.settings.data_dir)
+                      if audit is None and self.settings.audit_enabled else None)
+        self.catalog = Catalog(self.sealed, generation_floors(chain_root) if chain_root else {})
         self.catalog.load()
+        self._rollbacks_audited: set[tuple[str, int, int]] = set()
         self.budget = EncryptionBudget(self.sealed, self.settings.aead_max_encryptions)
         self._background: set[asyncio.Task[None]] = set()
         self.audit_mac = AuditMac(self.sealed, clock=lambda: self.clock(),
@@ -219,18 +227,42 @@ class KeyManagementService:
         self.events.on(event, callback)
 
     # -- lookups -------------------------------------------------------------
-    def _resolve(self, ref: Any) -> tuple[KeyRecord, KeyVersion | None]:
-        """Find a key by name or version key ID, refusing other environments."""
+    def _resolve(self, ref: Any, *, change: str | None = None
+                 ) -> tuple[KeyRecord, KeyVersion | None]:
+        """Find a key by name or version key ID, refusing other environments.
+
+        A key whose stored record was rolled back is refused (503 ``record_rollback``) for
+        use.  ``change`` (the mutation asked for) may go ahead from the newer state this
+        process still holds, which writes a newer generation and so ends the refusal;
+        without one, only a revocation may start from the rolled-back record."""
         text = str(ref).strip()
         match = KEY_ID_RE.fullmatch(text)
         if match and match["env"] != self.environment.value:
             raise EnvironmentMismatchError(text, match["env"], self.environment.value)
         record = self._lookup(text, by_key_id=bool(match))
+        name = self.catalog.name_for_key_id(text) if match else text
+        refused = self.catalog.rolled_back.get(name) if name else None
+        if refused is not None:
+            newer = record is not None and record.revision >= refused.expected
+            if change is None or not (newer or change == "REVOKE"):
+                raise refused
+            record = record if newer else refused.stale  # type: ignore[assignment]
         if record is None:
             raise KeyNotFoundError(text)
         if record.environment is not self.environment:
             raise EnvironmentMismatchError(text, record.environment.value, self.environment.value)
         return record, (lifecycle.find_version(record, text) if match else None)
+
+    def _generation(self, record: KeyRecord) -> dict[str, str]:
+        """The generation the catalog will write ``record`` as: audited (before the write) so
+        that the chain remembers each key's latest record (``audit.generations``)."""
+        return {"generation": str(self.catalog.next_generation(record))}
+
+    def _current(self, record: KeyRecord) -> KeyRecord:
+        """The catalog's copy of a resolved record (it may have changed while waiting for
+        the key's lock); the resolved one itself if it is the rolled-back record."""
+        known = self.catalog.get(record.name)
+        return known if known is not None and known.revision >= record.revision else record
 
     def _lookup(self, text: str, *, by_key_id: bool) -> KeyRecord | None:
         name = self.catalog.name_for_key_id(text) if by_key_id else text
@@ -363,6 +395,10 @@ class KeyManagementService:
             await self._record_failure(operation, exc, actor, name=name)
             raise
         async with self._lock(name):
+            if name in self.catalog.rolled_back:  # never a new key over a refused one
+                exc = self.catalog.rolled_back[name]
+                await self._record_failure(operation, exc, actor, name=name)
+                raise exc
             if self.catalog.get(name) is not None:
                 exc = InvalidInputError("name", f"a key named {name!r} already exists")
                 await self._record_failure(operation, exc, actor, name=name)
@@ -383,7 +419,8 @@ class KeyManagementService:
             await self._record(operation, "success", actor, record, version,
                                details={"algorithm": info.name, "mode": created.mode.value,
                                         "owner": owner, "usage": usage_enum.value,
-                                        "rotation_schedule": schedule})
+                                        "rotation_schedule": schedule,
+                                        **self._generation(record)})
             record = await self._commit(operation, record, version, actor)
         self.counters["created"][info.name] += 1
         metadata = self._metadata(record, version)
@@ -645,9 +682,9 @@ class KeyManagementService:
             why = _enum(RotationReason, reason, "reason")
             if grace_period is not None:
                 durations.parse_duration(grace_period, "grace_period")
-            record, _ = self._resolve(key_id)
+            record, _ = self._resolve(key_id, change="ROTATE")
             async with self._lock(record.name):
-                record = self.catalog.get(record.name) or record
+                record = self._current(record)
                 if request_id and request_id in record.handled_requests:
                     return self._replayed(record, why)
                 return await self._rotate(record, why, grace_period, immediate, algorithm,
@@ -722,7 +759,8 @@ class KeyManagementService:
         operation = "MIGRATE" if migration else "ROTATE"
         await self._record(operation, "success", actor, updated, new, reason=why.value,
                            details={**(details or {}), "old_key_id": old.key_id,
-                                    "old_state": demoted.state.value, "algorithm": info.name})
+                                    "old_state": demoted.state.value, "algorithm": info.name,
+                                    **self._generation(updated)})
         await self._commit(operation, updated, new, actor)
         if demoted.state is not VersionState.GRACE:
             await self.provider.retire(self._handle(old))
@@ -740,9 +778,9 @@ class KeyManagementService:
         try:
             if not str(reason or "").strip():
                 raise InvalidInputError("reason", "must not be empty")
-            record, named = self._resolve(key_id)
+            record, named = self._resolve(key_id, change="REVOKE")
             async with self._lock(record.name):
-                record = self.catalog.get(record.name) or record
+                record = self._current(record)
                 if request_id and request_id in record.handled_requests:
                     return {"key_id": str(key_id), "name": record.name, "reason": reason,
                             "revoked": [], "replayed": True}
@@ -754,7 +792,8 @@ class KeyManagementService:
                 revoked = [v.key_id for v, w in zip(record.versions, updated.versions, strict=True)
                            if v.state is not w.state]
                 await self._record("REVOKE", "success", actor, updated, named, reason=reason,
-                                   details={"revoked": ",".join(revoked)})
+                                   details={"revoked": ",".join(revoked),
+                                            **self._generation(updated)})
                 await asyncio.to_thread(self.catalog.put, updated)
         except QkmsError as exc:
             await self._record_failure("REVOKE", exc, actor, record=record)
@@ -791,11 +830,12 @@ class KeyManagementService:
         actor = Actor.parse(actor)
         record = None
         try:
-            record, _ = self._resolve(key_id)
+            record, _ = self._resolve(key_id, change=operation)
             async with self._lock(record.name):
-                record = self.catalog.get(record.name) or record
+                record = self._current(record)
                 updated = change(record, self.clock())
-                await self._record(operation, "success", actor, updated, None, details=details)
+                await self._record(operation, "success", actor, updated, None,
+                                   details={**(details or {}), **self._generation(updated)})
                 return await asyncio.to_thread(self.catalog.put, updated)
         except QkmsError as exc:
             await self._record_failure(operation, exc, actor, record=record)
@@ -820,6 +860,7 @@ class KeyManagementService:
         rotate on schedule, destroy versions past their deletion window."""
         now = now or self.clock()
         actions: list[str] = []
+        await self.audit_rollbacks()  # a rolled-back record found on reading: audited here
         record = self.catalog.get(name)
         if record is None or record.environment is not self.environment:
             return actions
@@ -842,12 +883,14 @@ class KeyManagementService:
             updated = lifecycle.destroy(updated, now)
             if actions and actions != ["rotated"]:
                 await self._record("EXPIRE", "success", Actor(), updated, None,
-                                   details={"actions": ",".join(actions)})
+                                   details={"actions": ",".join(actions),
+                                            **self._generation(updated)})
                 await asyncio.to_thread(self.catalog.put, updated)
         return actions
 
     async def tick(self, now: datetime | None = None) -> dict[str, list[str]]:
         """``advance`` every key of this environment; returns what happened per key."""
+        await self.audit_rollbacks()
         done = {}
         for record in self.catalog.all():
             actions = await self.advance(record.name, now)
@@ -950,7 +993,14 @@ class KeyManagementService:
                             Unauthenticated | OperationNotAllowedError | InvalidInputError |
                             KeyNotFoundError)
         self.counters["failures"][exc.code] += 1
+        if isinstance(exc, RecordRollbackError):
+            await self.audit_rollbacks()  # the finding first, then this refusal
         details = {**(details or {}), "code": exc.code}
+        stored = self.catalog.get((record.name if record else name) or "")
+        if isinstance(exc, StorageError) and stored is not None:
+            details["generation"] = str(stored.revision)  # the write failed: this one stayed
+        if isinstance(exc, RecordRollbackError):
+            details.update(found=str(exc.found), expected=str(exc.expected))
         if name is not None and len(name) > MAX_AUDITED_NAME:  # a refusal records a bounded name
             name = name[:MAX_AUDITED_NAME] + "..."
         shown = version or (record and (lifecycle.active_version(record) or record.current))
@@ -965,6 +1015,23 @@ class KeyManagementService:
                                version, reason=reason, name=name, details=details)
         except AuditStorageError:
             log.error("could not audit a failed %s", operation)
+
+    async def audit_rollbacks(self) -> None:
+        """Audit each rolled-back record found (once per finding): RECORD_ROLLBACK, error."""
+        for name, exc in list(self.catalog.rolled_back.items()):
+            mark = (name, exc.found, exc.expected)
+            if mark in self._rollbacks_audited:
+                continue
+            self._rollbacks_audited.add(mark)
+            try:
+                await self._record("RECORD_ROLLBACK", "error", Actor(), None, None, name=name,
+                                   reason=exc.message,
+                                   details={"code": exc.code, "record": exc.record,
+                                            "found": str(exc.found),
+                                            "expected": str(exc.expected)})
+            except AuditStorageError:
+                self._rollbacks_audited.discard(mark)
+                log.error("could not audit the rolled-back record of %s", name)
 
     # -- statistics and health -------------------------------------------------
     def user_records(self) -> list[KeyRecord]:
@@ -997,6 +1064,9 @@ class KeyManagementService:
             "backend": self.sealed.records.describe(),
             "keys": len(self.catalog.all()),
             "corrupt_records": sorted(self.catalog.corrupt),
+            "rolled_back_keys": {name: f"generation {exc.found}, the audit chain says "
+                                       f"{exc.expected}"
+                                 for name, exc in sorted(self.catalog.rolled_back.items())},
         }
         components["kek"] = {"status": "healthy", "kek_id": self.sealed.sealer.kek_id}
         try:

@@ -253,3 +253,34 @@ async def test_a_health_probe_answers_during_a_large_rsa_batch(plane, monkeypatc
     assert status == 200 and all("signature" in r for r in body["batch_results"])
     assert latencies and max(latencies) < 1.0, f"slowest probe {max(latencies):.2f} s"
     assert loads.count(meta.key_id) == 1  # loaded once for the whole batch
+
+
+async def test_an_old_record_put_back_does_not_unrevoke_the_key(plane):
+    """Item 1: copy the key's record, revoke it, copy the old record back: ~2 s later encrypt
+    and decrypt answered 200 again and every check stayed green."""
+    import asyncio
+
+    service = plane.service()
+    name = "payments/storage-encryption"
+    status, sealed = await raw_post(f"{plane.url}/v1/keys/{name}:encrypt",
+                                    body=b'{"input": "c2VjcmV0"}')
+    assert status == 200
+    path = service.sealed.records.root / "keys" / "payments~storage-encryption.rec"
+    before = path.read_bytes()
+    await service.revoke_key(name, "compromised laptop")
+    status, body = await raw_post(f"{plane.url}/v1/keys/{name}:encrypt",
+                                  body=b'{"input": "c2VjcmV0"}')
+    assert status == 409
+    path.write_bytes(before)  # the attack
+    await asyncio.sleep(service.settings.catalog_ttl + 0.2)
+    for operation, payload in (("encrypt", {"input": "c2VjcmV0"}),
+                               ("decrypt", {"ciphertext": sealed["ciphertext"]})):
+        status, body = await raw_post(f"{plane.url}/v1/keys/{name}:{operation}",
+                                      body=json.dumps(payload).encode())
+        assert status == 503 and body["error"]["code"] == "record_rollback", body
+    status, text = await get(plane.url + "/health/keys", "monitor")
+    store = json.loads(text)["environments"]["dev"]["components"]["store"]
+    assert store["status"] == "degraded" and name in store["rolled_back_keys"]
+    found = [e for e in plane.seen if e.operation == "RECORD_ROLLBACK"]
+    assert [e.key_name for e in found] == [name]
+    assert service.catalog.get(name).versions[0].state.value == "REVOKED"  # stays revoked

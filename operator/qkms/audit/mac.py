@@ -98,7 +98,7 @@ class AuditMac:
             return fresh[-1]
         key = MacKey(secrets.token_hex(4), secrets.token_bytes(32), self.clock())
         self._write([*fresh, key])
-        log.info("audit: new MAC key %s for entry digests", key.id)
+        log.debug("audit: new MAC key %s for entry digests", key.id)
         return key
 
     def digest(self, data: bytes) -> str:

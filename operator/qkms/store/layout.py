@@ -22,7 +22,7 @@ from pathlib import Path
 from qkms.errors import KekMismatchError, QkmsError
 
 from .records import SUFFIX
-from .sealing import MAGIC, kek_id, parse_kek
+from .sealing import MAGIC, MAGICS, kek_id, parse_kek
 
 NEW_STORE_HINT = "run `qkms serve` or `qkms keys create`"
 
@@ -54,7 +54,7 @@ def sealed_under(path: Path) -> str | None:
             head = handle.read(len(MAGIC) + 8)
     except OSError:
         return None
-    return head[len(MAGIC):].hex() if head.startswith(MAGIC) and len(head) == 12 else None
+    return head[len(MAGIC):].hex() if head.startswith(MAGICS) and len(head) == 12 else None
 
 
 def _kek_ids(path: Path) -> dict[str, Path]:

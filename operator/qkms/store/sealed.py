@@ -26,8 +26,13 @@ class SealedStore:
         blob = self.records.get(kind, name)
         return None if blob is None else self.sealer.open(blob, f"{kind}/{name}")
 
-    def put(self, kind: str, name: str, plaintext: bytes) -> None:
-        blob = self.sealer.seal(plaintext, f"{kind}/{name}")
+    def get_generation(self, kind: str, name: str) -> tuple[bytes, int | None] | None:
+        """The record and the generation sealed with it (None for a plain record)."""
+        blob = self.records.get(kind, name)
+        return None if blob is None else self.sealer.open_generation(blob, f"{kind}/{name}")
+
+    def put(self, kind: str, name: str, plaintext: bytes, generation: int | None = None) -> None:
+        blob = self.sealer.seal(plaintext, f"{kind}/{name}", generation)
         try:
             self.records.put(kind, name, blob)
         except OSError as exc:  # the old record, if any, is untouched (atomic replace)
@@ -61,5 +66,5 @@ class SealedStore:
                 blob = self.records.get(kind, name)
                 if blob is None or self.sealer.is_current(blob):
                     continue
-                self.put(kind, name, self.sealer.open(blob, f"{kind}/{name}"))
+                self.put(kind, name, *self.sealer.open_generation(blob, f"{kind}/{name}"))
                 yield f"{kind}/{name}"

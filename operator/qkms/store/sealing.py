@@ -3,7 +3,13 @@
 A sealed blob is ``MAGIC || kek_id(8) || nonce(12) || ciphertext+tag``.  The
 record's own address (kind and name) is the associated data, so a record
 copied over another, edited, or truncated fails to open and is reported by
-name.  ``kek_id`` (a digest prefix of the KEK) lets a store hold records under
+name.  A record that changes over time (a key's catalog record) is sealed as
+``MAGIC2 || kek_id(8) || generation(8) || nonce(12) || ciphertext+tag`` with its
+monotonic generation bound into the associated data too, so the generation can be
+read before opening and cannot be edited: an older copy put back is recognised
+as older (``store.catalog`` checks it against the audit chain).
+
+``kek_id`` (a digest prefix of the KEK) lets a store hold records under
 an old and a new KEK during ``qkms keys rewrap`` and tells a wrong KEK apart
 from tampering.
 """
@@ -26,6 +32,8 @@ from qkms.errors import InvalidInputError, RecordCorruptError
 log = logging.getLogger("key-management:store")
 
 MAGIC = b"QKS1"
+MAGIC2 = b"QKS2"  # with a generation
+MAGICS = (MAGIC, MAGIC2)
 _HEADER = len(MAGIC) + 8 + 12
 
 
@@ -98,6 +106,10 @@ def parse_kek(content: bytes, source: str) -> bytes:
     return kek
 
 
+def _aad(address: str, generation: bytes) -> bytes:
+    return address.encode() + b"\x00generation\x00" + generation
+
+
 class Sealer:
     """Seals under the current KEK; opens under any KEK it was given."""
 
@@ -109,22 +121,35 @@ class Sealer:
     def kek_id(self) -> str:
         return self._current.hex()
 
-    def seal(self, plaintext: bytes, address: str) -> bytes:
+    def seal(self, plaintext: bytes, address: str, generation: int | None = None) -> bytes:
         nonce = secrets.token_bytes(12)
-        body = self._keys[self._current].encrypt(nonce, plaintext, address.encode())
-        return MAGIC + self._current + nonce + body
+        if generation is None:
+            body = self._keys[self._current].encrypt(nonce, plaintext, address.encode())
+            return MAGIC + self._current + nonce + body
+        number = generation.to_bytes(8, "big")
+        body = self._keys[self._current].encrypt(nonce, plaintext, _aad(address, number))
+        return MAGIC2 + self._current + number + nonce + body
 
     def open(self, blob: bytes, address: str) -> bytes:
-        if len(blob) < _HEADER + 16 or not blob.startswith(MAGIC):
+        return self.open_generation(blob, address)[0]
+
+    def open_generation(self, blob: bytes, address: str) -> tuple[bytes, int | None]:
+        """The plaintext and the generation it was sealed with (None for a plain record)."""
+        versioned = blob.startswith(MAGIC2)
+        header = _HEADER + (8 if versioned else 0)
+        if len(blob) < header + 16 or not blob.startswith(MAGICS):
             raise RecordCorruptError(address, "truncated or not a sealed record")
         key = self._keys.get(blob[4:12])
         if key is None:
             raise RecordCorruptError(address, f"sealed under an unknown KEK {blob[4:12].hex()}")
+        number = blob[12:20] if versioned else None
+        aad = _aad(address, number) if number is not None else address.encode()
         try:
-            return key.decrypt(blob[12:24], blob[24:], address.encode())
+            plaintext = key.decrypt(blob[header - 12:header], blob[header:], aad)
         except InvalidTag:
             raise RecordCorruptError(
                 address, "authentication failed (edited, truncated or swapped)") from None
+        return plaintext, int.from_bytes(number, "big") if number is not None else None
 
     def is_current(self, blob: bytes) -> bool:
         return blob[4:12] == self._current
