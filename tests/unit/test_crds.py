@@ -165,7 +165,7 @@ def test_strings_in_cel_rules_are_bounded() -> None:
 
 
 def test_crd_names_and_columns() -> None:
-    policy, key = crds()
+    policy, key, *_issuers = crds()
     assert policy["metadata"]["name"] == "keypolicies.qkms.io"
     assert policy["spec"]["scope"] == "Cluster"
     assert policy["spec"]["names"] == {
@@ -337,6 +337,8 @@ def test_crds_folder_is_up_to_date() -> None:
 
 def test_write_crds(tmp_path: Path) -> None:
     written = write_crds(tmp_path / "out")
-    assert [p.name for p in written] == ["keypolicies.qkms.io.yaml", "managedkeys.qkms.io.yaml"]
+    assert [p.name for p in written] == ["keypolicies.qkms.io.yaml", "managedkeys.qkms.io.yaml",
+                                         "keyissuers.qkms.io.yaml",
+                                         "clusterkeyissuers.qkms.io.yaml"]
     assert list(yaml.safe_load_all(render_crds())) == crds()
     assert [yaml.safe_load(p.read_text()) for p in written] == crds()

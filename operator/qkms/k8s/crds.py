@@ -1,4 +1,4 @@
-"""The KeyPolicy and ManagedKey CRDs, generated from ``qkms.model.resources``.
+"""The qkms CRDs (KeyPolicy, ManagedKey, KeyIssuer, ClusterKeyIssuer), generated from ``qkms.model.resources``.
 
 The OpenAPI schemas come from the same pydantic models the operator validates
 with, turned into the structural form the API server demands ($refs inlined,
@@ -30,6 +30,7 @@ from pydantic import BaseModel
 
 from qkms.model.algorithms import algorithms_for_usage
 from qkms.model.enums import Usage
+from qkms.model.issuers import ClusterKeyIssuer, KeyIssuer, KeyIssuerSpec, KeyIssuerStatus
 from qkms.model.resources import (
     DELETION_WINDOW_PATTERN,
     GROUP,
@@ -100,6 +101,26 @@ KEY_POLICY_RULES: dict[tuple[str, ...], list[dict[str, str]]] = {
     ("spec", "deletionWindow"): [
         _rule(f"self.matches('{DELETION_WINDOW_PATTERN}')",
               "deletionWindow must be whole days from P7D to P30D"),
+    ],
+}
+
+_CA_RULES: dict[tuple[str, ...], list[dict[str, str]]] = {
+    ("spec", "ca"): [
+        _rule("has(self.selfSigned) != has(self.secret)",
+              "ca needs exactly one of selfSigned and secret"),
+    ],
+}
+KEY_ISSUER_RULES = {
+    **_CA_RULES,
+    ("spec", "keyRef"): [
+        _rule("!has(self.namespace)",
+              "a KeyIssuer uses a ManagedKey of its own namespace: leave namespace out"),
+    ],
+}
+CLUSTER_KEY_ISSUER_RULES = {
+    **_CA_RULES,
+    ("spec", "keyRef"): [
+        _rule("has(self.namespace)", "a ClusterKeyIssuer names the ManagedKey's namespace"),
     ],
 }
 
@@ -222,6 +243,23 @@ KINDS = (
         notes=["gracePeriod < rotationSchedule is enforced by the operator, not by CEL:",
                "CEL has no ISO 8601 durations (see qkms/k8s/crds.py)."],
     ),
+    *(Kind(
+        resource=resource, spec=KeyIssuerSpec, status=KeyIssuerStatus,
+        plural=plural, short_name=short, scope=scope,
+        columns=[
+            _column("Key", ".spec.keyRef.name"),
+            _column("Ready", '.status.conditions[?(@.type=="Ready")].status'),
+            _column("Reason", '.status.conditions[?(@.type=="Ready")].reason'),
+            _column("CA-Expires", ".status.caNotAfter", "date"),
+            _AGE,
+        ],
+        rules=rules,
+        notes=["A cert-manager issuer: CertificateRequests with issuerRef.group qkms.io are",
+               "signed by the ManagedKey inside its provider (qkms/k8s/issuers.py)."],
+    ) for resource, plural, short, scope, rules in (
+        (KeyIssuer, "keyissuers", "ki", "Namespaced", KEY_ISSUER_RULES),
+        (ClusterKeyIssuer, "clusterkeyissuers", "cki", "Cluster", CLUSTER_KEY_ISSUER_RULES),
+    )),
 )
 
 # Kopf keeps its own bookkeeping under status.kopf; keep it from being pruned.
@@ -313,7 +351,7 @@ def file_name(kind: Kind) -> str:
 
 
 def render_crds() -> str:
-    """Both CRDs as one multi-document YAML stream (``kubectl apply -f -``)."""
+    """Every CRD as one multi-document YAML stream (``kubectl apply -f -``)."""
     return "---\n".join(render_crd(kind) for kind in KINDS)
 
 
