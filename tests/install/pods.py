@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import re
 import signal
@@ -39,6 +40,7 @@ from typing import Any
 
 import aiohttp
 
+from tests.install.helpers import NAMESPACE
 from tests.support.controlplane import CONTROLLERS, ControlPlane, ControlPlaneError
 from tests.support.kubeclient import KubeClient, KubeError, eventually
 from tests.support.server_process import die_with_parent, free_port
@@ -115,15 +117,29 @@ def local_command(command: list[str]) -> list[str]:
     return command
 
 
+OPERATOR_USER = f"system:serviceaccount:{NAMESPACE}:qkms"
+
+
 @contextlib.asynccontextmanager
-async def workload_control_plane(folder: Path) -> AsyncIterator[ControlPlane]:
+async def workload_control_plane(folder: Path, *, audit_users: tuple[str, ...] = ()
+                                 ) -> AsyncIterator[ControlPlane]:
     """A control plane of the test's own whose kube-controller-manager also runs the
     workload controllers (StatefulSet, Deployment, ReplicaSet, disruption): applying
-    manifests/ makes Pods and claims. Nothing is installed."""
+    manifests/ makes Pods and claims. Nothing is installed. With `audit_users`, the API
+    server writes an audit log of those users' requests (:func:`audit_log`)."""
     try:
         cp = ControlPlane(folder, controllers=(*CONTROLLERS, *WORKLOAD_CONTROLLERS))
     except ControlPlaneError as exc:
         require_server("the Kubernetes control plane", str(exc))
+    if audit_users:
+        policy = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+                  "omitStages": ["RequestReceived"],
+                  "rules": [{"level": "Metadata", "users": list(audit_users)},
+                            {"level": "None"}]}
+        (folder / "audit-policy.yaml").write_text(json.dumps(policy))
+        cp.apiserver.command += [f"--audit-policy-file={folder / 'audit-policy.yaml'}",
+                                 f"--audit-log-path={folder / 'audit.log'}",
+                                 "--audit-log-format=json", "--audit-log-mode=blocking"]
     try:
         await cp.start()
     except (ControlPlaneError, TimeoutError, KubeError, OSError) as exc:
@@ -332,3 +348,26 @@ async def mark_ready(kube: KubeClient, pod: dict[str, Any]) -> None:
         "phase": "Running", "conditions": conditions, "startTime": now,
         "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}]}},
         meta["namespace"], subresource="status")
+
+
+def audit_log(cp: ControlPlane, user: str = OPERATOR_USER) -> list[dict[str, Any]]:
+    """The API server's audit events of `user` (one per request; a watch's last stage)."""
+    path = cp.workdir / "audit.log"
+    events: dict[str, dict[str, Any]] = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        event = json.loads(line)
+        if event.get("user", {}).get("username") == user:
+            events[event["auditID"]] = event
+    return list(events.values())
+
+
+def requests_made(events: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource[/subresource], verb) of every request, as RBAC names them."""
+    made = set()
+    for event in events:
+        ref = event.get("objectRef") or {}
+        if not ref.get("resource"):
+            continue  # discovery (/api, /apis): allowed to every authenticated user
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        made.add((ref.get("apiGroup", ""), resource, event["verb"]))
+    return made

@@ -43,19 +43,20 @@ CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResou
 # The operator's contract (what it calls), as (apiGroup, resource, verb). The ClusterRole must
 # grant exactly this: a missing line breaks the operator, an extra one is privilege creep.
 READ = ("get", "list", "watch")
+LIST = ("list", "watch")
 CONTRACT: set[tuple[str, str, str]] = {
-    *{("qkms.io", r, v) for r in ("managedkeys", "keypolicies") for v in (*READ, "patch")},
-    *{("qkms.io", r, v) for r in ("managedkeys/status", "keypolicies/status")
-      for v in ("get", "patch")},
+    *{("qkms.io", "managedkeys", v) for v in (*READ, "patch")},
+    *{("qkms.io", "keypolicies", v) for v in (*LIST, "patch")},
+    *{("qkms.io", r, "patch") for r in ("managedkeys/status", "keypolicies/status")},
     ("qkms.io", "managedkeys/finalizers", "update"),  # blockOwnerDeletion on projections
-    *{("", "namespaces", v) for v in READ},
-    *{("", r, v) for r in ("secrets", "configmaps")
-      for v in (*READ, "create", "update", "patch", "delete")},
-    *{(g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")},
+    ("", "namespaces", "get"),
+    *{("", "secrets", v) for v in (*READ, "create", "update", "delete")},
+    *{("", "configmaps", v) for v in (*READ, "create", "update")},
+    ("", "events", "create"),
     ("authentication.k8s.io", "tokenreviews", "create"),
     ("authorization.k8s.io", "subjectaccessreviews", "create"),
-    *{("kopf.dev", "clusterkopfpeerings", v) for v in (*READ, "patch")},
-    *{("apiextensions.k8s.io", "customresourcedefinitions", v) for v in READ},
+    *{("kopf.dev", "clusterkopfpeerings", v) for v in (*LIST, "patch")},
+    *{("apiextensions.k8s.io", "customresourcedefinitions", v) for v in LIST},
 }
 # Beyond the contract, each with its reason.
 EXTRA = {

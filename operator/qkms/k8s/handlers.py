@@ -30,6 +30,13 @@ from .storage import GROUP, VERSION
 MANAGED_KEYS = (GROUP, VERSION, "managedkeys")
 KEY_POLICIES = (GROUP, VERSION, "keypolicies")
 PROJECTED = {"app.kubernetes.io/managed-by": "qkms", "qkms.io/managed-key": kopf.PRESENT}
+# The same filter as a server-side label selector: Kopf lists and watches only qkms's
+# projections, never every Secret and ConfigMap of the cluster (its labels= filter on a
+# handler is applied client-side, after the API has sent everything).
+PROJECTED_SELECTOR = "app.kubernetes.io/managed-by=qkms,qkms.io/managed-key"
+WATCHED_BY_LABEL = (("v1", "secrets"), ("v1", "configmaps"))
+# Lists are paged (limit/continue): a cluster with many ManagedKeys is read in chunks.
+LIST_CHUNK = 500
 RUNTIME: dict[str, OperatorRuntime] = {}
 KOPF_PREFIX = "kopf.qkms.io"
 
@@ -49,6 +56,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=KOPF_PREFIX, key="last-handled-configuration")
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
+    settings.watching.chunk_size = LIST_CHUNK
+    for resource in WATCHED_BY_LABEL:
+        settings.watching.label_selectors[resource] = PROJECTED_SELECTOR
     # How long a dead replica's peering record blocks the others (Kopf's default: 60 s).
     settings.peering.lifetime = int(os.environ.get("QKMS_PEERING_LIFETIME", "60"))
     if "runtime" not in RUNTIME:

@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from qkms.store.records import check_record_name
 
-from .storage import TIMEOUT
+from .storage import TIMEOUT, list_pages
 
 KIND_LABEL = "qkms.io/record-kind"
 SCOPE_LABEL = "qkms.io/record-scope"
@@ -110,8 +110,8 @@ class SecretRecordStore:
                 raise OSError(f"Kubernetes API: {exc.status} {exc.reason}") from None
 
     def _listing(self, selector: str) -> list[Any]:
-        return self.core.list_namespaced_secret(self.namespace, label_selector=selector,
-                                                _request_timeout=TIMEOUT).items
+        return list_pages(self.core.list_namespaced_secret, self.namespace,
+                          label_selector=selector)
 
     def list(self, kind: str) -> list[str]:
         names = []

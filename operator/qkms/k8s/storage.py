@@ -28,6 +28,25 @@ log = logging.getLogger("key-management:k8s")
 GROUP, VERSION = "qkms.io", "v1alpha1"
 TIMEOUT = 10  # seconds, for every API call
 CACHE_SECONDS = 3.0
+LIST_CHUNK = 500  # every list is paged (limit/continue): a big cluster is read in chunks
+
+
+def list_pages(call: Any, *args: Any, **kwargs: Any) -> list[Any]:
+    """Every item of a paged list (blocking: run it in a thread). `call` is a kubernetes
+    client list method; its answer is a dict (custom objects) or a V1...List."""
+    items: list[Any] = []
+    token: str | None = None
+    while True:
+        page = call(*args, limit=LIST_CHUNK, _continue=token, _request_timeout=TIMEOUT,
+                    **kwargs)
+        if isinstance(page, dict):
+            items.extend(page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue")
+        else:
+            items.extend(page.items or [])
+            token = page.metadata._continue if page.metadata else None
+        if not token:
+            return items
 
 
 def load_client() -> client.ApiClient:
@@ -87,10 +106,10 @@ class Kube:
 
     async def key_policies(self) -> list[KeyPolicy]:
         async def load() -> list[KeyPolicy]:
-            listing = await self._call(self.custom.list_cluster_custom_object, GROUP, VERSION,
-                                       "keypolicies")
+            listing = await asyncio.to_thread(list_pages, self.custom.list_cluster_custom_object,
+                                              GROUP, VERSION, "keypolicies")
             policies = []
-            for item in listing.get("items", []):
+            for item in listing:
                 try:
                     policies.append(parse_key_policy(item))
                 except InvalidInputError as exc:
@@ -134,9 +153,8 @@ class Kube:
         return annotations, {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
 
     async def managed_keys(self) -> list[dict[str, Any]]:
-        listing = await self._call(self.custom.list_cluster_custom_object, GROUP, VERSION,
-                                   "managedkeys")
-        return list(listing.get("items", []))
+        return await asyncio.to_thread(list_pages, self.custom.list_cluster_custom_object,
+                                       GROUP, VERSION, "managedkeys")
 
     # -- writes --------------------------------------------------------------
     async def patch_managed_key(self, namespace: str, name: str, patch: dict[str, Any],
