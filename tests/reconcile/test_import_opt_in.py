@@ -44,9 +44,9 @@ async def test_only_a_secret_that_names_the_managed_key_can_be_imported(tmp_path
     secrets = {("ns", "legacy"): ({}, {"tls.key": PEM, "password": b"hunter2"})}
     rec = reconciler(tmp_path, clock, secrets)
     refusals = []
-    for annotations in ({}, {IMPORT_ANNOTATION: "someone-else"},
-                        {IMPORT_ANNOTATION: "thief-and-more"}):
-        secrets[("ns", "legacy")] = (annotations, secrets[("ns", "legacy")][1])
+    for marks in ({}, {IMPORT_ANNOTATION: "someone-else"},
+                  {IMPORT_ANNOTATION: "thief-and-more"}):
+        secrets[("ns", "legacy")] = (marks, secrets[("ns", "legacy")][1])
         out = await rec.reconcile(parse_managed_key(body("thief", key="tls.key")), DEV, [])
         refusals.append(ready(out).message)
         assert ready(out).status == "False" and ready(out).reason == "InvalidSpec"
