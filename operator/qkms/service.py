@@ -985,6 +985,21 @@ class KeyManagementService:
         await self._record_failure(str(operation).upper()[:32], exc, Actor.parse(actor),
                                    name=key_name, details=details)
 
+    async def audit_key_event(self, operation: str, key_name: str, actor: Any, *,
+                              result: str = "success", key_id: str | None = None,
+                              reason: str | None = None,
+                              details: dict[str, str] | None = None) -> AuditEntry:
+        """Audit what was done with a key beyond one use_key call (a certificate issued
+        with its SIGN), naming the version ``key_id`` (else the active one)."""
+        record = self.catalog.get(key_name)
+        version = None
+        if record is not None:
+            version = (lifecycle.find_version(record, key_id) if key_id else None) or \
+                lifecycle.active_version(record)
+        return await self._record(str(operation).upper()[:32], result, Actor.parse(actor),
+                                  record, version, reason=reason, details=details,
+                                  name=key_name)
+
     async def _record_failure(self, operation: str, exc: QkmsError, actor: Actor, *,
                               record: KeyRecord | None = None, version: KeyVersion | None = None,
                               name: str | None = None,

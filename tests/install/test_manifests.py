@@ -57,6 +57,11 @@ CONTRACT: set[tuple[str, str, str]] = {
     ("authorization.k8s.io", "subjectaccessreviews", "create"),
     *{("kopf.dev", "clusterkopfpeerings", v) for v in (*LIST, "patch")},
     *{("apiextensions.k8s.io", "customresourcedefinitions", v) for v in LIST},
+    # the cert-manager issuers (qkms/k8s/issuers.py)
+    *{("qkms.io", r, v) for r in ("keyissuers", "clusterkeyissuers") for v in (*READ, "patch")},
+    *{("qkms.io", r, "patch") for r in ("keyissuers/status", "clusterkeyissuers/status")},
+    *{("cert-manager.io", "certificaterequests", v) for v in READ},
+    ("cert-manager.io", "certificaterequests/status", "patch"),
 }
 # Beyond the contract, each with its reason.
 EXTRA = {
@@ -328,6 +333,12 @@ def test_rbac_covers_every_api_call_in_the_operator_code(objects: list[dict[str,
     needed |= {("qkms.io", r, v) for r in ("managedkeys", "keypolicies")
                for v in ("list", "watch", "patch")}
     needed |= {("", "events", "create"), ("kopf.dev", "clusterkopfpeerings", "patch")}
+    # qkms/k8s/issuers.py: Kopf on the issuers, events of CertificateRequests, and its calls
+    needed |= {("qkms.io", r, v) for r in ("keyissuers", "clusterkeyissuers")
+               for v in ("get", "list", "watch", "patch")}
+    needed |= {("qkms.io", r, "patch") for r in ("keyissuers/status", "clusterkeyissuers/status")}
+    needed |= {("cert-manager.io", "certificaterequests", v) for v in ("list", "watch")}
+    needed.add(("cert-manager.io", "certificaterequests/status", "patch"))
     assert ("", "secrets", "create") in needed  # the scan found the client calls
     assert needed - granted(objects) == set()
 

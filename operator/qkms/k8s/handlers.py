@@ -174,3 +174,6 @@ async def repair_projection(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> 
     if meta.get("deletionTimestamp") and event.get("type") != "DELETED":
         return
     await runtime().repair(ProjectionTarget(meta["namespace"], body["kind"], meta["name"]))
+
+
+from . import issuers  # noqa: E402, F401 - registers the cert-manager issuer handlers
