@@ -46,6 +46,11 @@ UNEXERCISED: dict[tuple[str, str, str], str] = {
     ("qkms.io", "managedkeys/finalizers", "update"): "projections' blockOwnerDeletion",
     ("", "secrets", "delete"): "a key version's sealed record destroyed after its window",
 }
+# Resources whose handlers this run does not drive at all (each has its own test); their
+# requests are still checked (granted, paged), their grants are not checked for use here.
+# The cert-manager issuer: tests/k8s/test_cert_manager_issuer.py.
+UNDRIVEN = {("qkms.io", "keyissuers"), ("qkms.io", "clusterkeyissuers"),
+            ("cert-manager.io", "certificaterequests")}
 
 
 def granted() -> set[tuple[str, str, str]]:
@@ -124,7 +129,8 @@ async def test_operator_requests_are_selective_paged_and_exactly_granted(tmp_pat
                     f"every {ref['resource']} of the cluster asked for: {event['requestURI']}"
         grants = granted()
         assert made <= grants
-        unused = grants - made - set(UNEXERCISED)
+        unused = {(g, r, v) for g, r, v in grants - made - set(UNEXERCISED)
+                  if (g, r.split("/")[0]) not in UNDRIVEN}
         assert unused == set(), f"granted but never used: {sorted(unused)}"
 
 
