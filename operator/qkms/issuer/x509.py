@@ -170,8 +170,10 @@ def parse_csr(pem: bytes) -> CSR:
     if key_oid in (RSA_ENCRYPTION, EC_PUBLIC_KEY, ED25519, ED448):
         try:
             valid = request.is_signature_valid
-        except (UnsupportedAlgorithm, ValueError):
+        except UnsupportedAlgorithm:
             raise Refused("the CSR's signature algorithm is not supported") from None
+        except ValueError:  # a signature that is not even well-formed
+            valid = False
     else:
         valid = _verifies_natively(spki.encoded, info.encoded, signature, sig_oid)
     if not valid:

@@ -5,11 +5,13 @@ Thin by design: the decisions are in ``qkms.issuer.x509`` (pure); this module re
 what they need from the API, signs through ``KeyManagementService.use_key(SIGN)`` (the
 CA key never leaves its provider), audits, and writes statuses.
 
-- Issuer create/update/resume, and a timer: make or check the CA certificate, then
-  status Ready (CAReady) with the fingerprint and expiry, or Ready=False naming why.
-  A self-signed CA certificate is renewed when the key rotates, the spec changes, or
-  less than a third of its validity is left; a CA certificate from a Secret must have
-  the ManagedKey's public key (else CAKeyMismatch).
+- Issuer create/update/resume: make or check the CA certificate, then status Ready
+  (CAReady) with the fingerprint and expiry, or Ready=False naming why (retried while
+  the key is still being made). No timer, so no finalizer: the CA is checked again each
+  time a request is signed, and a self-signed CA certificate is renewed then when the key
+  rotated, the spec changed, or less than a third of its validity is left (the issuer's
+  status follows). A CA certificate from a Secret must have the ManagedKey's public key
+  (else CAKeyMismatch).
 - CertificateRequest events: only Approved ones are signed (Denied and unapproved ones
   are left alone); a bad CSR, a name outside the policy, a duration above the maximum or
   a CA key that cannot sign gets Ready=False reason Failed; success writes
@@ -47,7 +49,7 @@ CLUSTER_KEY_ISSUERS = (GROUP, VERSION, "clusterkeyissuers")
 CM_GROUP, CM_VERSION = "cert-manager.io", "v1"
 CERTIFICATE_REQUESTS = (CM_GROUP, CM_VERSION, "certificaterequests")
 ISSUER_KINDS = {"KeyIssuer": "keyissuers", "ClusterKeyIssuer": "clusterkeyissuers"}
-RECHECK_SECONDS = float(os.environ.get("QKMS_ISSUER_RECHECK_SECONDS", "300"))
+RETRY_SECONDS = float(os.environ.get("QKMS_ISSUER_RETRY_SECONDS", "5"))
 ISSUER_ACTOR = {"type": "SERVICE", "id": "qkms-issuer"}
 
 
@@ -258,17 +260,16 @@ def _issuer_status(state: IssuerState | None, error: NotReady | None,
             "observedGeneration": generation}
 
 
-async def refresh_issuer(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The issuer's new status (its CA made or checked)."""
+async def refresh_issuer(body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The issuer's new status (its CA made or checked), and whether to try again."""
     generation = body["metadata"].get("generation")
     try:
         state = await issuer_state(body)
     except NotReady as exc:
-        return _issuer_status(None, exc, generation)
-    except QkmsError as exc:  # a provider fault: reported, retried by the timer
-        return _issuer_status(None, NotReady("ProviderUnavailable", str(exc), retry=True),
-                              generation)
-    return _issuer_status(state, None, generation)
+        return _issuer_status(None, exc, generation), exc.retry
+    except QkmsError as exc:  # a provider fault: reported and retried
+        return _issuer_status(None, NotReady("ProviderUnavailable", str(exc)), generation), True
+    return _issuer_status(state, None, generation), False
 
 
 @kopf.on.resume(*KEY_ISSUERS)
@@ -278,8 +279,10 @@ async def refresh_issuer(body: Mapping[str, Any]) -> dict[str, Any]:
 @kopf.on.create(*CLUSTER_KEY_ISSUERS)
 @kopf.on.update(*CLUSTER_KEY_ISSUERS)
 async def reconcile_issuer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    status = await refresh_issuer(body)
+    status, retry = await refresh_issuer(body)
     patch.status.update(status)
+    if retry:  # a key still being made, a provider fault: Kopf tries again (status kept)
+        raise kopf.TemporaryError(status["conditions"][0]["message"], delay=RETRY_SECONDS)
     _resume_if_ready(body, status)
 
 
@@ -291,19 +294,6 @@ def _resume_if_ready(body: Mapping[str, Any], status: dict[str, Any]) -> None:
 
 
 RESUMING: set[asyncio.Task[None]] = set()
-
-
-@kopf.timer(*KEY_ISSUERS, interval=RECHECK_SECONDS, initial_delay=RECHECK_SECONDS)
-@kopf.timer(*CLUSTER_KEY_ISSUERS, interval=RECHECK_SECONDS, initial_delay=RECHECK_SECONDS)
-async def recheck_issuer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    """Key rotations, CA renewal, a key that became ready: the status follows."""
-    status = await refresh_issuer(body)
-    old = dict(body.get("status") or {})
-    if any(old.get(k) != v for k, v in status.items() if k != "conditions") or \
-            [(c.get("status"), c.get("reason")) for c in old.get("conditions") or []] != \
-            [(c["status"], c["reason"]) for c in status["conditions"]]:
-        patch.status.update(status)
-        _resume_if_ready(body, status)
 
 
 # -- CertificateRequests --------------------------------------------------------------

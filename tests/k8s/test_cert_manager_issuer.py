@@ -1,0 +1,450 @@
+"""qkms as a cert-manager issuer, on the real control plane with cert-manager's own CRDs.
+
+cert-manager's CRDs come at test time from its Go module on the Go module proxy
+(``go mod download``, cached under ~/.cache/qkms-gomod, outside the clone; never
+committed): deploy/crds/crd-certificaterequests.yaml, Helm comments and template labels
+stripped. The cert-manager controller is not needed: the tests create CertificateRequests
+and approve or deny them as cert-manager's approver does (condition Approved or Denied on
+the status subresource), and the real qkms operator, logged in as its ServiceAccount,
+signs them with ManagedKeys that never leave the provider.
+
+Each certificate is checked independently of qkms: classical chains with
+``cryptography`` (verify_directly_issued_by) and ``openssl verify``; ML-DSA with
+``cryptography``'s ML-DSA public keys (its X.509 layer has no ML-DSA in this version, so
+the signature over the TBS bytes is checked) and with dilithium-py; the composite with
+dilithium-py (ML-DSA-65 over M' with the draft's label as context) and ``cryptography``'s
+Ed25519.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from asn1crypto import core
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, rsa
+from cryptography.x509.oid import NameOID
+from dilithium_py.ml_dsa import ML_DSA_44, ML_DSA_65, ML_DSA_87
+
+from qkms.audit.search import Query, search
+from tests.k8s.conftest import qkms_operator_process
+from tests.support.fixtures import apply_all
+from tests.support.kubeclient import KubeClient, eventually
+from tests.support.servers import require_server
+
+CERT_MANAGER = "github.com/cert-manager/cert-manager"
+CERT_MANAGER_VERSION = os.environ.get("QKMS_CERT_MANAGER_VERSION", "v1.16.2")
+GO_CACHE = Path(os.environ.get("QKMS_GOMODCACHE", Path.home() / ".cache" / "qkms-gomod"))
+NS = "payments"
+MK, CR = "managedkeys", "cert-manager.io/v1/certificaterequests"
+KI, CKI = "qkms.io/v1alpha1/keyissuers", "qkms.io/v1alpha1/clusterkeyissuers"
+CA_ALGORITHMS = ["Ed25519", "ECDSA-P256", "RSA-2048", "RSA-4096", "ML-DSA-44", "ML-DSA-65",
+                 "ML-DSA-87", "Ed25519+ML-DSA-65"]
+CLASSICAL = {"Ed25519", "ECDSA-P256", "RSA-2048", "RSA-4096"}
+MLDSA_OIDS = {"ML-DSA-44": "2.16.840.1.101.3.4.3.17", "ML-DSA-65": "2.16.840.1.101.3.4.3.18",
+              "ML-DSA-87": "2.16.840.1.101.3.4.3.19"}
+COMPOSITE_OID = "1.3.6.1.5.5.7.6.48"
+DILITHIUM = {"ML-DSA-44": ML_DSA_44, "ML-DSA-65": ML_DSA_65, "ML-DSA-87": ML_DSA_87}
+
+
+# -- cert-manager's CRDs, from its Go module ---------------------------------------------
+
+def cert_manager_crds() -> list[dict[str, Any]]:
+    go = shutil.which("go")
+    if go is None:
+        require_server("cert-manager's CRDs", "no go toolchain to download its module")
+    env = {**os.environ, "GOMODCACHE": str(GO_CACHE), "GOFLAGS": "-mod=mod"}
+    done = subprocess.run([go, "mod", "download", "-json", f"{CERT_MANAGER}@{CERT_MANAGER_VERSION}"],
+                          capture_output=True, text=True, env=env, timeout=300, cwd="/")
+    if done.returncode != 0:
+        require_server("cert-manager's CRDs", f"go mod download failed: {done.stdout}{done.stderr}")
+    folder = Path(json.loads(done.stdout)["Dir"]) / "deploy" / "crds"
+    path = folder / "crd-certificaterequests.yaml"
+    assert path.exists(), f"cert-manager {CERT_MANAGER_VERSION} has no {path.name} in deploy/crds"
+    crd = yaml.safe_load(path.read_text())
+    # Helm template values in labels and annotations: replaced by what an install would write.
+    crd["metadata"]["labels"] = {"app.kubernetes.io/name": "cert-manager"}
+    crd["metadata"].pop("annotations", None)
+    assert crd["spec"]["names"]["kind"] == "CertificateRequest"
+    return [crd]
+
+
+@pytest.fixture
+async def cert_manager(kube: KubeClient) -> KubeClient:
+    await apply_all(kube, cert_manager_crds())
+    return kube
+
+
+@pytest.fixture
+async def operator(cert_manager, operator_kubeconfig: Path, tmp_path: Path):
+    process = qkms_operator_process(operator_kubeconfig, tmp_path / "operator",
+                                    {"QKMS_ISSUER_RETRY_SECONDS": "1"})
+    await process.start()
+    try:
+        yield process
+    finally:
+        for body in await cert_manager.list(CKI):
+            await cert_manager.delete(CKI, body["metadata"]["name"])
+        await process.stop()
+        print(f"--- operator ---\n{process.log()}")
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+def conditions(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in (body.get("status") or {}).get("conditions") or []}
+
+
+async def namespace(kube: KubeClient, name: str = NS) -> None:
+    await kube.create("namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": name, "labels": {"qkms.io/environment": "dev"}}})
+
+
+async def managed_key(kube: KubeClient, name: str, algorithm: str) -> None:
+    await kube.create(MK, {"apiVersion": "qkms.io/v1alpha1", "kind": "ManagedKey",
+                           "metadata": {"name": name, "namespace": NS},
+                           "spec": {"usage": "SIGNING", "algorithm": algorithm,
+                                    "owner": "pki"}}, NS)
+
+
+def key_name(algorithm: str) -> str:
+    return "ca-" + algorithm.lower().replace("+", "-")
+
+
+async def issuer(kube: KubeClient, name: str, key: str, *, policy: dict | None = None,
+                 cluster: bool = False) -> None:
+    spec = {"keyRef": {"name": key, **({"namespace": NS} if cluster else {})},
+            "ca": {"selfSigned": {"commonName": f"{name} CA", "organization": ["qkms tests"],
+                                  "pathLength": 0}},
+            **({"policy": policy} if policy else {})}
+    meta = {"name": name, **({} if cluster else {"namespace": NS})}
+    body = {"apiVersion": "qkms.io/v1alpha1", "kind": "ClusterKeyIssuer" if cluster
+            else "KeyIssuer", "metadata": meta, "spec": spec}
+    await kube.create(CKI if cluster else KI, body, None if cluster else NS)
+
+
+async def issuer_ready(kube: KubeClient, name: str, *, cluster: bool = False) -> dict:
+    async def probe():
+        body = await kube.get(CKI if cluster else KI, name, None if cluster else NS)
+        return body if conditions(body).get("Ready", {}).get("status") == "True" else None
+    return await eventually(probe, timeout=90, what=f"issuer {name} Ready",
+                            context=lambda: "")
+
+
+def csr_pem(key: Any, dns: list[str], cn: str | None = None, uris: list[str] = ()) -> bytes:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else [])
+    names = [*(x509.DNSName(d) for d in dns), *(x509.UniformResourceIdentifier(u) for u in uris)]
+    builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    digest = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    return builder.sign(key, digest).public_bytes(serialization.Encoding.PEM)
+
+
+def mldsa_csr_pem(key: mldsa.MLDSA65PrivateKey, dns: str) -> bytes:
+    """An ML-DSA-65 PKCS#10 request, written with asn1crypto (cryptography cannot)."""
+    oid = core.ObjectIdentifier(MLDSA_OIDS["ML-DSA-65"])
+    spki = core.Sequence.load(  # SEQUENCE { SEQUENCE { oid }, BIT STRING key }
+        b"\x30" + _len(core.Sequence(contents=oid.dump()).dump()
+                       + core.OctetBitString(key.public_key().public_bytes_raw()).dump())
+        + core.Sequence(contents=oid.dump()).dump()
+        + core.OctetBitString(key.public_key().public_bytes_raw()).dump())
+    san = core.Sequence(contents=core.ObjectIdentifier("2.5.29.17").dump() + core.OctetString(
+        core.Sequence(contents=b"\x82" + _len_raw(dns.encode()) + dns.encode()).dump()).dump())
+    ext_req = core.Sequence(contents=core.ObjectIdentifier("1.2.840.113549.1.9.14").dump()
+                            + core.SetOf(contents=core.Sequence(contents=san.dump()).dump()).dump())
+    info = core.Sequence(contents=core.Integer(0).dump() + core.Sequence(contents=b"").dump()
+                         + spki.dump()
+                         + b"\xa0" + _len_raw(ext_req.dump()) + ext_req.dump())
+    signature = key.sign(info.dump())
+    request = core.Sequence(contents=info.dump() + core.Sequence(contents=oid.dump()).dump()
+                            + core.OctetBitString(signature).dump())
+    body = base64.encodebytes(request.dump()).decode().replace("\n", "")
+    lines = "\n".join(body[i:i + 64] for i in range(0, len(body), 64))
+    return f"-----BEGIN CERTIFICATE REQUEST-----\n{lines}\n-----END CERTIFICATE REQUEST-----\n" \
+        .encode()
+
+
+def _len_raw(data: bytes) -> bytes:
+    n = len(data)
+    if n < 0x80:
+        return bytes([n])
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def _len(data: bytes) -> bytes:
+    return _len_raw(data)
+
+
+async def request(kube: KubeClient, name: str, pem: bytes, issuer_name: str, *,
+                  kind: str = "KeyIssuer", duration: str | None = None,
+                  usages: list[str] | None = None) -> None:
+    spec = {"request": base64.b64encode(pem).decode(),
+            "issuerRef": {"group": "qkms.io", "kind": kind, "name": issuer_name},
+            **({"duration": duration} if duration else {}),
+            **({"usages": usages} if usages else {})}
+    await kube.create(CR, {"apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
+                           "metadata": {"name": name, "namespace": NS}, "spec": spec}, NS)
+
+
+async def decide(kube: KubeClient, name: str, approved: bool = True) -> None:
+    """What cert-manager's approver does: a condition on the status subresource."""
+    kind = "Approved" if approved else "Denied"
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body = await kube.get(CR, name, NS)
+    kept = (body.get("status") or {}).get("conditions") or []
+    await kube.patch(CR, name, {"status": {"conditions": [*kept, {
+        "type": kind, "status": "True", "reason": "qkms-tests",
+        "message": f"{kind.lower()} by the test", "lastTransitionTime": now}]}}, NS,
+        subresource="status")
+
+
+async def finished(kube: KubeClient, name: str) -> dict:
+    async def probe():
+        body = await kube.get(CR, name, NS)
+        ready = conditions(body).get("Ready", {})
+        return body if ready.get("reason") in ("Issued", "Failed") else None
+    return await eventually(probe, timeout=60, what=f"CertificateRequest {name} finished")
+
+
+def _tlvs(data: bytes) -> list[tuple[int, bytes, bytes]]:
+    """(tag, content, whole) of each DER element in ``data`` (a test-local reader)."""
+    out, i = [], 0
+    while i < len(data):
+        tag, first, j = data[i], data[i + 1], i + 2
+        if first & 0x80:
+            count = first & 0x7F
+            length, j = int.from_bytes(data[j:j + count], "big"), j + count
+        else:
+            length = first
+        out.append((tag, data[j:j + length], data[i:j + length]))
+        i = j + length
+    return out
+
+
+def spki_of(cert_der: bytes) -> tuple[str, bytes]:
+    """The key OID and raw public key of a certificate, read without qkms."""
+    tbs = _tlvs(_tlvs(_tlvs(cert_der)[0][1])[0][1])
+    spki = tbs[6] if tbs[0][0] == 0xA0 else tbs[5]
+    algorithm, key = _tlvs(spki[1])
+    oid = core.ObjectIdentifier.load(_tlvs(algorithm[1])[0][2]).dotted
+    return oid, key[1][1:]
+
+
+def verify_pq(algorithm: str, issuer_der: bytes, cert: x509.Certificate) -> None:
+    """Independent checks of an ML-DSA or composite signature over the TBS bytes."""
+    oid, raw = spki_of(issuer_der)
+    tbs, sig = cert.tbs_certificate_bytes, cert.signature
+    if algorithm in MLDSA_OIDS:
+        assert oid == MLDSA_OIDS[algorithm] == cert.signature_algorithm_oid.dotted_string
+        public = getattr(mldsa, f"MLDSA{algorithm[-2:]}PublicKey").from_public_bytes(raw)
+        public.verify(sig, tbs)  # raises if invalid
+        assert DILITHIUM[algorithm].verify(raw, tbs, sig)
+        return
+    assert oid == COMPOSITE_OID == cert.signature_algorithm_oid.dotted_string
+    label = b"COMPSIG-MLDSA65-Ed25519-SHA512"
+    message = b"CompositeAlgorithmSignatures2025" + label + b"\x00" + hashlib.sha512(tbs).digest()
+    assert ML_DSA_65.verify(raw[:1952], message, sig[:3309], ctx=label)
+    ed25519.Ed25519PublicKey.from_public_bytes(raw[1952:]).verify(sig[3309:], message)
+
+
+def openssl_verify(tmp: Path, ca_pem: bytes, leaf_pem: bytes) -> None:
+    (tmp / "ca.pem").write_bytes(ca_pem)
+    (tmp / "leaf.pem").write_bytes(leaf_pem)
+    done = subprocess.run(["openssl", "verify", "-x509_strict", "-CAfile", str(tmp / "ca.pem"),
+                           str(tmp / "leaf.pem")], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout + done.stderr
+
+
+def audit_entries(workdir: Path, operation: str) -> list[dict[str, Any]]:
+    return list(search(workdir / "data" / "dev" / "audit", Query(operation=operation)))
+
+
+# -- tests ---------------------------------------------------------------------------------
+
+async def test_every_ca_algorithm_signs_verifiable_certificates(operator, cert_manager,
+                                                                tmp_path):
+    kube = cert_manager
+    await namespace(kube)
+    for algorithm in CA_ALGORITHMS:
+        await managed_key(kube, key_name(algorithm), algorithm)
+        await issuer(kube, key_name(algorithm), key_name(algorithm),
+                     policy={"allowedDnsNames": ["*.payments.svc"]})
+    leaves = {"ecdsa": ec.generate_private_key(ec.SECP256R1()),
+              "ed25519": ed25519.Ed25519PrivateKey.generate(),
+              "rsa": rsa.generate_private_key(65537, 2048),
+              "mldsa": mldsa.MLDSA65PrivateKey.generate()}
+    issued = {}
+    for i, algorithm in enumerate(CA_ALGORITHMS):
+        status = (await issuer_ready(kube, key_name(algorithm)))["status"]
+        ca = x509.load_pem_x509_certificate(status["caCertificate"].encode())
+        assert status["caFingerprint"] == ca.fingerprint(hashes.SHA256()).hex()
+        leaf_kind = list(leaves)[i % len(leaves)]
+        dns = f"web-{i}.payments.svc"
+        pem = mldsa_csr_pem(leaves[leaf_kind], dns) if leaf_kind == "mldsa" else \
+            csr_pem(leaves[leaf_kind], [dns], cn=dns)
+        await request(kube, f"web-{i}", pem, key_name(algorithm), duration="720h",
+                      usages=["digital signature", "server auth"])
+        await decide(kube, f"web-{i}")
+        issued[algorithm] = (f"web-{i}", dns, ca, leaf_kind)
+    for algorithm, (name, dns, ca, leaf_kind) in issued.items():
+        body = await finished(kube, name)
+        ready = conditions(body)["Ready"]
+        assert (ready["status"], ready["reason"]) == ("True", "Issued"), ready
+        leaf_pem = base64.b64decode(body["status"]["certificate"])
+        ca_pem = base64.b64decode(body["status"]["ca"])
+        assert x509.load_pem_x509_certificate(ca_pem) == ca
+        leaf = x509.load_pem_x509_certificate(leaf_pem)
+        assert leaf.issuer == ca.subject
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.DNSName) == [dns]
+        lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+        assert datetime.timedelta(hours=720) <= lifetime <= datetime.timedelta(hours=721)
+        assert leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+        ca_der = ca.public_bytes(serialization.Encoding.DER)
+        if algorithm in CLASSICAL:
+            leaf.verify_directly_issued_by(ca)
+            ca.verify_directly_issued_by(ca)
+            if leaf_kind != "mldsa":  # OpenSSL 3.0 cannot read an ML-DSA leaf's key
+                openssl_verify(tmp_path, ca_pem, leaf_pem)
+        else:
+            verify_pq(algorithm, ca_der, leaf)
+            verify_pq(algorithm, ca_der, ca)  # the CA's self-signature too
+        _, leaf_raw = spki_of(leaf.public_bytes(serialization.Encoding.DER))
+        if leaf_kind == "mldsa":
+            assert leaf_raw == leaves["mldsa"].public_key().public_bytes_raw()
+    # Every issuance is in the audit chain: serial, subject, SANs and requester.
+    entries = {e["details"]["certificate_request"]: e
+               for e in audit_entries(operator.cwd, "ISSUE_CERTIFICATE")}
+    for algorithm, (name, dns, _ca, _leaf) in issued.items():
+        entry = entries[f"{NS}/{name}"]
+        leaf = x509.load_pem_x509_certificate(base64.b64decode(
+            (await kube.get(CR, name, NS))["status"]["certificate"]))
+        assert entry["result"] == "success"
+        assert entry["key_name"] == f"{NS}/{key_name(algorithm)}"
+        assert int(entry["details"]["serial"], 16) == leaf.serial_number
+        assert entry["details"]["sans"] == f"DNS:{dns}"
+        assert entry["details"]["requester"] == entry["actor"]["id"]
+    ca_entries = audit_entries(operator.cwd, "ISSUE_CA_CERTIFICATE")
+    assert {e["key_name"] for e in ca_entries} >= {f"{NS}/{key_name(a)}" for a in CA_ALGORITHMS}
+
+
+async def test_requests_the_issuer_must_not_sign(operator, cert_manager, tmp_path):
+    kube = cert_manager
+    await namespace(kube)
+    await managed_key(kube, "ca", "Ed25519")
+    await issuer(kube, "strict", "ca", policy={"allowedDnsNames": ["*.payments.svc"],
+                                               "maxDuration": "P30D"})
+    await issuer_ready(kube, "strict")
+    key = ec.generate_private_key(ec.SECP256R1())
+    good = csr_pem(key, ["api.payments.svc"])
+    # Unapproved and denied: left alone (no certificate, no Ready from qkms).
+    await request(kube, "unapproved", good, "strict", duration="240h")
+    await request(kube, "denied", good, "strict")
+    await decide(kube, "denied", approved=False)
+    # Refused: out-of-policy names, too long, malformed, tampered, a CA request.
+    await request(kube, "other-domain", csr_pem(key, ["api.example.com"]), "strict")
+    await request(kube, "other-cn", csr_pem(key, ["api.payments.svc"], cn="evil.example.com"),
+                  "strict")
+    await request(kube, "two-labels", csr_pem(key, ["a.b.payments.svc"]), "strict")
+    await request(kube, "too-long", good, "strict", duration="8760h")
+    await request(kube, "malformed", b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n"
+                  b"-----END CERTIFICATE REQUEST-----\n", "strict")
+    der = bytearray(x509.load_pem_x509_csr(good).public_bytes(serialization.Encoding.DER))
+    der[-5] ^= 0x01  # a flipped bit in the signature
+    tampered = x509.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM)
+    await request(kube, "tampered", tampered, "strict")
+    await request(kube, "ok", good, "strict", duration="240h")
+    for name in ("other-domain", "other-cn", "two-labels", "too-long", "malformed", "tampered",
+                 "ok"):
+        await decide(kube, name)
+    expected = {"other-domain": "'api.example.com' is not allowed",
+                "other-cn": "commonName 'evil.example.com' is not allowed",
+                "two-labels": "'a.b.payments.svc' is not allowed",
+                "too-long": "above the issuer's maximum",
+                "malformed": "not a PEM certificate signing request",
+                "tampered": "signature does not verify"}
+    for name, words in expected.items():
+        body = await finished(kube, name)
+        ready = conditions(body)["Ready"]
+        assert (ready["status"], ready["reason"]) == ("False", "Failed"), ready
+        assert words in ready["message"], ready["message"]
+        assert not body["status"].get("certificate")
+        assert body["status"].get("failureTime")
+    ok = await finished(kube, "ok")
+    assert conditions(ok)["Ready"]["reason"] == "Issued"
+    for name in ("unapproved", "denied"):
+        body = await kube.get(CR, name, NS)
+        assert "Ready" not in conditions(body) and not (body.get("status") or {}) \
+            .get("certificate"), body.get("status")
+    refusals = [e for e in audit_entries(operator.cwd, "ISSUE_CERTIFICATE")
+                if e["result"] == "denied"]
+    assert {e["details"]["certificate_request"] for e in refusals} == \
+        {f"{NS}/{n}" for n in expected}
+    # Approving later issues it (the event of the approval is what the operator acts on).
+    await decide(kube, "unapproved")
+    assert conditions(await finished(kube, "unapproved"))["Ready"]["reason"] == "Issued"
+
+
+async def test_cluster_issuer_and_ca_from_a_secret(operator, cert_manager, tmp_path):
+    kube = cert_manager
+    await namespace(kube)
+    await managed_key(kube, "root", "ECDSA-P256")
+    await issuer(kube, "cluster-ca", "root", cluster=True)
+    status = (await issuer_ready(kube, "cluster-ca", cluster=True))["status"]
+    # The same CA certificate, handed over in a Secret, backs a namespaced issuer.
+    await kube.create("secrets", {"apiVersion": "v1", "kind": "Secret",
+                                  "metadata": {"name": "root-ca", "namespace": NS},
+                                  "stringData": {"tls.crt": status["caCertificate"]}}, NS)
+    await kube.create(KI, {"apiVersion": "qkms.io/v1alpha1", "kind": "KeyIssuer",
+                           "metadata": {"name": "from-secret", "namespace": NS},
+                           "spec": {"keyRef": {"name": "root"},
+                                    "ca": {"secret": {"name": "root-ca"}}}}, NS)
+    assert (await issuer_ready(kube, "from-secret"))["status"]["caFingerprint"] == \
+        status["caFingerprint"]
+    # A CA certificate of another key is refused: CAKeyMismatch.
+    other = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "other")])
+    now = datetime.datetime.now(datetime.UTC)
+    foreign = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+               .public_key(other.public_key()).serial_number(7).not_valid_before(now)
+               .not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+               .sign(other, hashes.SHA256()))
+    await kube.create("secrets", {"apiVersion": "v1", "kind": "Secret",
+                                  "metadata": {"name": "foreign-ca", "namespace": NS},
+                                  "stringData": {"tls.crt": foreign.public_bytes(
+                                      serialization.Encoding.PEM).decode()}}, NS)
+    await kube.create(KI, {"apiVersion": "qkms.io/v1alpha1", "kind": "KeyIssuer",
+                           "metadata": {"name": "mismatch", "namespace": NS},
+                           "spec": {"keyRef": {"name": "root"},
+                                    "ca": {"secret": {"name": "foreign-ca"}}}}, NS)
+
+    async def mismatch():
+        body = await kube.get(KI, "mismatch", NS)
+        return conditions(body).get("Ready", {}).get("reason") == "CAKeyMismatch"
+    await eventually(mismatch, timeout=30, what="CAKeyMismatch")
+    key = ed25519.Ed25519PrivateKey.generate()
+    await request(kube, "via-cluster", csr_pem(key, ["svc.payments.svc"]), "cluster-ca",
+                  kind="ClusterKeyIssuer")
+    await request(kube, "via-secret", csr_pem(key, ["svc.payments.svc"]), "from-secret")
+    for name in ("via-cluster", "via-secret"):
+        await decide(kube, name)
+        body = await finished(kube, name)
+        assert conditions(body)["Ready"]["reason"] == "Issued"
+        leaf = x509.load_pem_x509_certificate(base64.b64decode(body["status"]["certificate"]))
+        ca_pem = base64.b64decode(body["status"]["ca"])
+        leaf.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
+        openssl_verify(tmp_path, ca_pem, base64.b64decode(body["status"]["certificate"]))
