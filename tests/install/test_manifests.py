@@ -473,11 +473,53 @@ def test_one_replica_renders_no_disruption_budget() -> None:
         render({"replicas": 2, "podDisruptionBudget": {"minAvailable": 2}})
 
 
+def role_grants(objects: list[dict[str, Any]]) -> dict[str, set[tuple[str, str, str]]]:
+    """(apiGroup, resource, verb) per scope: "" for the ClusterRole, else the namespace."""
+    scopes: dict[str, set[tuple[str, str, str]]] = {}
+    for obj in objects:
+        if obj["kind"] in ("ClusterRole", "Role"):
+            scope = scopes.setdefault(obj["metadata"].get("namespace", ""), set())
+            scope |= {(g, r, v) for rule in obj["rules"] for g in rule["apiGroups"]
+                      for r in rule["resources"] for v in rule["verbs"]}
+    return scopes
+
+
+def test_namespace_scoped_mode_grants_the_same_in_roles_only() -> None:
+    """watchNamespaces: Roles in each listed namespace and the operator's own, the same
+    permissions as the cluster-wide mode altogether, and nothing namespaced left in the
+    ClusterRole (no Secret, ConfigMap or ManagedKey of another namespace is reachable)."""
+    watched = ["payments", "billing"]
+    objects = render({"watchNamespaces": watched})
+    scopes = role_grants(objects)
+    assert set(scopes) == {"", NAMESPACE, *watched}
+    cluster_wide = role_grants(render())[""]
+    union = set().union(*scopes.values())
+    # Kopf's namespace observer lists and watches namespaces in this mode.
+    assert union - cluster_wide == {("", "namespaces", "list"), ("", "namespaces", "watch")}
+    assert cluster_wide - union == set()
+    namespaced = {"secrets", "configmaps", "events", "managedkeys", "keyissuers",
+                  "certificaterequests"}
+    assert not {r.split("/")[0] for _, r, _ in scopes[""]} & namespaced
+    assert scopes["payments"] == scopes["billing"]
+    bindings = [o for o in objects if o["kind"] == "RoleBinding"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted([NAMESPACE, *watched])
+    for binding in bindings:
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "qkms",
+                                        "namespace": NAMESPACE}]
+    env = {e["name"]: e.get("value") for e in
+           operator_container(find(objects, "StatefulSet", "qkms"))["env"]}
+    assert env["QKMS_WATCH_NAMESPACES"] == "payments,billing"
+    assert "QKMS_WATCH_NAMESPACES" not in {
+        e["name"] for e in operator_container(find(render(), "StatefulSet", "qkms"))["env"]}
+
+
 @pytest.mark.parametrize("values", [
     {"provider": {"type": "VAULT"}},
     {"provider": {"type": "LOCAL_DEV", "token": "s3cr3t"}},  # credentials are never values
     {"environment": "production"},
     {"replicas": 0},
+    {"watchNamespaces": ["Payments"]},
+    {"watchNamespaces": "payments"},
 ])
 def test_helm_values_schema_refuses_bad_values(values: dict[str, Any]) -> None:
     with pytest.raises(helm.HelmValuesError):

@@ -57,6 +57,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.chunk_size = LIST_CHUNK
+    # One ClusterKopfPeering ("qkms") elects the reconciler in every mode: serving a few
+    # namespaces does not make Kopf use per-namespace KopfPeerings (and their CRD).
+    settings.peering.clusterwide = True
     for resource in WATCHED_BY_LABEL:
         settings.watching.label_selectors[resource] = PROJECTED_SELECTOR
     # How long a dead replica's peering record blocks the others (Kopf's default: 60 s).

@@ -25,7 +25,15 @@ def peering_priority() -> int:
 
 async def run_operator(*, standalone: bool, namespaces: list[str],
                        liveness: str | None) -> None:
+    """Cluster-wide, or only `namespaces` (``--namespace``, else ``QKMS_WATCH_NAMESPACES``:
+    the chart's watchNamespaces, where alone its Roles grant access). Either way one
+    ClusterKopfPeering elects the reconciler (see handlers.startup)."""
     from qkms.k8s import handlers  # noqa: F401 - registers the handlers
+    from qkms.k8s.storage import WATCH_ENV, watch_namespaces
+
+    if namespaces:
+        os.environ[WATCH_ENV] = ",".join(namespaces)  # the runtime lists keys there alone
+    namespaces = watch_namespaces()
 
     await kopf.operator(
         standalone=standalone,

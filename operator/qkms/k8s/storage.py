@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -29,6 +30,15 @@ GROUP, VERSION = "qkms.io", "v1alpha1"
 TIMEOUT = 10  # seconds, for every API call
 CACHE_SECONDS = 3.0
 LIST_CHUNK = 500  # every list is paged (limit/continue): a big cluster is read in chunks
+
+
+WATCH_ENV = "QKMS_WATCH_NAMESPACES"
+
+
+def watch_namespaces() -> list[str]:
+    """The namespaces the operator serves (``QKMS_WATCH_NAMESPACES``, comma-separated; the
+    chart's watchNamespaces); empty: every namespace."""
+    return [ns.strip() for ns in os.environ.get(WATCH_ENV, "").split(",") if ns.strip()]
 
 
 def list_pages(call: Any, *args: Any, **kwargs: Any) -> list[Any]:
@@ -153,8 +163,18 @@ class Kube:
         return annotations, {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
 
     async def managed_keys(self) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(list_pages, self.custom.list_cluster_custom_object,
-                                       GROUP, VERSION, "managedkeys")
+        """Every ManagedKey the operator serves: cluster-wide, or in each watched namespace
+        (where alone its Roles allow it to list)."""
+        namespaces = watch_namespaces()
+        if not namespaces:
+            return await asyncio.to_thread(list_pages, self.custom.list_cluster_custom_object,
+                                           GROUP, VERSION, "managedkeys")
+        keys: list[dict[str, Any]] = []
+        for namespace in namespaces:
+            keys += await asyncio.to_thread(list_pages,
+                                            self.custom.list_namespaced_custom_object,
+                                            GROUP, VERSION, namespace, "managedkeys")
+        return keys
 
     # -- writes --------------------------------------------------------------
     async def patch_managed_key(self, namespace: str, name: str, patch: dict[str, Any],
