@@ -65,7 +65,8 @@ def cert_manager_crds() -> list[dict[str, Any]]:
     if go is None:
         require_server("cert-manager's CRDs", "no go toolchain to download its module")
     env = {**os.environ, "GOMODCACHE": str(GO_CACHE), "GOFLAGS": "-mod=mod"}
-    done = subprocess.run([go, "mod", "download", "-json", f"{CERT_MANAGER}@{CERT_MANAGER_VERSION}"],
+    module = f"{CERT_MANAGER}@{CERT_MANAGER_VERSION}"
+    done = subprocess.run([go, "mod", "download", "-json", module],
                           capture_output=True, text=True, env=env, timeout=300, cwd="/")
     if done.returncode != 0:
         require_server("cert-manager's CRDs", f"go mod download failed: {done.stdout}{done.stderr}")

@@ -17,6 +17,7 @@ from pydantic import AwareDatetime, Field, StringConstraints, field_validator, m
 from pydantic_core import PydanticCustomError
 
 from .resources import (
+    Condition,
     DnsName,
     IsoDuration,
     NonEmpty,
@@ -25,7 +26,6 @@ from .resources import (
     _section,
     _Spec,
     _Status,
-    Condition,
     parse,
 )
 
