@@ -121,6 +121,11 @@ async def tokens(kube, control_plane: ControlPlane) -> dict[str, str]:
 async def plane(tokens, operator_kubeconfig, tmp_path):
     folder = tmp_path / "manifests"
     shutil.copytree(ROOT / "examples", folder)
+    # Standalone mode knows a namespace's environment only from a Namespace manifest.
+    (folder / "callers.yaml").write_text("".join(
+        f"---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n"
+        f"  labels: {{qkms.io/environment: {env}}}\n"
+        for name, env in (("billing", "dev"), ("team-b", "dev"), ("checkout-prod", "prod"))))
     standalone = Standalone(Settings(data_dir=tmp_path / "data"), folder, tmp_path / "out",
                             say=lambda line: None)
     standalone.refresh()

@@ -1,4 +1,5 @@
-"""The qkms CRDs (KeyPolicy, ManagedKey, KeyIssuer, ClusterKeyIssuer), generated from ``qkms.model.resources``.
+"""The qkms CRDs (KeyPolicy, ManagedKey, KeyIssuer, ClusterKeyIssuer), generated from
+``qkms.model.resources`` and ``qkms.model.issuers``.
 
 The OpenAPI schemas come from the same pydantic models the operator validates
 with, turned into the structural form the API server demands ($refs inlined,
