@@ -25,8 +25,7 @@ from qkms.model.enums import Environment
 from qkms.service import KeyManagementService
 from tests.k8s.conftest import qkms_operator_process
 from tests.support.controlplane import ControlPlane
-from tests.support.kubeclient import KubeClient as KubeAPI
-from tests.support.kubeclient import eventually
+from tests.support.kubeclient import KubeClient, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "payments"
@@ -34,7 +33,7 @@ MK = "managedkeys"
 PLURALS = {"Namespace": "namespaces", "KeyPolicy": "keypolicies", "ManagedKey": MK}
 
 
-async def apply_examples(kube: KubeAPI) -> None:
+async def apply_examples(kube: KubeClient) -> None:
     paths = sorted((ROOT / "examples").glob("*.yaml"), key=lambda p: p.name != "namespaces.yaml")
     for path in paths:  # namespaces first, as a real API server demands
         for doc in yaml.safe_load_all(path.read_text()):
@@ -46,14 +45,14 @@ def conditions(body: dict) -> dict[str, dict]:
     return {c["type"]: c for c in (body.get("status") or {}).get("conditions", [])}
 
 
-async def ready(kube: KubeAPI, name: str, namespace: str = NS) -> dict:
+async def ready(kube: KubeClient, name: str, namespace: str = NS) -> dict:
     async def probe():
         body = await kube.get(MK, name, namespace)
         return body if conditions(body).get("Ready", {}).get("status") == "True" else None
     return await eventually(probe, timeout=30, what=f"{namespace}/{name} Ready")
 
 
-async def events(kube: KubeAPI, name: str, namespace: str = NS) -> list[str]:
+async def events(kube: KubeClient, name: str, namespace: str = NS) -> list[str]:
     return [e["reason"] for e in await kube.list("events", namespace)
             if e["involvedObject"]["name"] == name]
 
@@ -155,11 +154,11 @@ async def _starts(states, *wanted: list[str]) -> bool:
     return any(current[:len(w)] == w for w in wanted)
 
 
-async def _has_event(kube: KubeAPI, name: str, reason: str, namespace: str = NS) -> bool:
+async def _has_event(kube: KubeClient, name: str, reason: str, namespace: str = NS) -> bool:
     return reason in await events(kube, name, namespace)
 
 
-async def _gone(kube: KubeAPI, name: str) -> bool:
+async def _gone(kube: KubeClient, name: str) -> bool:
     return await kube.get(MK, name, NS) is None
 
 
