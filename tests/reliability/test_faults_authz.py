@@ -6,7 +6,10 @@ writes: none, an unknown token, an expired one, a ServiceAccount with no grant, 
 another namespace (``billing``, also dev), one of another environment
 (``checkout-prod/app``, prod, even though it holds a grant in ``payments``), and the
 allowed one. Each denial must be the answer in the issue's table and must reach the
-audit chain as a ``denied`` entry naming the caller. The last row is the operator side:
+audit chain as a ``denied`` entry naming the caller, or, when the same source was refused
+with the same code within the interval (``server/denials.py``: a client must not flood the
+chain), be counted into that source's aggregate entry, written with its ``count`` when the
+interval ends (here, at shutdown). The last row is the operator side:
 a ManagedKey whose ``policyRef`` names the prod KeyPolicy is refused (Ready=False,
 EnvironmentMismatch, an Event) and no key is made for it.
 """
@@ -24,7 +27,7 @@ import pytest
 import yaml
 
 from qkms.config import Settings
-from qkms.server.app import start_data_plane
+from qkms.server.app import PLANE, start_data_plane
 from qkms.server.auth import TokensFile
 from qkms.standalone import Standalone
 from tests.server.common import TOKENS
@@ -66,6 +69,7 @@ class Plane:
     standalone: Standalone
     seen: list[Any]
     said: list[str]
+    runner: Any
 
 
 @pytest.fixture
@@ -86,7 +90,7 @@ async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
     for service in standalone.registry.all():
         service.on("auditEvent", seen.append)
     try:
-        yield Plane(f"http://127.0.0.1:{port}", standalone, seen, said)
+        yield Plane(f"http://127.0.0.1:{port}", standalone, seen, said, runner)
     finally:
         await runner.cleanup()
         for service in standalone.registry.all():
@@ -103,22 +107,34 @@ async def sign(plane: Plane, token: str | None) -> tuple[int, dict[str, Any]]:
 
 async def test_authorization_matrix_every_denial_audited(plane: Plane) -> None:
     failures = []
+    denials = plane.runner.app[PLANE].denials
     for case, token, expected, code in MATRIX:
-        before = len(plane.seen)
+        before, counted_before = len(plane.seen), denials.aggregated
         status, body = await sign(plane, token)
         entries = plane.seen[before:]
         entry = entries[-1] if entries else None
         got_code = (body.get("error") or {}).get("code")
-        audited = (entry is not None and entry.key_name == "payments/signer"
+        written = (entry is not None and entry.key_name == "payments/signer"
                    and entry.operation == "SIGN"
                    and entry.result == ("success" if expected == 200 else "denied"))
+        counted = expected != 200 and not entries and denials.aggregated == counted_before + 1
+        audited = written or counted
         actor = f"{entry.actor.type}:{entry.actor.id}" if entry else "-"
         ok = status == expected and got_code == code and audited
+        how = "yes" if written else "counted into its source's entry" if counted else "NO"
         print(f"FIGURE authz: {case} -> {status}{' ' + got_code if got_code else ''} "
-              f"(expected {expected}) audited={'yes' if audited else 'NO'} "
+              f"(expected {expected}) audited={how} "
               f"[{entry.result if entry else '-'} by {actor}] {'PASS' if ok else 'FAIL'}")
         if not ok:
             failures.append((case, status, body, entry))
+    # The counted denials reach the chain as one entry each, with their count.
+    pending = denials.aggregated
+    before = len(plane.seen)
+    await denials.flush()
+    counts = sum(int(e.details.get("count", 0)) for e in plane.seen[before:]
+                 if e.result == "denied")
+    print(f"FIGURE authz: {pending} aggregated denials written with their count: {counts}")
+    assert counts == pending
 
     status_path = plane.standalone.out / "status" / "payments" / "borrows-prod-policy.json"
     status = yaml.safe_load(status_path.read_text())
