@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ def _flag(name: str, value: str) -> bool:
     raise InvalidInputError(name, f"{value!r} is not a boolean (true/false)")
 
 
-def _enum(kind: type, name: str, value: str) -> Any:
+def _enum(kind: type[enum.Enum], name: str, value: str) -> Any:
     try:
         return kind(value.strip())
     except ValueError:

@@ -217,7 +217,7 @@ class AuditChain:
         self._signer = signer
         if self._owner in self._listeners:
             self._listeners.remove(self._owner)
-        self._owner: Listener | None = listener
+        self._owner = listener
         self._listeners.insert(0, listener)
 
     def listen(self, listener: Listener) -> None:

@@ -74,9 +74,9 @@ def _chain_floors(folder: Path) -> dict[str, int]:
             if MARK not in record.block:
                 continue
             value = decode(record.block)
-            generation = (value.get("details") or {}).get("generation")
+            generation = str((value.get("details") or {}).get("generation"))
             name = value.get("keyName")
-            if not name or not str(generation).isdigit():
+            if not name or not generation.isdigit():
                 continue
             latest[name] = (int(generation), _forward_only(value))  # the newest entry wins
             unsigned.add(name)

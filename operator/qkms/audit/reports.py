@@ -156,7 +156,7 @@ def key_facts(entries: list[dict[str, Any]], until: datetime) -> dict[str, KeyFa
 
 def rotation_compliance(keys: dict[str, KeyFacts], until: datetime,
                         policy: Any = None) -> dict[str, Any]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for facts in sorted(keys.values(), key=lambda k: k.name):
         if facts.ended is not None or facts.last_rotated is None:
             continue

@@ -55,7 +55,7 @@ from ._common import (
     require_len,
     spki_pem_of,
 )
-from .base import InvalidCiphertext
+from .base import InvalidCiphertext, Suite
 from .encoding import b64url, jwk
 
 _SHA256_LEN = 32
@@ -90,9 +90,14 @@ class Ed25519Public(SignaturePublicKey):
 
 
 class Ed25519Private(AsymmetricPrivateKey):
+    _public: Ed25519Public
+
     def __init__(self, key: ed25519.Ed25519PrivateKey) -> None:
         self._key = key
         self._public = Ed25519Public(key.public_key())
+
+    def public(self) -> Ed25519Public:
+        return self._public
 
     def sign(self, data: bytes) -> bytes:
         return self._key.sign(bytes(data))
@@ -359,7 +364,7 @@ class HkdfSuite(_SymmetricSuite):
         return HkdfKey(key)
 
 
-SUITES: dict[str, Callable[[AlgorithmInfo], BaseSuite]] = {
+SUITES: dict[str, Callable[[AlgorithmInfo], Suite]] = {
     "Ed25519": Ed25519Suite,
     "ECDSA-P256": lambda info: EcdsaSuite(info, ec.SECP256R1(), "P-256", "ES256"),
     "ECDSA-secp256k1": lambda info: EcdsaSuite(info, ec.SECP256K1(), "secp256k1", "ES256K"),

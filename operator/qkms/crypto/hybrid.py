@@ -52,7 +52,7 @@ from ._common import (
     SignaturePublicKey,
     require_len,
 )
-from .base import InvalidCiphertext
+from .base import InvalidCiphertext, Suite
 from .classical import Ed25519Private, Ed25519Public, Ed25519Suite
 from .encoding import b64url, jwk, pem, spki_der
 from .pqc import MlDsaPrivate, MlDsaPublic, mldsa_suite
@@ -205,7 +205,7 @@ class XWingSuite(BaseSuite):
         return XWingPublic(pk_m, x25519.X25519PublicKey.from_public_bytes(raw[_PK_M:]))
 
 
-SUITES: dict[str, Callable[[AlgorithmInfo], BaseSuite]] = {
+SUITES: dict[str, Callable[[AlgorithmInfo], Suite]] = {
     "Ed25519+ML-DSA-65": CompositeSuite,
     "X-Wing": XWingSuite,
 }

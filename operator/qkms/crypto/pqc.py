@@ -54,6 +54,7 @@ from ._common import (
     require_len,
     spki_pem_of,
 )
+from .base import Suite
 from .encoding import b64url, jwk, pem, spki_der
 
 # --- ML-DSA --------------------------------------------------------------------
@@ -313,7 +314,7 @@ def mldsa_suite(info: AlgorithmInfo) -> MlDsaSuite:
     return MlDsaSuite(info, *MLDSA_KEYS[info.name])
 
 
-SUITES: dict[str, Callable[[AlgorithmInfo], BaseSuite]] = {
+SUITES: dict[str, Callable[[AlgorithmInfo], Suite]] = {
     **{name: mldsa_suite for name in MLDSA_KEYS},
     "ML-KEM-512": MlKem512Suite,
     "ML-KEM-768": lambda i: MlKemSuite(i, mlkem.MLKEM768PrivateKey, mlkem.MLKEM768PublicKey, 1088),

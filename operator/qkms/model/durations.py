@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
+from typing import TypeAlias
 
 import isodate
 
@@ -32,7 +33,7 @@ RE2; a test checks it against a plain lookahead form of the same grammar.
 """
 _DURATION_RE = re.compile(DURATION_PATTERN)
 
-Duration = timedelta | isodate.Duration
+Duration: TypeAlias = timedelta | isodate.Duration
 
 
 def parse_duration(value: str, field: str) -> Duration:

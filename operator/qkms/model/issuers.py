@@ -205,5 +205,6 @@ class ClusterKeyIssuer(_Resource):
 
 
 def parse_issuer(body: Any) -> KeyIssuer | ClusterKeyIssuer:
-    model = ClusterKeyIssuer if body.get("kind") == "ClusterKeyIssuer" else KeyIssuer
-    return parse(model, body)
+    if body.get("kind") == "ClusterKeyIssuer":
+        return parse(ClusterKeyIssuer, body)
+    return parse(KeyIssuer, body)

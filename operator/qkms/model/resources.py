@@ -634,7 +634,7 @@ _METADATA_TYPES: dict[str, type] = {"name": str, "namespace": str, "uid": str,
 class _Resource(_Spec):
     model_config = ConfigDict(extra="ignore")
 
-    api_version: Literal["qkms.io/v1alpha1"] = API_VERSION
+    api_version: Literal["qkms.io/v1alpha1"] = "qkms.io/v1alpha1"  # API_VERSION, as a literal
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("metadata")

@@ -71,8 +71,8 @@ class Catalog:
                 by_name[record.name] = record
         self._by_name, self.corrupt, self.rolled_back = by_name, corrupt, rolled_back
         self._by_key_id = {v.key_id: r.name for r in by_name.values() for v in r.versions}
-        for name, exc in rolled_back.items():  # its version IDs lead to the refusal, not 404
-            for key_id in exc.key_ids:
+        for name, refusal in rolled_back.items():  # its version IDs lead to the refusal, not 404
+            for key_id in refusal.key_ids:
                 self._by_key_id.setdefault(key_id, name)
 
     def _read(self, rec: str) -> KeyRecord | None:

@@ -108,7 +108,7 @@ def _sealed_stores(kek_path: Path, store: Path) -> list[Path]:
     """The store itself, and any store in the KEK's own folder (``store/``, ``*/store/``)."""
     folder = kek_path.parent
     stores = [store, folder / "store", *sorted(folder.glob("*/store"))]
-    unique = []
+    unique: list[Path] = []
     for path in stores:
         if path.is_dir() and path.resolve() not in {p.resolve() for p in unique}:
             unique.append(path)

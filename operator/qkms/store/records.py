@@ -8,6 +8,7 @@ either the old record or the new one, never a torn one.
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import tempfile
@@ -31,7 +32,7 @@ class RecordStore(Protocol):
     def put(self, kind: str, name: str, data: bytes) -> None: ...
     def delete(self, kind: str, name: str) -> None: ...
     def list(self, kind: str) -> list[str]: ...
-    def kinds(self) -> list[str]: ...
+    def kinds(self) -> builtins.list[str]: ...  # `list` here is the method above
     def describe(self) -> str: ...
 
 

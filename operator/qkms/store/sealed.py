@@ -7,6 +7,7 @@ under a new KEK; it is restartable because ``Sealer`` opens both KEKs.
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -59,7 +60,7 @@ class SealedStore:
     def list(self, kind: str) -> list[str]:
         return self.records.list(kind)
 
-    def rewrap(self, kinds: list[str]) -> Iterator[str]:
+    def rewrap(self, kinds: builtins.list[str]) -> Iterator[str]:  # `list`: the method above
         """Re-seal every record of ``kinds`` under the current KEK; yields each address."""
         for kind in kinds:
             for name in self.records.list(kind):
