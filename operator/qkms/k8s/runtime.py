@@ -50,9 +50,14 @@ class OperatorRuntime:
         records = None
         if state == "secrets":
             kek = load_or_create_kek_secret(kube.core, namespace)
+            stores: dict[Environment, SecretRecordStore] = {}
 
             def records(env: Environment) -> SecretRecordStore:
-                return SecretRecordStore(kube.core, namespace, env.value)
+                # One mirror (and its watch) per environment, kept when its service is
+                # rebuilt for a policy change.
+                if env not in stores:
+                    stores[env] = SecretRecordStore(kube.core, namespace, env.value)
+                return stores[env]
         self.registry = ServiceRegistry(settings, records=records, kek=kek)
         self.reconciler = KeyReconciler(self.registry, credentials=self.credentials,
                                         secrets=kube.import_secret)
@@ -225,7 +230,7 @@ class OperatorRuntime:
     async def service(self, environment: Environment) -> KeyManagementService:
         policies = await self.kube.key_policies()
         policy = next((p for p in policies if p.spec.environment is environment), None)
-        return self.registry.get(environment, policy, await self.credentials(policy))
+        return await self.registry.aget(environment, policy, await self.credentials(policy))
 
     async def credentials(self, policy: KeyPolicy | None) -> dict[str, str] | None:
         """The provider credentials a policy names by Secret reference (never inline)."""

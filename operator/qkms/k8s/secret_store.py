@@ -6,6 +6,10 @@ verbatim in an annotation; listing uses a label per record kind.  The
 records are already sealed under the KEK, so Secret encryption at rest is a
 second layer, not the only one.  The KEK itself lives in its own Secret
 (``master_key``), created on first start.
+
+Reads come from an in-memory mirror kept current by a watch (``SecretRecordStore``), so
+the event loop that serves keys never waits for the API; writes block and are made from
+worker threads.
 """
 
 from __future__ import annotations
@@ -13,17 +17,23 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import logging
 import secrets
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import urllib3
 from kubernetes import client
+from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
 from qkms.store.records import check_record_name
 
-from .storage import TIMEOUT, list_pages
+from .storage import LIST_CHUNK, TIMEOUT
+
+log = logging.getLogger("key-management:k8s")
+WATCH_SECONDS = 300  # each watch request; then it resumes from the last version seen
 
 KIND_LABEL = "qkms.io/record-kind"
 SCOPE_LABEL = "qkms.io/record-scope"
@@ -47,37 +57,184 @@ def secret_name(scope: str, kind: str, name: str) -> str:
     return f"qkms-rec-{digest}"
 
 
-class SecretRecordStore:
-    """Records of one scope (an environment) in one namespace."""
+Address = tuple[str, str]  # (kind, name)
 
-    def __init__(self, core: client.CoreV1Api, namespace: str, scope: str) -> None:
+
+def _version(meta: Any) -> int:
+    """A resourceVersion as a number (etcd's revision), to order what the API says; 0 when
+    it is not one (then the newest event simply wins)."""
+    value = getattr(meta, "resource_version", None) or ""
+    return int(value) if value.isdigit() else 0
+
+
+class SecretRecordStore:
+    """Records of one scope (an environment) in one namespace.
+
+    Reads never call the API: the store mirrors its Secrets in memory, filled by a paged
+    list when it is made and kept current by a watch in a thread of its own (an informer,
+    as client-go's). The event loop that serves keys never waits for the Kubernetes API
+    to read a record, and another replica's rotation or revocation arrives at watch
+    latency. Writes go to the API (blocking: callers run them in a worker thread) and then
+    into the mirror, so a writer reads its own writes; an event older than what the
+    mirror holds (by resourceVersion) never replaces it.
+    """
+
+    def __init__(self, core: client.CoreV1Api, namespace: str, scope: str, *,
+                 watch: bool = True) -> None:
+        """Blocks for the first list (make it off the event loop); `watch` False: no
+        thread, a snapshot refreshed by :meth:`resync` (for one-shot readers)."""
         self.core = core
         self.namespace = namespace
         self.scope = scope
+        self.selector = f"{SCOPE_LABEL}={scope}"
+        self._lock = threading.Lock()
+        self._records: dict[Address, tuple[int, bytes]] = {}
+        self._gone: dict[Address, int] = {}  # deleted, at this version or before
+        self._version = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        with _reachable():
+            self.resync()
+        if watch:
+            self._thread = threading.Thread(target=self._watch_forever, daemon=True,
+                                            name=f"qkms-records-{scope}")
+            self._thread.start()
 
     def describe(self) -> str:
         return f"Secrets in namespace {self.namespace} ({self.scope})"
 
+    def close(self) -> None:
+        self._stop.set()
+
+    # -- the mirror ------------------------------------------------------------------
+    @staticmethod
+    def _address(secret: Any) -> Address | None:
+        address = (secret.metadata.annotations or {}).get(ADDRESS_ANNOTATION, "")
+        kind, _, name = address.partition("/")
+        labels = secret.metadata.labels or {}
+        return (kind, name) if kind and name and labels.get(KIND_LABEL) == kind else None
+
+    def _remember(self, address: Address, version: int, data: bytes | None) -> None:
+        """Take what the API says at `version` unless the mirror knows something newer."""
+        with self._lock:
+            known = max(self._records.get(address, (0, b""))[0], self._gone.get(address, 0))
+            if version and known and version <= known:
+                return
+            if data is None:
+                self._records.pop(address, None)
+                self._gone[address] = version
+            else:
+                self._records[address] = (version, data)
+                self._gone.pop(address, None)
+
+    def resync(self) -> None:
+        """A paged list of every record Secret: the mirror becomes the API's view, bar
+        writes of this process the list predates."""
+        items: list[Any] = []
+        token: str | None = None
+        while True:
+            page = self.core.list_namespaced_secret(
+                self.namespace, label_selector=self.selector, limit=LIST_CHUNK,
+                _continue=token, _request_timeout=TIMEOUT)
+            items += page.items or []
+            token = page.metadata._continue
+            if not token:
+                break
+        listed: dict[Address, tuple[int, bytes]] = {}
+        for item in items:
+            address = self._address(item)
+            if address is not None:
+                listed[address] = (_version(item.metadata),
+                                   base64.b64decode((item.data or {}).get("record", "")))
+        at = int(page.metadata.resource_version or 0) if \
+            (page.metadata.resource_version or "").isdigit() else 0
+        with self._lock:
+            for address, (version, data) in self._records.items():  # written since the list
+                if at and version > at and version > listed.get(address, (0, b""))[0]:
+                    listed[address] = (version, data)
+            for address, version in self._gone.items():  # deleted since the list
+                if address in listed and version >= listed[address][0]:
+                    del listed[address]
+            self._records = listed
+            self._gone = {a: v for a, v in self._gone.items() if at and v > at}
+            self._version = page.metadata.resource_version or ""
+
+    def _watch_forever(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                stream = k8s_watch.Watch()
+                for event in stream.stream(
+                        self.core.list_namespaced_secret, self.namespace,
+                        label_selector=self.selector, resource_version=self._version,
+                        allow_watch_bookmarks=True, timeout_seconds=WATCH_SECONDS,
+                        _request_timeout=WATCH_SECONDS + TIMEOUT):
+                    if self._stop.is_set():
+                        stream.stop()
+                        return
+                    self._event(event)
+                    backoff = 0.5
+                continue  # the server ended this watch (timeout): resume where it was
+            except ApiException as exc:
+                if exc.status == 410:  # the version is too old: list again
+                    self._relist()
+                    continue
+                log.warning("watching record Secrets (%s): %s %s", self.scope, exc.status,
+                            exc.reason)
+            except Exception as exc:  # the API went away: retry, the mirror stays as it is
+                log.warning("watching record Secrets (%s): %s", self.scope, type(exc).__name__)
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 10.0)
+            self._relist()
+
+    def _relist(self) -> None:
+        try:
+            self.resync()
+        except Exception as exc:  # noqa: BLE001 - retried by the watch loop
+            log.warning("listing record Secrets (%s): %s", self.scope, type(exc).__name__)
+
+    def _event(self, event: dict[str, Any]) -> None:
+        secret = event["object"]
+        meta = getattr(secret, "metadata", None)
+        if meta is not None and meta.resource_version:
+            self._version = meta.resource_version
+        if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
+            return  # BOOKMARK: only the version moves
+        address = self._address(secret)
+        if address is None:
+            return
+        data = None if event["type"] == "DELETED" else \
+            base64.b64decode((secret.data or {}).get("record", ""))
+        self._remember(address, _version(meta), data)
+
+    # -- the RecordStore protocol ----------------------------------------------------
     def get(self, kind: str, name: str) -> bytes | None:
         check_record_name(kind, name)
-        try:
-            secret = self.core.read_namespaced_secret(
-                secret_name(self.scope, kind, name), self.namespace, _request_timeout=TIMEOUT)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise OSError(f"Kubernetes API: {exc.status} {exc.reason}") from None
-        return base64.b64decode((secret.data or {}).get("record", ""))
+        with self._lock:
+            found = self._records.get((kind, name))
+        return found[1] if found is not None else None
+
+    def list(self, kind: str) -> list[str]:
+        with self._lock:
+            return sorted(name for k, name in self._records if k == kind)
+
+    def kinds(self) -> list[str]:
+        with self._lock:
+            return sorted({kind for kind, _ in self._records})
 
     def put(self, kind: str, name: str, data: bytes) -> None:
         with _reachable():
-            self._put(kind, name, data)
+            written = self._put(kind, name, data)
+        self._remember((kind, name), _version(written.metadata), data)
 
     def delete(self, kind: str, name: str) -> None:
         with _reachable():
             self._delete(kind, name)
+        with self._lock:
+            version = self._records.pop((kind, name), (0, b""))[0]
+            self._gone[(kind, name)] = max(version, self._gone.get((kind, name), 0))
 
-    def _put(self, kind: str, name: str, data: bytes) -> None:
+    def _put(self, kind: str, name: str, data: bytes) -> Any:
         check_record_name(kind, name)
         body: dict[str, Any] = {
             "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
@@ -90,14 +247,14 @@ class SecretRecordStore:
         # Records are mostly written once (a new key or version): create first, and
         # replace only when it exists (a catalog update), so a new record costs one call.
         try:
-            self.core.create_namespaced_secret(self.namespace, body, _request_timeout=TIMEOUT)
-            return
+            return self.core.create_namespaced_secret(self.namespace, body,
+                                                      _request_timeout=TIMEOUT)
         except ApiException as exc:
             if exc.status != 409:
                 raise OSError(f"Kubernetes API: {exc.status} {exc.reason}") from None
         try:
-            self.core.replace_namespaced_secret(body["metadata"]["name"], self.namespace, body,
-                                                _request_timeout=TIMEOUT)
+            return self.core.replace_namespaced_secret(body["metadata"]["name"], self.namespace,
+                                                       body, _request_timeout=TIMEOUT)
         except ApiException as exc:
             raise OSError(f"Kubernetes API: {exc.status} {exc.reason}") from None
 
@@ -108,23 +265,6 @@ class SecretRecordStore:
         except ApiException as exc:
             if exc.status != 404:
                 raise OSError(f"Kubernetes API: {exc.status} {exc.reason}") from None
-
-    def _listing(self, selector: str) -> list[Any]:
-        return list_pages(self.core.list_namespaced_secret, self.namespace,
-                          label_selector=selector)
-
-    def list(self, kind: str) -> list[str]:
-        names = []
-        for item in self._listing(f"{KIND_LABEL}={kind},{SCOPE_LABEL}={self.scope}"):
-            address = (item.metadata.annotations or {}).get(ADDRESS_ANNOTATION, "")
-            if address.startswith(f"{kind}/"):
-                names.append(address[len(kind) + 1:])
-        return sorted(names)
-
-    def kinds(self) -> list[str]:
-        return sorted({(i.metadata.labels or {}).get(KIND_LABEL, "")
-                       for i in self._listing(f"{KIND_LABEL},{SCOPE_LABEL}={self.scope}")}
-                - {""})
 
 
 def load_or_create_kek_secret(core: client.CoreV1Api, namespace: str,

@@ -102,7 +102,7 @@ class KeyReconciler:
         policy = decisions.select_policy(mk, env, policies)
         desired = decisions.desired_key(mk, env, policy)
         credentials = await self.credentials(policy) if self.credentials else None
-        return self.registry.get(env, policy, credentials), policy, desired
+        return await self.registry.aget(env, policy, credentials), policy, desired
 
     async def reconcile(self, mk: ManagedKey, namespace_labels: Mapping[str, str] | None,
                         policies: Sequence[KeyPolicy]) -> Outcome:

@@ -8,6 +8,8 @@ rebuilds that environment's service; keys and their records are untouched.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -30,6 +32,7 @@ class ServiceRegistry:
         self.kek = kek
         self.on_new: list[Callable[[KeyManagementService], None]] = []  # metrics, ...
         self._services: dict[Environment, tuple[tuple, KeyManagementService]] = {}
+        self._lock = threading.RLock()
 
     def settings_for(self, environment: Environment, policy: KeyPolicy | None,
                      credentials: dict[str, str] | None = None) -> Settings:
@@ -46,12 +49,38 @@ class ServiceRegistry:
                                              **(credentials or {})})
         return replace(self.settings.scoped(environment), **changes)
 
+    async def aget(self, environment: Environment, policy: KeyPolicy | None = None,
+                   credentials: dict[str, str] | None = None) -> KeyManagementService:
+        """:meth:`get` from the event loop: a service is made (its store listed, its catalog
+        read, its audit MAC key made on first use) in a worker thread, never on the loop,
+        whose store may be the Kubernetes API."""
+        known = self._services.get(environment)
+        if known is not None and known[0] == self._fingerprint(
+                self.settings_for(environment, policy, credentials)):
+            return known[1]
+        return await asyncio.to_thread(self._get_ready, environment, policy, credentials)
+
+    def _get_ready(self, environment: Environment, policy: KeyPolicy | None,
+                   credentials: dict[str, str] | None) -> KeyManagementService:
+        service = self.get(environment, policy, credentials)
+        if service.settings.audit_enabled:
+            service.audit_mac.current()  # made now, not by the first audited operation
+        return service
+
+    @staticmethod
+    def _fingerprint(settings: Settings) -> tuple:
+        return (settings.provider, settings.pqc_enabled, settings.audit_enabled,
+                settings.audit_fail_closed, tuple(sorted(settings.provider_options.items())))
+
     def get(self, environment: Environment, policy: KeyPolicy | None = None,
             credentials: dict[str, str] | None = None) -> KeyManagementService:
+        with self._lock:  # one service per environment, whichever thread asks first
+            return self._get(environment, policy, credentials)
+
+    def _get(self, environment: Environment, policy: KeyPolicy | None,
+             credentials: dict[str, str] | None) -> KeyManagementService:
         settings = self.settings_for(environment, policy, credentials)
-        fingerprint = (settings.provider, settings.pqc_enabled, settings.audit_enabled,
-                       settings.audit_fail_closed,
-                       tuple(sorted(settings.provider_options.items())))
+        fingerprint = self._fingerprint(settings)
         known = self._services.get(environment)
         if known is None or known[0] != fingerprint:
             # A rebuilt service takes over the open audit log: one writer per folder.
