@@ -545,7 +545,8 @@ async def _cluster_keys() -> tuple[Any, Any, Any]:
                         "in-cluster account): give --manifests DIR to read a folder") from None
     try:
         keys = [parse_managed_key(b) for b in await kube.managed_keys()]
-        namespaces = {n: await kube.namespace_labels(n) for n in {k.namespace for k in keys}}
+        listed = {k.namespace for k in keys if k.namespace}  # the API lists them namespaced
+        namespaces = {n: await kube.namespace_labels(n) for n in listed}
         return keys, namespaces, await kube.key_policies()
     except ApiException as exc:
         raise QkmsError(f"the Kubernetes API answered {exc.status} {exc.reason} (are the qkms "

@@ -20,6 +20,7 @@ import re
 import secrets
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -212,7 +213,7 @@ class KeyManagementService:
         elif self._sink_delivers:
             audit.listen(self._deliver)  # type: ignore[attr-defined]
         self._audit_key_checked = not isinstance(audit, AuditChain)
-        self.clock = clock or (lambda: datetime.now(UTC))
+        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         self._locks: dict[str, asyncio.Lock] = {}
         self._public: dict[str, PublicKey] = {}
         self._last_reload = 0.0
@@ -396,13 +397,13 @@ class KeyManagementService:
             raise
         async with self._lock(name):
             if name in self.catalog.rolled_back:  # never a new key over a refused one
-                exc = self.catalog.rolled_back[name]
-                await self._record_failure(operation, exc, actor, name=name)
-                raise exc
+                refusal = self.catalog.rolled_back[name]
+                await self._record_failure(operation, refusal, actor, name=name)
+                raise refusal
             if self.catalog.get(name) is not None:
-                exc = InvalidInputError("name", f"a key named {name!r} already exists")
-                await self._record_failure(operation, exc, actor, name=name)
-                raise exc
+                taken = InvalidInputError("name", f"a key named {name!r} already exists")
+                await self._record_failure(operation, taken, actor, name=name)
+                raise taken
             try:
                 created = await (self.provider.create(key_id, info) if private is None
                                  else self.provider.import_key(key_id, info, private))

@@ -260,7 +260,9 @@ class Standalone:
         if labels is None:
             return None
         value = labels.get(ENVIRONMENT_LABEL)
-        return Environment(value) if value in Environment._value2member_map_ else None
+        if value is None or value not in Environment._value2member_map_:
+            return None
+        return Environment(value)
 
     async def service(self, environment: Environment) -> KeyManagementService:
         policy = next((p for p in self.manifests.policies

@@ -29,7 +29,9 @@ from .storage import GROUP, VERSION
 
 MANAGED_KEYS = (GROUP, VERSION, "managedkeys")
 KEY_POLICIES = (GROUP, VERSION, "keypolicies")
-PROJECTED = {"app.kubernetes.io/managed-by": "qkms", "qkms.io/managed-key": kopf.PRESENT}
+# A Kopf label filter: values are strings or kopf.PRESENT (Kopf does not export the type).
+PROJECTED: dict[str, Any] = {"app.kubernetes.io/managed-by": "qkms",
+                             "qkms.io/managed-key": kopf.PRESENT}
 # The same filter as a server-side label selector: Kopf lists and watches only qkms's
 # projections, never every Secret and ConfigMap of the cluster (its labels= filter on a
 # handler is applied client-side, after the API has sent everything).

@@ -77,8 +77,9 @@ def _stamp(moment: datetime) -> str:
 
 def _condition(type_: str, ok: bool, reason: str, message: str,
                generation: int | None = None) -> dict[str, Any]:
-    condition = {"type": type_, "status": "True" if ok else "False", "reason": reason,
-                 "message": message, "lastTransitionTime": _stamp(_now())}
+    condition: dict[str, Any] = {
+        "type": type_, "status": "True" if ok else "False", "reason": reason,
+        "message": message, "lastTransitionTime": _stamp(_now())}
     if generation is not None:
         condition["observedGeneration"] = generation
     return condition
@@ -140,6 +141,8 @@ async def issuer_state(body: Mapping[str, Any]) -> IssuerState:
     runtime = _runtime()
     ref = issuer.spec.key_ref
     namespace = ref.namespace or issuer.namespace
+    if namespace is None:  # a body without metadata.namespace: no cluster sends one
+        raise NotReady("InvalidSpec", "the ManagedKey's namespace is unknown")
     key_name = f"{namespace}/{ref.name}"
     environment = await runtime.environment(namespace)
     if environment is None:

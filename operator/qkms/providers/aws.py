@@ -293,7 +293,7 @@ class AwsKmsProvider:
     async def unseal(self, blob: bytes, context: dict[str, str], kms_key: str | None = None,
                    key_id: str | None = None) -> bytes:
         """Undo ``seal``; ``kms_key`` (when given) must be the key that sealed it."""
-        pinned = {"KeyId": kms_key} if kms_key else {}
+        pinned: dict[str, Any] = {"KeyId": kms_key} if kms_key else {}
         if not blob.startswith(DATA_KEY_MAGIC):
             answer = await self.call(self.client.decrypt, CiphertextBlob=blob,
                                      EncryptionContext=context, key_id=key_id,

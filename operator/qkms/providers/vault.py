@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import contextlib
 import json
 from collections.abc import Callable
@@ -212,7 +213,7 @@ class TransitWrapper:
 
 
 class VaultProvider:
-    type = ProviderType.HASHICORP_VAULT
+    type = ProviderType.HASHICORP_VAULT  # so `builtins.type` in annotations below
 
     def __init__(self, options: VaultOptions, store: SealedStore,
                  cache_seconds: float = 60.0) -> None:
@@ -235,7 +236,7 @@ class VaultProvider:
         return ProviderUnavailableError(f"{self.type.value} at {self.options.address}: {reason}")
 
     async def call(self, fn: Callable[..., Any], *args: Any, key_id: str | None = None,
-                   bad_request: type[Exception] | None = None,
+                   bad_request: builtins.type[Exception] | None = None,
                    tolerate: Callable[[vault_errors.VaultError], bool] | None = None,
                    **kwargs: Any) -> Any:
         """Run one hvac call in a thread under the deadline, mapping failures to qkms errors.
@@ -257,7 +258,7 @@ class VaultProvider:
             raise self._translate(exc, key_id, bad_request) from None
 
     def _translate(self, exc: vault_errors.VaultError, key_id: str | None,
-                   bad_request: type[Exception] | None) -> Exception:
+                   bad_request: builtins.type[Exception] | None) -> Exception:
         reason = _vault_reason(exc)
         if "soft-deleted" in reason:  # a 400 or a 500, depending on the endpoint
             return KeyStateError(f"Key version not usable: {key_id} is pending deletion "

@@ -15,6 +15,7 @@ import socket
 import ssl
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from aiohttp import web
 
 from qkms.errors import Forbidden, InvalidInputError, QkmsError, Unauthenticated
 from qkms.logs import escape
+from qkms.service import KeyManagementService
 
 from .api import Call, DataPlane, KeyDirectory
 from .denials import bounded
@@ -36,7 +38,9 @@ MAX_BODY = 1024 * 1024
 PLANE = web.AppKey("plane", DataPlane)
 METRICS = web.AppKey("metrics", Metrics)
 DIRECTORY = web.AppKey("directory", object)
-SERVICES = web.AppKey("services", object)
+Services = Callable[[], list[KeyManagementService]]
+"""The live services (they appear as policies do)."""
+SERVICES: web.AppKey[Services] = web.AppKey("services")
 METRICS_TOKEN = web.AppKey("metrics_token", bytes)
 
 
@@ -216,7 +220,8 @@ async def openapi(request: web.Request) -> web.Response:
     return _json(document())
 
 
-def make_app(plane: DataPlane, services: Any, metrics_: Metrics | None = None) -> web.Application:
+def make_app(plane: DataPlane, services: Services,
+             metrics_: Metrics | None = None) -> web.Application:
     """``services`` is a callable returning the live services (they appear as policies do)."""
     app = web.Application(client_max_size=MAX_BODY)
     app[PLANE] = plane
