@@ -114,6 +114,10 @@ class KeyReconciler:
                                  if exc.field else exc.message, now)
         except InvalidInputError as exc:
             return self._refused(mk, "InvalidSpec", _spec_message(exc), now)
+        except ProviderUnavailableError as exc:  # no service: its SDK is missing, say
+            refused = self._refused(mk, "ProviderUnavailable", exc.message, now)
+            return Outcome(refused.status, events=refused.events, retry=True,
+                           requeue_after=30.0)
         events: list[KubeEvent] = []
         try:
             record = await self._ensure(service, mk, desired, events)
