@@ -110,8 +110,9 @@ async def tokens(kube, control_plane: ControlPlane) -> dict[str, str]:
         found[f"{ns}/{name}"] = await control_plane.token(ns, name, audiences=[AUDIENCE])
     found["wrong-audience"] = await control_plane.token("payments", "checkout")
     account = await kube.get("serviceaccounts", "checkout", "payments")
-    found["expired"] = expired_token(control_plane, "payments", "checkout",
-                                     account["metadata"]["uid"])
+    if control_plane.pki.sa_key_path is not None:  # only a cluster the tests made
+        found["expired"] = expired_token(control_plane, "payments", "checkout",
+                                         account["metadata"]["uid"])
     yield found
     for name in ("qkms-test-key-user", "qkms-test-key-signer"):
         await kube.delete("clusterroles", name)
@@ -156,6 +157,8 @@ async def plane(tokens, operator_kubeconfig, tmp_path):
 ])
 async def test_real_tokens_and_rbac_decide(plane, caller, status) -> None:
     url, standalone, tokens = plane
+    if caller == "expired" and caller not in tokens:
+        pytest.skip("an external cluster's ServiceAccount signing key is not the tests' own")
     seen = []
     standalone.registry.all()[0].on("auditEvent", seen.append)
     token = tokens.get(caller, caller)

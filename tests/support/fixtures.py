@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ import pytest
 import yaml
 
 from tests.support.controlplane import ControlPlane, ControlPlaneError, binaries
+from tests.support.external_cluster import ExternalCluster
 from tests.support.kubeclient import KubeClient, KubeError, eventually
 from tests.support.kubo import make_kubo  # noqa: F401 - the kubo fixture, for every folder
 from tests.support.servers import require_server
@@ -66,8 +68,9 @@ async def install_base(cp: ControlPlane) -> None:
     await apply_all(cp.client, docs)
 
 
-async def reset(client: KubeClient) -> None:
-    """Remove what a test made, so the next one starts from a fresh install."""
+async def reset(client: KubeClient, keep: frozenset[str] = SYSTEM_NAMESPACES) -> None:
+    """Remove what a test made, so the next one starts from a fresh install; namespaces in
+    `keep` stay (on a cluster the tests did not make, every one that was there before)."""
     for plural in ("managedkeys", "keypolicies"):
         for body in await client.list(plural):
             meta = body["metadata"]
@@ -79,7 +82,7 @@ async def reset(client: KubeClient) -> None:
         with contextlib.suppress(KubeError):
             await client.delete("clusterkopfpeerings", body["metadata"]["name"])
     namespaces = [ns["metadata"]["name"] for ns in await client.list("namespaces")
-                  if ns["metadata"]["name"] not in SYSTEM_NAMESPACES]
+                  if ns["metadata"]["name"] not in keep]
     for name in namespaces:
         with contextlib.suppress(KubeError):
             await client.delete("namespaces", name)
@@ -108,11 +111,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             binaries()
 
 
-async def _started(folder: Path, base: bool) -> ControlPlane:
+async def _started(folder: Path, base: bool, kubeconfig: Path | None = None) -> ControlPlane:
     """A started control plane (with the base install unless `base` is false), or the
-    test fails (CI) or skips with the reason, the servers' logs included."""
+    test fails (CI) or skips with the reason, the servers' logs included. With
+    `kubeconfig`, an existing cluster instead (tests/support/external_cluster.py)."""
     try:
-        cp = ControlPlane(folder)
+        cp = ExternalCluster(kubeconfig, folder) if kubeconfig else ControlPlane(folder)
     except ControlPlaneError as exc:
         require_server("the Kubernetes control plane", str(exc))
     try:
@@ -126,11 +130,12 @@ async def _started(folder: Path, base: bool) -> ControlPlane:
 
 
 @contextlib.contextmanager
-def running_control_plane(folder: Path, *, base: bool = True) -> Iterator[ControlPlane]:
+def running_control_plane(folder: Path, *, base: bool = True,
+                          kubeconfig: Path | None = None) -> Iterator[ControlPlane]:
     """Start a control plane (with the base install unless `base` is false) for the block.
     Sync, so that session- and module-scoped fixtures can use it outside any test's loop."""
     async def up() -> ControlPlane:
-        cp = await _started(folder, base)
+        cp = await _started(folder, base, kubeconfig)
         await cp.client.close()  # the admin client belongs to this loop
         return cp
     cp = asyncio.run(up())
@@ -154,7 +159,10 @@ async def private_control_plane(folder: Path, *, base: bool = True
 
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    with running_control_plane(tmp_path_factory.mktemp("controlplane")) as cp:
+    """The local control plane, or the cluster ``QKMS_TEST_KUBECONFIG`` names (kind, say)."""
+    external = os.environ.get("QKMS_TEST_KUBECONFIG")
+    with running_control_plane(tmp_path_factory.mktemp("controlplane"),
+                               kubeconfig=Path(external) if external else None) as cp:
         yield cp
 
 
@@ -162,11 +170,14 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 async def kube(control_plane: ControlPlane) -> AsyncIterator[KubeClient]:
     """The admin client of the real API server; the cluster is reset after the test."""
     client = control_plane.client
+    keep = SYSTEM_NAMESPACES
+    if isinstance(control_plane, ExternalCluster):  # never delete what it held before
+        keep |= {ns["metadata"]["name"] for ns in await client.list("namespaces")}
     try:
         yield client
     finally:
         try:
-            await reset(client)
+            await reset(client, keep)
         finally:
             await client.close()
 
