@@ -152,17 +152,17 @@ class OperatorRuntime:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         if outcome.projection is not None:  # the spec parsed: a mapping, as is its projection
+            projected = outcome.projection
             projection = body["spec"].get("projection") or {}
             for kind, field in (("Secret", "secretName"), ("ConfigMap", "configMapName")):
                 if projection.get(field):
                     target = ProjectionTarget(namespace, kind, projection[field])
                     try:
-                        await self.kube.apply_projection(body, kind, target.name,
-                                                         outcome.projection)
+                        await self.kube.apply_projection(body, kind, target.name, projected)
                     except InvalidInputError as exc:
                         outcome = self._projection_refused(body, outcome, exc.message)
                         break
-                    self.projections[target] = (dict(body), outcome.projection)
+                    self.projections[target] = (dict(body), projected)
         # Dump with None kept: a merge patch with null clears a field (nextRotation, say).
         status = outcome.status.model_dump(mode="json", by_alias=True)
         await self.kube.patch_managed_key(namespace, name, {"status": status}, status=True)
@@ -225,7 +225,9 @@ class OperatorRuntime:
         except Exception:  # an unknown namespace has no environment
             return None
         value = labels.get(decisions.ENVIRONMENT_LABEL)
-        return Environment(value) if value in Environment._value2member_map_ else None
+        if value is None or value not in Environment._value2member_map_:
+            return None
+        return Environment(value)
 
     async def service(self, environment: Environment) -> KeyManagementService:
         policies = await self.kube.key_policies()
@@ -253,5 +255,4 @@ def _shell(body: Mapping[str, Any]) -> ManagedKey:
     meta = dict(body.get("metadata") or {})
     if type(meta.get("generation")) is not int:  # only an integer can be observedGeneration
         meta.pop("generation", None)
-    return ManagedKey.model_construct(metadata=meta, spec=None,
-                                      status=ManagedKey.model_fields["status"].default_factory())
+    return ManagedKey.model_construct(metadata=meta, spec=None, status=ManagedKeyStatus())

@@ -15,6 +15,7 @@ worker threads.
 from __future__ import annotations
 
 import base64
+import builtins
 import contextlib
 import hashlib
 import logging
@@ -137,7 +138,7 @@ class SecretRecordStore:
                 self.namespace, label_selector=self.selector, limit=LIST_CHUNK,
                 _continue=token, _request_timeout=TIMEOUT)
             items += page.items or []
-            token = page.metadata._continue
+            token = page.metadata._continue if page.metadata else None
             if not token:
                 break
         listed: dict[Address, tuple[int, bytes]] = {}
@@ -146,8 +147,8 @@ class SecretRecordStore:
             if address is not None:
                 listed[address] = (_version(item.metadata),
                                    base64.b64decode((item.data or {}).get("record", "")))
-        at = int(page.metadata.resource_version or 0) if \
-            (page.metadata.resource_version or "").isdigit() else 0
+        listed_at = (page.metadata.resource_version if page.metadata else None) or ""
+        at = int(listed_at) if listed_at.isdigit() else 0
         with self._lock:
             for address, (version, data) in self._records.items():  # written since the list
                 if at and version > at and version > listed.get(address, (0, b""))[0]:
@@ -157,7 +158,7 @@ class SecretRecordStore:
                     del listed[address]
             self._records = listed
             self._gone = {a: v for a, v in self._gone.items() if at and v > at}
-            self._version = page.metadata.resource_version or ""
+            self._version = listed_at
 
     def _watch_forever(self) -> None:
         backoff = 0.5
@@ -218,7 +219,7 @@ class SecretRecordStore:
         with self._lock:
             return sorted(name for k, name in self._records if k == kind)
 
-    def kinds(self) -> list[str]:
+    def kinds(self) -> builtins.list[str]:  # `list` here is the method above
         with self._lock:
             return sorted({kind for kind, _ in self._records})
 
@@ -247,14 +248,17 @@ class SecretRecordStore:
         # Records are mostly written once (a new key or version): create first, and
         # replace only when it exists (a catalog update), so a new record costs one call.
         try:
-            return self.core.create_namespaced_secret(self.namespace, body,
-                                                      _request_timeout=TIMEOUT)
+            return self.core.create_namespaced_secret(
+                self.namespace, body,  # type: ignore[arg-type]  # typed V1Secret; a dict is sent as is
+                _request_timeout=TIMEOUT)
         except ApiException as exc:
             if exc.status != 409:
                 raise OSError(f"Kubernetes API: {exc.status} {exc.reason}") from None
         try:
-            return self.core.replace_namespaced_secret(body["metadata"]["name"], self.namespace,
-                                                       body, _request_timeout=TIMEOUT)
+            return self.core.replace_namespaced_secret(
+                body["metadata"]["name"], self.namespace,
+                body,  # type: ignore[arg-type]  # typed V1Secret; a dict is sent as is
+                _request_timeout=TIMEOUT)
         except ApiException as exc:
             raise OSError(f"Kubernetes API: {exc.status} {exc.reason}") from None
 
@@ -272,7 +276,7 @@ def load_or_create_kek_secret(core: client.CoreV1Api, namespace: str,
     """A 32-byte key from its Secret (the master key; the backup key), made on first use."""
     try:
         secret = core.read_namespaced_secret(name, namespace, _request_timeout=TIMEOUT)
-        return base64.b64decode(secret.data["master.key"])
+        return base64.b64decode((secret.data or {})["master.key"])
     except ApiException as exc:
         if exc.status != 404:
             raise
@@ -282,7 +286,8 @@ def load_or_create_kek_secret(core: client.CoreV1Api, namespace: str,
                          "labels": {"app.kubernetes.io/managed-by": "qkms"}},
             "data": {"master.key": base64.b64encode(kek).decode()}}
     try:
-        core.create_namespaced_secret(namespace, body, _request_timeout=TIMEOUT)
+        core.create_namespaced_secret(namespace, body,  # type: ignore[arg-type]  # as in _put
+                                      _request_timeout=TIMEOUT)
     except ApiException as exc:
         if exc.status != 409:  # another replica won the race: use its key
             raise
