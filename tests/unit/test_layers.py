@@ -23,3 +23,8 @@ def _run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_import_contracts_are_kept() -> None:
     proc = _run("lint-imports", "--no-cache")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_mypy_is_clean() -> None:
+    proc = _run("mypy")  # files and options: [tool.mypy]
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -182,11 +182,11 @@ class KeyReconciler:
         record = service.catalog.get(desired.name)
         if record is not None:
             return record
-        common = {"name": desired.name, "usage": desired.usage, "owner": desired.owner,
-                  "rotation_schedule": desired.rotation_schedule,
-                  "grace_period": desired.grace_period,
-                  "labels": {"uid": str(mk.metadata.get("uid", ""))},
-                  "actor": {"type": "OPERATOR", "id": "qkms"}}
+        common: dict[str, Any] = {
+            "name": desired.name, "usage": desired.usage, "owner": desired.owner,
+            "rotation_schedule": desired.rotation_schedule, "grace_period": desired.grace_period,
+            "labels": {"uid": str(mk.metadata.get("uid", ""))},
+            "actor": {"type": "OPERATOR", "id": "qkms"}}
         source = mk.spec.import_from
         if source is None:
             meta = await service.create_key(algorithm=desired.algorithm, **common)
