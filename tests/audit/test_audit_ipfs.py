@@ -14,6 +14,7 @@ first N block puts with HTTP 500.
 from __future__ import annotations
 
 import asyncio
+import base64
 import shutil
 import subprocess
 import sys
@@ -202,8 +203,17 @@ async def test_a_log_resigned_under_a_fresh_key_is_unanchored(anchored, tmp_path
     shutil.rmtree(folder)
     shutil.copytree(forged, folder)
     assert verify_folder(folder).ok  # trust on first use accepts the intruder's key
+    plain = qkms_verify(folder)
+    assert plain.returncode == 0 and "checkpoint key is NOT pinned" in plain.stderr  # loudly
     caught = qkms_verify(folder, f"ipfs:{node.endpoint}")
     assert caught.returncode == 1 and "unanchored" in caught.stdout, caught.stdout
+    pin = tmp_path / "audit.pub"
+    pin.write_text(base64.b64encode(AuditKey().public).decode())
+    pinned = subprocess.run([sys.executable, "-m", "qkms", "audit", "verify", "--data-dir",
+                             str(folder), "--public-key", str(pin)], capture_output=True,
+                            text=True, check=False, timeout=120)
+    assert pinned.returncode == 1 and "key-changed" in pinned.stdout, pinned.stdout
+    assert "NOT pinned" not in pinned.stderr
 
 
 async def test_a_file_of_anchors_catches_a_fork(anchored, tmp_path):

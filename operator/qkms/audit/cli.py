@@ -197,12 +197,18 @@ def _verify(args: argparse.Namespace) -> int:
             "last_seq": result.last_seq, "head": result.head,
             "checkpoint": result.last_checkpoint.to_dict() if result.last_checkpoint else None,
             "unsigned": result.unsigned, "public_key": _fingerprint(result.public_key),
+            "pinned": key is not None,
             "finding": finding.__dict__ if finding else None, "warnings": result.warnings,
             "car": {"entries": car_result.entries, "head": car_result.head}
             if car_result else None}, indent=2))
     else:
         for warning in result.warnings:
             print(f"{PROG}: warning: {warning}", file=sys.stderr)
+        if key is None and result.public_key is not None:
+            print(f"{PROG}: warning: the checkpoint key is NOT pinned: this log's own key "
+                  f"{_fingerprint(result.public_key)} was trusted on first use, so a log "
+                  f"rebuilt and re-signed under another key would pass too; pin it with "
+                  f"--public-key (see --save-key) or check it with --anchor", file=sys.stderr)
         if finding is None:
             print(result.summary() + (f"; key {_fingerprint(result.public_key)}"
                                       if result.public_key else ""))
