@@ -917,6 +917,12 @@ class KeyManagementService:
                                   owner="qkms", rotation_schedule="P100Y",
                                   labels={SYSTEM_LABEL: "audit"})
 
+    def audit_public_key(self) -> bytes | None:
+        """The checkpoint key's public key (what verifiers pin), once it exists."""
+        record = self.catalog.get(AUDIT_KEY)
+        version = lifecycle.active_version(record) if record else None
+        return version.public_key if version else None
+
     async def _sign_checkpoint(self, body: bytes) -> tuple[bytes, str, bytes]:
         record = self.catalog.get(AUDIT_KEY)
         version = lifecycle.active_version(record) if record else None

@@ -92,6 +92,26 @@ async def test_examples_become_ready_with_verifiable_projections(kube, qkms_oper
                    and e["involvedObject"]["name"] == "user-service-signing")
     assert created["metadata"]["annotations"]["qkms.io/audit-ref"].startswith("bafy")
     assert "cid bafy" in created["message"]
+    # The dev checkpoint key is pinned in the operator's namespace, for `audit verify`.
+    pins = await kube.get("configmaps", "qkms-audit-pins", "qkms-system")
+    assert base64.b64decode(pins["data"]["dev"]) == replica.audit_public_key()
+
+
+async def test_a_pinned_audit_key_is_never_overwritten(kube, qkms_operator):
+    """A rebuilt audit log (another checkpoint key) cannot replace the pin: the operator
+    keeps the pinned key and says so loudly."""
+    forged = base64.b64encode(b"\x01" * 32).decode()
+    await kube.create("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
+                                     "metadata": {"name": "qkms-audit-pins",
+                                                  "namespace": "qkms-system"},
+                                     "data": {"dev": forged}}, "qkms-system")
+    await qkms_operator.start()
+    await apply_examples(kube)
+    await ready(kube, "user-service-signing")
+    await eventually(lambda: "differs from the one pinned" in qkms_operator.log(), timeout=30,
+                     what="the mismatch logged")
+    pins = await kube.get("configmaps", "qkms-audit-pins", "qkms-system")
+    assert pins["data"]["dev"] == forged
 
 
 async def test_lifecycle_through_the_api(kube, qkms_operator):

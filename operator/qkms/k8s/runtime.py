@@ -64,6 +64,7 @@ class OperatorRuntime:
         self.locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.wakers: dict[tuple[str, str], asyncio.Event] = {}
         self.projections: dict[ProjectionTarget, tuple[dict[str, Any], dict[str, str]]] = {}
+        self.pinned: dict[str, bytes] = {}  # environment -> checkpoint key pinned
 
     @classmethod
     def from_env(cls, kube: Kube | None = None) -> OperatorRuntime:
@@ -118,10 +119,31 @@ class OperatorRuntime:
             policies = await self.kube.key_policies()
             outcome = await self.reconciler.reconcile(mk, labels, policies)
             outcome = await self.apply(body, outcome)
+        await self.pin_audit_keys()
         waker = self.wakers.get(ident)
         if waker is not None:
             waker.set()
         return outcome
+
+    async def pin_audit_keys(self) -> None:
+        """Pin each environment's checkpoint key in a ConfigMap, once, so that ``qkms audit
+        verify --public-key`` has a pin the audit volume's writer cannot change. A
+        different key already pinned is never overwritten: it is logged as an error."""
+        for service in self.registry.all():
+            environment = service.environment.value
+            public = service.audit_public_key()
+            if public is None or self.pinned.get(environment) == public:
+                continue
+            try:
+                result = await self.kube.pin_audit_key(self.namespace, environment, public)
+            except Exception as exc:  # the pin is retried after the next reconcile
+                log.warning("could not pin the %s audit checkpoint key: %s", environment, exc)
+                continue
+            if result == "mismatch":
+                log.error("the %s audit checkpoint key differs from the one pinned in "
+                          "ConfigMap %s/qkms-audit-pins: the audit log may have been "
+                          "rebuilt; the pin is kept", environment, self.namespace)
+            self.pinned[environment] = public
 
     async def backup(self, policy: KeyPolicy) -> str:
         """One scheduled backup of the policy's environment onto the data volume, pruning

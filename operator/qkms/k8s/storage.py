@@ -86,6 +86,10 @@ def _projected_for(existing: Any, owner: Mapping[str, Any]) -> bool:
     return labels.get(MANAGED_BY_LABEL) == "qkms" and labels.get(KEY_LABEL) == meta["name"]
 
 
+AUDIT_PINS = "qkms-audit-pins"
+"""The ConfigMap (operator namespace) pinning each environment's audit checkpoint key."""
+
+
 class Kube:
     def __init__(self, api: client.ApiClient | None = None) -> None:
         self.api = api or load_client()
@@ -227,6 +231,44 @@ class Kube:
         body["metadata"]["resourceVersion"] = existing.metadata.resource_version
         await self._call(replace, name, namespace, body)
         return True
+
+    async def pin_audit_key(self, namespace: str, environment: str, public_key: bytes) -> str:
+        """Write an environment's checkpoint key into the ConfigMap ``AUDIT_PINS`` once.
+
+        Returns ``"pinned"`` (written now), ``"same"`` (already there), or ``"mismatch"``: a
+        different key is pinned, and it is never overwritten (a verifier must notice)."""
+        value = base64.b64encode(public_key).decode()
+        read, create, replace = (self.core.read_namespaced_config_map,
+                                 self.core.create_namespaced_config_map,
+                                 self.core.replace_namespaced_config_map)
+        for _ in range(5):  # another replica may pin another environment meanwhile
+            try:
+                existing = await self._call(read, AUDIT_PINS, namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                body = {"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": AUDIT_PINS, "namespace": namespace},
+                        "data": {environment: value}}
+                try:
+                    await self._call(create, namespace, body)
+                    return "pinned"
+                except ApiException as conflict:
+                    if conflict.status != 409:
+                        raise
+                    continue
+            data = dict(existing.data or {})
+            if environment in data:
+                return "same" if data[environment] == value else "mismatch"
+            data[environment] = value
+            existing.data = data
+            try:
+                await self._call(replace, AUDIT_PINS, namespace, existing)
+                return "pinned"
+            except ApiException as conflict:
+                if conflict.status != 409:
+                    raise
+        raise OSError(f"ConfigMap {namespace}/{AUDIT_PINS} kept changing under the pin")
 
     async def post_event(self, owner: Mapping[str, Any], type_: str, reason: str,
                          message: str, annotations: Mapping[str, str] | None = None) -> None:
