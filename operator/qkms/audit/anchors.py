@@ -16,6 +16,12 @@ every anchored checkpoint against the verified log:
 - no anchor at all for the log's key: ``unanchored`` (a log re-signed under a new key has
   none), which fails verification, since an anchor source was asked for.
 
+In a cluster, ``--anchor kube:KUBECONFIG`` checks the log's checkpoint key against the one
+the operator pinned, once, in the ConfigMap ``qkms-system/qkms-audit-pins``: another key
+is ``key-changed``, none pinned is ``unanchored``. (ManagedKey statuses and Events name
+entry CIDs too, but with one audit log per replica an entry may sit in another replica's
+log, so they are not used as anchors of one log.)
+
 The anchor is only as strong as the separation between the audit volume and the IPFS
 node: the qkms process appends and never rewrites, but anyone holding the node's RPC API
 could. Pruning keeps anchors: a pruned log still holds the checkpoint it starts from.
@@ -23,6 +29,7 @@ could. Pruning keeps anchors: a pruned log still holds the checkpoint it starts 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import urllib.error
@@ -33,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import parse_checkpoint
-from .encoding import is_entry
+from .encoding import decode, is_entry
 from .store import iter_log
 from .verify import Finding
 
@@ -103,6 +110,47 @@ def log_checkpoints(root: Path) -> dict[int, str]:
     left to compare)."""
     return {cp.size: cp.cid_text for cp in (parse_checkpoint(r.cid, r.block)
                                              for r in iter_log(root) if not is_entry(r.block))}
+
+
+def log_environment(root: Path) -> str | None:
+    """The environment the log's entries belong to (the first entry's)."""
+    for record in iter_log(root):
+        if is_entry(record.block):
+            value = decode(record.block)
+            return str(value["environment"]) if isinstance(value, dict) else None
+    return None
+
+
+def read_kube_pin(kubeconfig: Path, environment: str,
+                  namespace: str = "qkms-system") -> bytes | None:
+    """The checkpoint key the operator pinned for `environment` in its ConfigMap
+    ``qkms-audit-pins`` (see k8s/storage.py), or None when none is pinned."""
+    try:
+        from kubernetes import client, config
+        from kubernetes.client.exceptions import ApiException
+    except ImportError:
+        raise OSError("reading a cluster needs the kubernetes client: "
+                      "pip install 'qkms[operator]'") from None
+    core = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+    try:
+        pins = core.read_namespaced_config_map("qkms-audit-pins", namespace,
+                                               _request_timeout=10)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise OSError(f"ConfigMap {namespace}/qkms-audit-pins: HTTP {exc.status}") from None
+    value = (pins.data or {}).get(environment)
+    return base64.b64decode(value) if value else None
+
+
+def check_pin(pinned: bytes | None, public_key: bytes, where: str) -> Finding | None:
+    if pinned is None:
+        return Finding("unanchored", None, None, f"no checkpoint key is pinned in {where}")
+    if pinned != public_key:
+        return Finding("key-changed", None, None,
+                       f"the log's checkpoint key is not the one pinned in {where}: the log "
+                       "was rebuilt or re-signed")
+    return None
 
 
 def read_file(path: Path) -> list[Anchor]:

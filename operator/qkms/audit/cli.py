@@ -56,10 +56,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="also decode every entry strictly and check it is canonical DAG-CBOR")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.add_argument("--anchor", action="append", default=[],
-                        metavar="ipfs:URL|file:PATH",
-                        help="check the log against checkpoint CIDs kept elsewhere (an IPFS "
-                             "node's anchor file, or a file of '<size> <CID>' lines): a cut or "
-                             "re-signed log fails as truncated, forked or unanchored; repeatable")
+                        metavar="ipfs:URL|file:PATH|kube:KUBECONFIG",
+                        help="check the log against what is kept elsewhere: checkpoint CIDs (an "
+                             "IPFS node's anchor file, or a file of '<size> <CID>' lines) or the "
+                             "checkpoint key the operator pinned in the cluster; a cut or "
+                             "re-signed log fails as truncated, forked, key-changed or "
+                             "unanchored; repeatable")
     export = action("export", "write the chain, or a range, as a CARv1 file for "
                               "`ipfs dag import`")
     export.add_argument("--car", required=True, help="output file (- for stdout)")
@@ -227,17 +229,29 @@ def _anchored(sources: list[str], folder: Path, result: Any) -> Any:
         return anchors.Finding("unanchored", None, None,
                                "the log has no signed checkpoint to compare with anchors")
     found: list[anchors.Anchor] = []
+    lists = False  # whether any source holds checkpoint anchors (not only a pinned key)
     for source in sources:
         kind, _, where = source.partition(":")
         try:
             if kind == "ipfs" and where:
                 found += anchors.read_ipfs(where, result.public_key)
+                lists = True
             elif kind == "file" and where:
                 found += anchors.read_file(Path(where))
+                lists = True
+            elif kind == "kube" and where:
+                environment = anchors.log_environment(folder) or "dev"
+                pinned = anchors.read_kube_pin(Path(where), environment)
+                if problem := anchors.check_pin(pinned, result.public_key,
+                                                f"the cluster of {where} ({environment})"):
+                    return problem
             else:
-                raise InvalidInputError("--anchor", f"{source!r}: use ipfs:URL or file:PATH")
+                raise InvalidInputError("--anchor", f"{source!r}: use ipfs:URL, file:PATH "
+                                                    "or kube:KUBECONFIG")
         except (OSError, ValueError) as exc:
             raise InvalidInputError("--anchor", str(exc)) from None
+    if not lists:
+        return None
     return anchors.check(found, anchors.log_checkpoints(folder), result.last_seq)
 
 
