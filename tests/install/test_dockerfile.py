@@ -22,8 +22,10 @@ import pytest
 
 from tests.install.helpers import ROOT
 
-BASE = "python:3.11-slim"
-EXTRAS = ["operator"]  # the audit chain needs no extra: its libraries are core
+BASE = "python:3.11-slim-bookworm"  # the ARG's default: the image users pull
+# Every provider's SDK is in the image (the audit chain needs no extra: its libraries are
+# core); tests/image/test_image.py builds it and imports them.
+EXTRAS = ["operator", "vault", "aws", "azure", "hsm"]
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -99,8 +101,10 @@ def context_files() -> list[str]:
 
 def test_image_shape() -> None:
     steps = instructions()
+    args = [a for word, a in steps if word == "ARG"]
+    assert f"BASE={BASE}" in args, "ARG BASE defaults to the registry image users pull"
     froms = [args.split()[0] for word, args in steps if word == "FROM"]
-    assert froms and all(image == BASE for image in froms)
+    assert froms and all(image == "${BASE}" for image in froms)
     final = steps[max(i for i, (word, _) in enumerate(steps) if word == "FROM"):]
     last = {word: args for word, args in final}
     assert last["USER"].split(":")[0] == "10001"
@@ -187,7 +191,8 @@ def test_the_build_context_builds_the_package(clean_checkout: Path, tmp_path: Pa
         f"{wheel}[{','.join(EXTRAS)}]", cwd=tmp_path)
     installs = json.loads(report.read_text())["install"]
     names = {item["metadata"]["name"].lower().replace("_", "-") for item in installs}
-    assert {"qkms", "kopf", "kubernetes", "aiohttp", "libipld"} <= names
+    assert {"qkms", "kopf", "kubernetes", "aiohttp", "libipld", "hvac", "boto3",
+            "azure-keyvault-keys", "azure-identity", "python-pkcs11"} <= names
     sdists = [item["download_info"]["url"] for item in installs
               if not item["download_info"]["url"].endswith(".whl")
               and item["metadata"]["name"] != "qkms"]
