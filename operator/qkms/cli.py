@@ -375,6 +375,9 @@ async def serve(args: argparse.Namespace) -> None:
             raise InvalidInputError(flag, f"{path} is not a file")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise InvalidInputError("--tls-key", "give --tls-cert and --tls-key together")
+    if serving and not args.tls_cert and not _loopback(args.listen):
+        raise InvalidInputError("--listen", f"plain HTTP only on loopback, not {args.listen}: "
+                                            "give --tls-cert and --tls-key to listen there")
     auth = _standalone_auth(args) if serving else None
     sock = _listen_socket(args.listen) if serving else None  # a busy port fails before keys
     if args.manifests is None:
@@ -407,6 +410,19 @@ async def serve(args: argparse.Namespace) -> None:
             sock.close()
         OPENED.extend(runner.registry.all())  # closed by run_command: final checkpoints
     print("qkms serve: stopped", flush=True)
+
+
+def _loopback(listen: str) -> bool:
+    """Whether ``HOST:PORT`` listens on loopback only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # 0.0.0.0, '', a name: every interface, or not only this machine
 
 
 def _listen_socket(listen: str) -> Any:
@@ -566,10 +582,11 @@ async def demo(args: argparse.Namespace) -> None:
 @command("call")
 async def call(args: argparse.Namespace) -> None:
     """A key operation through the data plane, as a workload does (qkms.client)."""
-    from qkms.client import SA_TOKEN, QkmsClient
+    from qkms.client import QkmsClient, default_ca_file, default_token_file
 
-    token_file = args.token_file or (SA_TOKEN if SA_TOKEN.exists() else None)
     token = os.environ.get("QKMS_TOKEN")
+    token_file = args.token_file or (None if token else default_token_file())
+    ca_file = args.ca_file or default_ca_file()
     op = args.operation.lower()
     data: Any = b""
     if op in ("sign", "verify", "encrypt"):
@@ -589,7 +606,7 @@ async def call(args: argparse.Namespace) -> None:
             raise InvalidInputError(flag, f"{path} is not a file")
     try:
         async with QkmsClient(args.url, token=token, token_file=token_file,
-                              ca_file=args.ca_file) as client:
+                              ca_file=ca_file) as client:
             result = await client.use_key(args.key, op, data, signature=signature,
                                           context=args.context, length=args.length)
     except aiohttp.InvalidURL:
@@ -653,9 +670,12 @@ def build_parser() -> argparse.ArgumentParser:
     call_cmd.add_argument("key", help="namespace/name")
     call_cmd.add_argument("--url", default=os.environ.get("QKMS_URL", "https://qkms.qkms-system:8443"))
     call_cmd.add_argument("--token-file", type=Path,
-                          help="bearer token file (default: the pod's ServiceAccount token; "
-                               "or QKMS_TOKEN)")
-    call_cmd.add_argument("--ca-file", type=Path, help="CA bundle for the server's certificate")
+                          help="bearer token file (default: QKMS_TOKEN_FILE, else the "
+                               "projected /var/run/secrets/qkms/token, else the pod's "
+                               "ServiceAccount token; or QKMS_TOKEN)")
+    call_cmd.add_argument("--ca-file", type=Path,
+                          help="CA bundle for the server's certificate (default: QKMS_CA_FILE, "
+                               "else /var/run/secrets/qkms/ca.crt)")
     call_cmd.add_argument("--in", dest="input", default="-")
     call_cmd.add_argument("--out", default="-")
     call_cmd.add_argument("--ciphertext-out", help="ENCAPSULATE: where the KEM ciphertext goes")

@@ -1,7 +1,13 @@
 """A Python client for the qkms data plane, for workloads.
 
+In a pod, the client reads an audience-bound token and the data plane's CA from a
+projected volume at /var/run/secrets/qkms (``token``: a ServiceAccount token for the
+audience ``qkms``; ``ca.crt``: from the ConfigMap ``qkms-ca``; see the README), or from
+``QKMS_TOKEN_FILE`` and ``QKMS_CA_FILE``. Plain ``http://`` is refused except to loopback
+(``qkms serve`` on 127.0.0.1), so a token is never sent in the clear.
+
 ```python
-async with QkmsClient("https://qkms.qkms-system:8443", token_file=SA_TOKEN) as kms:
+async with QkmsClient("https://qkms.qkms-system:8443") as kms:
     sig = await kms.use_key("payments/user-service-signing", "SIGN", b"message")
     assert await kms.use_key("payments/user-service-signing", "VERIFY", b"message",
                              signature=sig.signature)
@@ -14,16 +20,49 @@ Errors come back as the same ``QkmsError`` classes the service raises, so
 from __future__ import annotations
 
 import base64
+import ipaddress
+import os
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from qkms import errors
 
 SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+PROJECTED = Path("/var/run/secrets/qkms")  # token (audience qkms) and ca.crt, projected
+
+
+def default_token_file() -> Path | None:
+    """``QKMS_TOKEN_FILE``, else the projected qkms token, else the pod's ServiceAccount
+    token (which a data plane that wants the qkms audience refuses)."""
+    if os.environ.get("QKMS_TOKEN_FILE"):
+        return Path(os.environ["QKMS_TOKEN_FILE"])
+    return next((p for p in (PROJECTED / "token", SA_TOKEN) if p.exists()), None)
+
+
+def default_ca_file() -> Path | None:
+    """``QKMS_CA_FILE``, else the projected ``qkms-ca`` bundle; None: the system's CAs."""
+    if os.environ.get("QKMS_CA_FILE"):
+        return Path(os.environ["QKMS_CA_FILE"])
+    return PROJECTED / "ca.crt" if (PROJECTED / "ca.crt").exists() else None
+
+
+def _check_scheme(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme == "http":
+        host = parts.hostname or ""
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise errors.InvalidInputError(
+                "url", f"plain HTTP only to loopback, not {host!r}: the data plane is https "
+                       "in a cluster")
 _CODES: dict[str, type[errors.QkmsError]] = {
     cls.code: cls for cls in (
         errors.InvalidInputError, errors.OperationNotAllowedError, errors.KeyStateError,
@@ -78,9 +117,16 @@ class QkmsClient:
     def __init__(self, url: str, *, token: str | None = None,
                  token_file: Path | str | None = None, ca_file: Path | str | None = None,
                  cert: tuple[str, str] | None = None, timeout: float = 10.0) -> None:
+        """With neither `token` nor `token_file`, the token of :func:`default_token_file`;
+        without `ca_file`, :func:`default_ca_file`."""
+        _check_scheme(url)
         self.url = url.rstrip("/")
         self._token = token
+        if token is None and token_file is None:
+            token_file = default_token_file()
         self._token_file = Path(token_file) if token_file else None
+        if ca_file is None and url.startswith("https:"):
+            ca_file = default_ca_file()
         context = None
         if ca_file or cert:
             context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)

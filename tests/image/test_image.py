@@ -22,7 +22,6 @@ import aiohttp
 import pytest
 import yaml
 
-from qkms.client import QkmsClient
 from tests.image.podman import PodmanPod, build_image, podman, run_flags
 from tests.install.helpers import NAMESPACE
 from tests.install.pods import (
@@ -84,7 +83,7 @@ async def test_the_image_runs_the_pod_of_manifests_against_the_api_server(image,
                 body = await ready_key(kube, name, timeout=90)
                 assert body["status"]["provider"] == "LOCAL_DEV"
             token = await key_user(cp)
-            async with QkmsClient(replica.api_url, token=token) as client:
+            async with await replica.client(token) as client:
                 signed = await client.use_key(f"{APP_NS}/user-service-signing", "SIGN",
                                               b"from the image")
                 assert await client.use_key(f"{APP_NS}/user-service-signing", "VERIFY",

@@ -40,6 +40,7 @@ from typing import Any
 
 import aiohttp
 
+from qkms.client import QkmsClient
 from tests.install.helpers import NAMESPACE
 from tests.support.controlplane import CONTROLLERS, ControlPlane, ControlPlaneError
 from tests.support.kubeclient import KubeClient, KubeError, eventually
@@ -93,7 +94,7 @@ async def key_user(cp: ControlPlane, namespace: str = APP_NS, name: str = "check
                     "name": "key-user"},
         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]},
         namespace)
-    return await cp.token(namespace, name)
+    return await cp.token(namespace, name, audiences=["qkms"])  # as a projected token
 
 
 async def signing_key(kube: KubeClient, name: str = "signer") -> None:
@@ -318,8 +319,27 @@ class LocalPod:
                 await asyncio.sleep(0.1)
 
     @property
+    def tls(self) -> bool:
+        env = {e["name"]: e.get("value") for e in self.container().get("env") or []}
+        return env.get("QKMS_TLS") == "auto" or "QKMS_TLS_CERT" in env
+
+    @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.named_ports['api']}"
+        """The data plane: https (its certificate names localhost, for port-forwards)
+        when the pod serves TLS."""
+        port = self.named_ports["api"]
+        return f"https://localhost:{port}" if self.tls else f"http://127.0.0.1:{port}"
+
+    async def client(self, token: str) -> QkmsClient:
+        """A client of this pod's data plane as a workload has one: the token, and the CA
+        from the ConfigMap qkms-ca the operator publishes."""
+        ca = None
+        if self.tls:
+            config = await self.cp.client.get("configmaps", "qkms-ca", self.namespace)
+            assert config is not None, "the operator published no ConfigMap qkms-ca"
+            ca = self.workdir / "qkms-ca.crt"
+            ca.write_text(config["data"]["ca.crt"])
+        return QkmsClient(self.api_url, token=token, ca_file=ca)
 
     async def stop(self, timeout: float = 15) -> None:
         if self.proc is None or self.proc.poll() is not None:

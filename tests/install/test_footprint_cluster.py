@@ -21,7 +21,6 @@ from typing import Any
 
 import yaml
 
-from qkms.client import QkmsClient
 from qkms.k8s.handlers import PROJECTED_SELECTOR
 from tests.install.helpers import NAMESPACE, ROOT, find, manifest_objects
 from tests.install.pods import (
@@ -95,7 +94,7 @@ async def test_operator_requests_are_selective_paged_and_exactly_granted(tmp_pat
             await kube.delete("secrets", "signer-public", APP_NS)  # drift, repaired
             await eventually(lambda: kube.get("secrets", "signer-public", APP_NS), timeout=30,
                              what="the projection restored")
-            async with QkmsClient(replica.api_url, token=token) as client:
+            async with await replica.client(token) as client:
                 await client.use_key(f"{APP_NS}/signer", "SIGN", b"footprint")
             await kube.patch("managedkeys", "signer", {"metadata": {"annotations": {
                 "qkms.io/rotate": "COMPROMISE"}}}, APP_NS)

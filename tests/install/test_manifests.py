@@ -268,6 +268,8 @@ def test_operator_environment(deployment: dict[str, Any]) -> None:
     assert env["QKMS_ENVIRONMENT"]["value"] == "dev"
     assert env["KMS_PROVIDER"]["value"] == "LOCAL_DEV"
     assert env["HOME"]["value"] == "/tmp"
+    # The data plane: HTTPS with qkms's own CA, tokens minted for the audience "qkms".
+    assert env["QKMS_TLS"]["value"] == "auto" and env["QKMS_AUDIENCES"]["value"] == "qkms"
     assert "DEBUG" not in env  # off unless asked for
     # Credentials come from Secrets, never inline.
     for name, var in env.items():
@@ -433,6 +435,7 @@ VALUES_OVERRIDDEN: dict[str, Any] = {
                      "effect": "NoSchedule"}],
     "nodeSelector": {"kubernetes.io/os": "linux"},
     "imagePullSecrets": [{"name": "ghcr"}],
+    "dataPlane": {"tlsSecretName": "qkms-cert", "tokenAudience": "kms.example"},
 }
 
 
@@ -459,6 +462,10 @@ def test_helm_values_change_what_they_say() -> None:
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["QKMS_ENVIRONMENT"] == "prod" and env["KMS_PROVIDER"] == "HASHICORP_VAULT"
     assert env["DEBUG"] == "key-management:*"
+    # A certificate from elsewhere (cert-manager's Secret) instead of qkms's own CA.
+    assert "QKMS_TLS" not in env and env["QKMS_TLS_CERT"] == "/etc/qkms/tls/tls.crt"
+    assert env["QKMS_AUDIENCES"] == "kms.example"
+    assert {"name": "tls", "secret": {"secretName": "qkms-cert"}} in pod["volumes"]
     assert container["envFrom"] == [{"secretRef": {"name": "qkms-vault"}}]
     (claim,) = deployment["spec"]["volumeClaimTemplates"]
     assert claim["spec"] == {"accessModes": ["ReadWriteMany"], "storageClassName": "fast",

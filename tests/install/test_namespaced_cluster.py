@@ -16,7 +16,6 @@ from typing import Any
 
 import helm_python as helm
 
-from qkms.client import QkmsClient
 from tests.install.helpers import CHART, NAMESPACE
 from tests.install.pods import (
     APP_NS,
@@ -74,7 +73,7 @@ async def test_watch_namespaces_serves_only_those_with_roles_only(tmp_path: Path
             await replica.start()
             await ready_key(kube, "signer")
             assert await kube.get("secrets", "signer-public", APP_NS) is not None
-            async with QkmsClient(replica.api_url, token=token) as client:
+            async with await replica.client(token) as client:
                 assert (await client.use_key(f"{APP_NS}/signer", "SIGN", b"scoped")).signature
             await asyncio.sleep(2)  # time enough for a cluster-wide operator to reach it
             ignored = await kube.get("managedkeys", "ignored", OTHER)

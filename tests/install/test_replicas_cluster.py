@@ -20,7 +20,6 @@ from typing import Any
 import helm_python as helm
 
 from qkms.audit.verify import verify_folder
-from qkms.client import QkmsClient
 from tests.install.helpers import CHART, NAMESPACE
 from tests.install.pods import (
     APP_NS,
@@ -57,7 +56,7 @@ async def test_two_replicas_each_own_volume_and_audit_log(tmp_path: Path) -> Non
                 await replica.start()
             await ready_key(kube, "signer")
             for replica in replicas:  # every replica serves the data plane, audited
-                async with QkmsClient(replica.api_url, token=token) as client:
+                async with await replica.client(token) as client:
                     signed = await client.use_key(f"{APP_NS}/signer", "SIGN", b"hello")
                     assert await client.use_key(f"{APP_NS}/signer", "VERIFY", b"hello",
                                                 signature=signed.signature)

@@ -28,7 +28,6 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from qkms.audit.verify import verify_folder
-from qkms.client import QkmsClient
 from tests.install.helpers import CHART, NAMESPACE
 from tests.install.pods import (
     APP_NS,
@@ -64,7 +63,7 @@ async def stop(replicas: list[LocalPod]) -> None:
 async def sign_on_each(replicas: list[LocalPod], token: str, message: bytes) -> list[Any]:
     results = []
     for replica in replicas:
-        async with QkmsClient(replica.api_url, token=token) as client:
+        async with await replica.client(token) as client:
             results.append(await client.use_key(f"{APP_NS}/{KEY}", "SIGN", message))
     return results
 

@@ -10,8 +10,10 @@ deleted Secret/ConfigMap) is repaired without another reconcile.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -64,6 +66,8 @@ class OperatorRuntime:
         self.locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.wakers: dict[tuple[str, str], asyncio.Event] = {}
         self.projections: dict[ProjectionTarget, tuple[dict[str, Any], dict[str, str]]] = {}
+        self.ca_pem: bytes | None = None  # the data plane's own CA (QKMS_TLS=auto)
+        self.ca_published: set[str] = set()
         self.pinned: dict[str, bytes] = {}  # environment -> checkpoint key pinned
 
     @classmethod
@@ -83,12 +87,57 @@ class OperatorRuntime:
         from qkms.server.app import start_data_plane
         from qkms.server.auth import KubeAuth
 
-        auth = KubeAuth(self.kube.api, ttl=float(os.environ.get("QKMS_AUTH_CACHE_SECONDS", "10")))
-        cert = os.environ.get("QKMS_TLS_CERT")
-        tls = ((Path(cert), Path(os.environ["QKMS_TLS_KEY"]),
-                Path(os.environ["QKMS_TLS_CLIENT_CA"]) if os.environ.get("QKMS_TLS_CLIENT_CA")
-                else None) if cert else None)
+        # Tokens must be minted for qkms (a projected ServiceAccount token with this
+        # audience): a token for the API server, or for anything else, is refused.
+        audiences = [a.strip() for a in os.environ.get("QKMS_AUDIENCES", "qkms")
+                     .split(",") if a.strip()]
+        auth = KubeAuth(self.kube.api, ttl=float(os.environ.get("QKMS_AUTH_CACHE_SECONDS", "10")),
+                        audiences=audiences)
+        tls = await self._tls(listen)
         self.api_runner = await start_data_plane(self, self.registry, auth, auth, listen, tls)
+
+    async def _tls(self, listen: str) -> tuple[Path, Path, Path | None] | None:
+        """The data plane's certificate: files (``QKMS_TLS_CERT``/``KEY``, cert-manager's),
+        else ``QKMS_TLS=auto`` (the manifests' default: qkms's own CA, qkms/k8s/tls.py).
+        Plain HTTP only on loopback (``QKMS_TLS=off``, or unset there)."""
+        cert = os.environ.get("QKMS_TLS_CERT")
+        client_ca = (Path(os.environ["QKMS_TLS_CLIENT_CA"])
+                     if os.environ.get("QKMS_TLS_CLIENT_CA") else None)
+        if cert:
+            return Path(cert), Path(os.environ["QKMS_TLS_KEY"]), client_ca
+        mode = os.environ.get("QKMS_TLS", "").strip().lower() or \
+            ("off" if _loopback(listen) else "auto")
+        if mode == "off":
+            if not _loopback(listen):
+                raise InvalidInputError("QKMS_TLS", f"plain HTTP only on loopback, not on "
+                                                    f"{listen}: use auto or certificate files")
+            return None
+        if mode != "auto":
+            raise InvalidInputError("QKMS_TLS", f"{mode!r}: auto or off")
+        from . import tls
+
+        files = await asyncio.to_thread(tls.load_or_create_tls, self.kube.core, self.namespace)
+        self.ca_pem = files["ca.crt"]
+        await self.publish_ca(self.namespace)
+        folder = Path(tempfile.mkdtemp(prefix="qkms-tls-"))  # 0700, on the pod's /tmp
+        for name in ("tls.crt", "tls.key"):
+            path = folder / name
+            path.touch(mode=0o600)
+            path.write_bytes(files[name])
+        return folder / "tls.crt", folder / "tls.key", client_ca
+
+    async def publish_ca(self, namespace: str) -> None:
+        """The ConfigMap qkms-ca (the data plane's CA) in `namespace`, once per run."""
+        if self.ca_pem is None or namespace in self.ca_published:
+            return
+        from . import tls
+
+        try:
+            await asyncio.to_thread(tls.publish_ca, self.kube.core, namespace, self.ca_pem)
+            self.ca_published.add(namespace)
+        except Exception as exc:  # best effort: the next reconcile tries again
+            log.warning("could not publish the data plane's CA in %s: %s", namespace,
+                        getattr(exc, "reason", type(exc).__name__))
 
     def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -173,6 +222,7 @@ class OperatorRuntime:
         replace an object qkms does not own turns the outcome into a refusal naming it."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
+        await self.publish_ca(namespace)  # workloads here trust the data plane through it
         if outcome.projection is not None:  # the spec parsed: a mapping, as is its projection
             projected = outcome.projection
             projection = body["spec"].get("projection") or {}
@@ -270,6 +320,16 @@ class OperatorRuntime:
             if labels.get(decisions.ENVIRONMENT_LABEL) == environment.value:
                 bodies.append(item)
         return bodies
+
+
+def _loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _shell(body: Mapping[str, Any]) -> ManagedKey:
