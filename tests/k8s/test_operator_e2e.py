@@ -62,7 +62,8 @@ def service_for(control_plane: ControlPlane, tmp_path: Path) -> KeyManagementSer
     api = k8s_config.new_client_from_config(config_file=str(control_plane.kubeconfig))
     core = k8s_client.CoreV1Api(api)
     settings = Settings(environment=Environment.DEV, data_dir=tmp_path / "replica")
-    return KeyManagementService(settings, records=SecretRecordStore(core, "qkms-system", "dev"),
+    records = SecretRecordStore(core, "qkms-system", "dev", watch=False)  # a one-shot reader
+    return KeyManagementService(settings, records=records,
                                 kek=load_or_create_kek_secret(core, "qkms-system"))
 
 

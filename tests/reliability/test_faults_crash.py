@@ -133,7 +133,8 @@ def replica(cp: ControlPlane, workdir: Path) -> KeyManagementService:
     api = k8s_config.new_client_from_config(config_file=str(cp.kubeconfig))
     core = k8s_client.CoreV1Api(api)
     settings = Settings(environment=Environment.DEV, data_dir=workdir / "replica")
-    return KeyManagementService(settings, records=SecretRecordStore(core, SYSTEM_NS, "dev"),
+    records = SecretRecordStore(core, SYSTEM_NS, "dev", watch=False)  # a one-shot reader
+    return KeyManagementService(settings, records=records,
                                 kek=load_or_create_kek_secret(core, SYSTEM_NS))
 
 

@@ -817,7 +817,8 @@ async def drive_operator(scan: Scan, cp: Any, kube: Any, kubeconfig: Path, folde
     assert records > len(names), "the key records are Secrets in qkms-system"
     keys = 0
     for env in Environment:
-        sealed = SealedStore(SecretRecordStore(core, "qkms-system", env.value), Sealer(kek))
+        sealed = SealedStore(SecretRecordStore(core, "qkms-system", env.value, watch=False),
+                             Sealer(kek))
         keys += scan.store(f"operator {env.value}", sealed)
     assert keys > len(names)
     run = operator.workdir / "run-1" / "data"

@@ -206,7 +206,7 @@ def _verify(args: argparse.Namespace) -> int:
     else:
         for warning in result.warnings:
             print(f"{PROG}: warning: {warning}", file=sys.stderr)
-        if key is None and result.public_key is not None:
+        if finding is None and key is None and result.public_key is not None:
             print(f"{PROG}: warning: the checkpoint key is NOT pinned: this log's own key "
                   f"{_fingerprint(result.public_key)} was trusted on first use, so a log "
                   f"rebuilt and re-signed under another key would pass too; pin it with "

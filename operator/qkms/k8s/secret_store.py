@@ -14,6 +14,7 @@ worker threads.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import builtins
 import contextlib
@@ -21,6 +22,7 @@ import hashlib
 import logging
 import secrets
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,6 +70,17 @@ def _version(meta: Any) -> int:
     return int(value) if value.isdigit() else 0
 
 
+_WATCHING: weakref.WeakSet[SecretRecordStore] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_watching() -> None:
+    """At interpreter exit, stop every mirror's watch thread before streams close: a daemon
+    thread that logs while Python finalizes can abort the process."""
+    for store in list(_WATCHING):
+        store.close()
+
+
 class SecretRecordStore:
     """Records of one scope (an environment) in one namespace.
 
@@ -99,6 +112,7 @@ class SecretRecordStore:
         if watch:
             self._thread = threading.Thread(target=self._watch_forever, daemon=True,
                                             name=f"qkms-records-{scope}")
+            _WATCHING.add(self)
             self._thread.start()
 
     def describe(self) -> str:
@@ -180,11 +194,15 @@ class SecretRecordStore:
                 if exc.status == 410:  # the version is too old: list again
                     self._relist()
                     continue
-                log.warning("watching record Secrets (%s): %s %s", self.scope, exc.status,
-                            exc.reason)
+                if not self._stop.is_set():
+                    log.warning("watching record Secrets (%s): %s %s", self.scope,
+                                exc.status, exc.reason)
             except Exception as exc:  # the API went away: retry, the mirror stays as it is
-                log.warning("watching record Secrets (%s): %s", self.scope, type(exc).__name__)
-            self._stop.wait(backoff)
+                if not self._stop.is_set():
+                    log.warning("watching record Secrets (%s): %s", self.scope,
+                                type(exc).__name__)
+            if self._stop.wait(backoff):
+                return
             backoff = min(backoff * 2, 10.0)
             self._relist()
 
@@ -192,7 +210,9 @@ class SecretRecordStore:
         try:
             self.resync()
         except Exception as exc:  # noqa: BLE001 - retried by the watch loop
-            log.warning("listing record Secrets (%s): %s", self.scope, type(exc).__name__)
+            if not self._stop.is_set():
+                log.warning("listing record Secrets (%s): %s", self.scope,
+                            type(exc).__name__)
 
     def _event(self, event: dict[str, Any]) -> None:
         secret = event["object"]
