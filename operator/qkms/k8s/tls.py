@@ -147,8 +147,9 @@ def load_or_create_tls(core: Any, namespace: str, now: dt.datetime | None = None
 
 def publish_ca(core: Any, namespace: str, ca_pem: bytes) -> None:
     """The ConfigMap ``qkms-ca`` (``ca.crt``) in `namespace`, for workloads to project."""
-    body = {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": CA_CONFIGMAP, "namespace": namespace, "labels": LABELS},
+    metadata: dict[str, Any] = {"name": CA_CONFIGMAP, "namespace": namespace,
+                                "labels": LABELS}
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata,
             "data": {"ca.crt": ca_pem.decode()}}
     try:
         current = core.read_namespaced_config_map(CA_CONFIGMAP, namespace,
@@ -162,7 +163,7 @@ def publish_ca(core: Any, namespace: str, ca_pem: bytes) -> None:
             if exc.status != 409:
                 raise
         return
-    if (current.data or {}).get("ca.crt") != body["data"]["ca.crt"]:
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+    if (current.data or {}).get("ca.crt") != ca_pem.decode():
+        metadata["resourceVersion"] = current.metadata.resource_version
         core.replace_namespaced_config_map(CA_CONFIGMAP, namespace, body,
                                            _request_timeout=TIMEOUT)
