@@ -23,9 +23,10 @@ the API holds survives. Then:
 
 Only the operator is killed, never a server, so the tests use the session's control plane
 (reset after each test); ``tests/bench/bench_reliability.py`` gives the scenario one of
-its own. The default run uses ``QKMS_RELIABILITY_CRASH_KEYS`` keys (40: 100 take longer
-than a CI test should on two cores); the bench runs 100. The figure line says which. This
-module also holds the helpers the Kubernetes-outage test shares.
+its own. The default run uses ``QKMS_RELIABILITY_CRASH_KEYS`` keys (100, as the issue asks:
+about 40 s on the real control plane; the OpenBao variant takes half as many); the bench
+runs 100 on a control plane of its own. The figure line says which. This module also
+holds the helpers the Kubernetes-outage test shares.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NS = "rotating"
 MK = "managedkeys"
 SYSTEM_NS = "qkms-system"
-CRASH_KEYS = int(os.environ.get("QKMS_RELIABILITY_CRASH_KEYS", "40"))
+CRASH_KEYS = int(os.environ.get("QKMS_RELIABILITY_CRASH_KEYS", "100"))
 
 
 # -- shared helpers (also used by test_faults_kube_outage.py and the bench) ------------------
