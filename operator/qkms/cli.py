@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from qkms import __version__, logs
-from qkms.config import Settings
+from qkms.config import Settings, listens_on_loopback
 from qkms.crypto import ethereum
 from qkms.errors import InvalidInputError, QkmsError
 from qkms.model.algorithms import resolve_algorithm
@@ -375,7 +375,7 @@ async def serve(args: argparse.Namespace) -> None:
             raise InvalidInputError(flag, f"{path} is not a file")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise InvalidInputError("--tls-key", "give --tls-cert and --tls-key together")
-    if serving and not args.tls_cert and not _loopback(args.listen):
+    if serving and not args.tls_cert and not listens_on_loopback(args.listen):
         raise InvalidInputError("--listen", f"plain HTTP only on loopback, not {args.listen}: "
                                             "give --tls-cert and --tls-key to listen there")
     auth = _standalone_auth(args) if serving else None
@@ -410,19 +410,6 @@ async def serve(args: argparse.Namespace) -> None:
             sock.close()
         OPENED.extend(runner.registry.all())  # closed by run_command: final checkpoints
     print("qkms serve: stopped", flush=True)
-
-
-def _loopback(listen: str) -> bool:
-    """Whether ``HOST:PORT`` listens on loopback only (127.0.0.0/8, ::1, localhost)."""
-    import ipaddress
-
-    host = listen.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # 0.0.0.0, '', a name: every interface, or not only this machine
 
 
 def _listen_socket(listen: str) -> Any:

@@ -108,3 +108,17 @@ class Settings:
             if isinstance(overrides.get(key), str):  # from a command-line flag
                 overrides[key] = _enum(kind, flag, overrides[key])
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def listens_on_loopback(listen: str) -> bool:
+    """Whether ``HOST:PORT`` listens on loopback only (127.0.0.0/8, ::1, localhost): where
+    plain HTTP may stay (standalone), as nothing off this machine can reach it."""
+    import ipaddress
+
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # 0.0.0.0, '', a name: every interface, or not only this machine

@@ -10,7 +10,6 @@ deleted Secret/ConfigMap) is repaired without another reconcile.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import tempfile
@@ -19,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from qkms.config import Settings
+from qkms.config import Settings, listens_on_loopback
 from qkms.errors import InvalidInputError
 from qkms.model.enums import Environment
 from qkms.model.resources import KeyPolicy, ManagedKey, ManagedKeyStatus, parse_managed_key
@@ -106,9 +105,9 @@ class OperatorRuntime:
         if cert:
             return Path(cert), Path(os.environ["QKMS_TLS_KEY"]), client_ca
         mode = os.environ.get("QKMS_TLS", "").strip().lower() or \
-            ("off" if _loopback(listen) else "auto")
+            ("off" if listens_on_loopback(listen) else "auto")
         if mode == "off":
-            if not _loopback(listen):
+            if not listens_on_loopback(listen):
                 raise InvalidInputError("QKMS_TLS", f"plain HTTP only on loopback, not on "
                                                     f"{listen}: use auto or certificate files")
             return None
@@ -320,16 +319,6 @@ class OperatorRuntime:
             if labels.get(decisions.ENVIRONMENT_LABEL) == environment.value:
                 bodies.append(item)
         return bodies
-
-
-def _loopback(listen: str) -> bool:
-    host = listen.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _shell(body: Mapping[str, Any]) -> ManagedKey:
