@@ -29,7 +29,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -42,7 +41,7 @@ import aiohttp
 
 from qkms.client import QkmsClient
 from tests.install.helpers import NAMESPACE
-from tests.support.controlplane import CONTROLLERS, ControlPlane, ControlPlaneError
+from tests.support.controlplane import CONTROLLERS, ControlPlane, ControlPlaneError, stop_process
 from tests.support.kubeclient import KubeClient, KubeError, eventually
 from tests.support.server_process import die_with_parent, free_port
 from tests.support.servers import require_server
@@ -342,16 +341,8 @@ class LocalPod:
         return QkmsClient(self.api_url, token=token, ca_file=ca)
 
     async def stop(self, timeout: float = 15) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if self.proc.poll() is None:
-            self.proc.kill()
-            while self.proc.poll() is None:
-                await asyncio.sleep(0.05)
+        if self.proc is not None:
+            await stop_process(self.proc, timeout)
 
     async def mark_ready(self) -> None:
         """The kubelet's status report: Running and Ready."""

@@ -210,17 +210,23 @@ class _Process:
                                     f"{self.log_tail()}")
 
     async def stop(self, timeout: float = 15.0, *, sig: int = signal.SIGTERM) -> None:
-        if not self.running:
-            return
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None and time.monotonic() < deadline:
+        if self.proc is not None:
+            await stop_process(self.proc, timeout, sig=sig)
+
+
+async def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0, *,
+                       sig: int = signal.SIGTERM) -> None:
+    """Send `sig` (SIGTERM), wait up to `timeout` seconds, then SIGKILL and reap."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if proc.poll() is None:
+        proc.kill()
+        while proc.poll() is None:
             await asyncio.sleep(0.05)
-        if self.proc.poll() is None:
-            self.proc.kill()
-            while self.proc.poll() is None:
-                await asyncio.sleep(0.05)
 
 
 class ControlPlane:
