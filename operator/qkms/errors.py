@@ -160,6 +160,14 @@ class RotationFailedError(QkmsError):
         super().__init__(f"Key rotation failed: {why}")
 
 
+class RecordExistsError(StorageError):
+    """A new key's record was written first by another process on the same store (two
+    replicas, or two services of one environment, making the same name at once)."""
+
+    def __init__(self, record: str) -> None:
+        super().__init__(record, "another writer created it first")
+
+
 class AuditStorageError(QkmsError):
     code = "audit_storage_failed"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import json
 import logging
 import os
@@ -48,6 +49,7 @@ from qkms.errors import (
     PQCDisabledError,
     ProviderUnavailableError,
     QkmsError,
+    RecordExistsError,
     RecordRollbackError,
     RotationFailedError,
     StorageError,
@@ -442,7 +444,8 @@ class KeyManagementService:
         refuses, the chain says so (an error entry naming the same version) and the
         provider's copy, never committed and so never used, is removed where it can be."""
         try:
-            return await asyncio.to_thread(self.catalog.put, record)
+            return await asyncio.to_thread(functools.partial(
+                self.catalog.put, record, new=operation in ("CREATE", "IMPORT")))
         except StorageError as exc:
             await self._record_failure(operation, exc, actor, record=record, version=version)
             exc.audited = True  # type: ignore[attr-defined]
@@ -913,9 +916,13 @@ class KeyManagementService:
         # Another process on this store may have made it since we read the catalog.
         if self.catalog.get(AUDIT_KEY) is None and self.catalog.reload_one(AUDIT_KEY) is None:
             algorithm = "Ed25519+ML-DSA-65" if self.settings.pqc_enabled else "Ed25519"
-            await self.create_key(name=AUDIT_KEY, usage="SIGNING", algorithm=algorithm,
-                                  owner="qkms", rotation_schedule="P100Y",
-                                  labels={SYSTEM_LABEL: "audit"})
+            try:
+                await self.create_key(name=AUDIT_KEY, usage="SIGNING", algorithm=algorithm,
+                                      owner="qkms", rotation_schedule="P100Y",
+                                      labels={SYSTEM_LABEL: "audit"})
+            except RecordExistsError:  # made at the same moment elsewhere: that one it is
+                if self.catalog.reload_one(AUDIT_KEY) is None:
+                    raise
 
     def audit_public_key(self) -> bytes | None:
         """The checkpoint key's public key (what verifiers pin), once it exists."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 
 import pytest
 
 from qkms.config import Settings
-from qkms.errors import KekMismatchError, RecordCorruptError
+from qkms.errors import KekMismatchError, RecordCorruptError, RecordExistsError
 from qkms.service import KeyManagementService
 from qkms.store.rewrap import rewrap
 
@@ -95,3 +96,25 @@ async def test_wrong_master_key_is_reported(tmp_path) -> None:
     with pytest.raises(KekMismatchError, match="will not create a new master key"):
         KeyManagementService(Settings(data_dir=data, master_key_file=gone))
     assert not gone.exists()
+
+
+async def test_two_writers_making_one_name_never_overwrite_each_other(make_service) -> None:
+    """Two services on one store (two replicas; a service rebuilt while the old one is
+    still making a key) both decide a name is free: the second record write is refused,
+    its provider copy removed, and the first key stays the one every reader sees."""
+    first, second = make_service(), make_service()
+    made = await first.create_key(usage="SIGNING", algorithm="Ed25519", owner="o", name="dup")
+    with pytest.raises(RecordExistsError, match="keys/dup"):
+        await second.create_key(usage="SIGNING", algorithm="Ed25519", owner="o", name="dup")
+    assert make_service().catalog.get("dup").versions[0].key_id == made.key_id
+
+
+async def test_the_audit_checkpoint_key_is_made_once_by_racing_services(make_service) -> None:
+    """Two services that both found no checkpoint key agree on one (the one written
+    first): a second would replace the pinned key under the verifiers' feet."""
+    first, second = make_service(), make_service()
+    await asyncio.gather(
+        first.create_key(usage="SIGNING", algorithm="Ed25519", owner="o", name="one"),
+        second.create_key(usage="SIGNING", algorithm="Ed25519", owner="o", name="two"))
+    assert first.audit_public_key() == second.audit_public_key() is not None
+    assert make_service().audit_public_key() == first.audit_public_key()

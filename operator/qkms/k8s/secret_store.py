@@ -248,6 +248,14 @@ class SecretRecordStore:
             written = self._put(kind, name, data)
         self._remember((kind, name), _version(written.metadata), data)
 
+    def create(self, kind: str, name: str, data: bytes) -> bool:
+        with _reachable():
+            written = self._put(kind, name, data, replace=False)
+        if written is None:
+            return False
+        self._remember((kind, name), _version(written.metadata), data)
+        return True
+
     def delete(self, kind: str, name: str) -> None:
         with _reachable():
             self._delete(kind, name)
@@ -255,7 +263,8 @@ class SecretRecordStore:
             version = self._records.pop((kind, name), (0, b""))[0]
             self._gone[(kind, name)] = max(version, self._gone.get((kind, name), 0))
 
-    def _put(self, kind: str, name: str, data: bytes) -> Any:
+    def _put(self, kind: str, name: str, data: bytes, *, replace: bool = True) -> Any:
+        """The written Secret; None when it exists and `replace` is false."""
         check_record_name(kind, name)
         body: dict[str, Any] = {
             "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
@@ -274,6 +283,8 @@ class SecretRecordStore:
         except ApiException as exc:
             if exc.status != 409:
                 raise OSError(f"Kubernetes API: {exc.status} {exc.reason}") from None
+        if not replace:
+            return None
         try:
             return self.core.replace_namespaced_secret(
                 body["metadata"]["name"], self.namespace,

@@ -148,10 +148,11 @@ class Catalog:
         """The generation ``put`` will give this record (audited before it is written)."""
         return max(record.revision, self.floors.get(record.name, 0)) + 1
 
-    def put(self, record: KeyRecord) -> KeyRecord:
+    def put(self, record: KeyRecord, *, new: bool = False) -> KeyRecord:
+        """``new``: a key just made, written only if no other writer made it first."""
         record = record.model_copy(update={"revision": self.next_generation(record)})
         self.store.put(KEYS, record_name(record.name), record.model_dump_json().encode(),
-                       generation=record.revision)
+                       generation=record.revision, new=new)
         self.floors[record.name] = record.revision
         if self.rolled_back.pop(record.name, None) is not None:
             self.corrupt.pop(f"{KEYS}/{record_name(record.name)}", None)

@@ -30,6 +30,7 @@ def check_record_name(kind: str, name: str) -> None:
 class RecordStore(Protocol):
     def get(self, kind: str, name: str) -> bytes | None: ...
     def put(self, kind: str, name: str, data: bytes) -> None: ...
+    def create(self, kind: str, name: str, data: bytes) -> bool: ...  # False: it exists
     def delete(self, kind: str, name: str) -> None: ...
     def list(self, kind: str) -> list[str]: ...
     def kinds(self) -> builtins.list[str]: ...  # `list` here is the method above
@@ -60,6 +61,14 @@ class FileRecordStore:
             return None
 
     def put(self, kind: str, name: str, data: bytes) -> None:
+        self._write(kind, name, data, exclusive=False)
+
+    def create(self, kind: str, name: str, data: bytes) -> bool:
+        """Write only if no record is there (a hard link fails on an existing name), so
+        two processes making the same new key cannot overwrite each other."""
+        return self._write(kind, name, data, exclusive=True)
+
+    def _write(self, kind: str, name: str, data: bytes, *, exclusive: bool) -> bool:
         path = self._path(kind, name)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=SUFFIX)
@@ -68,11 +77,20 @@ class FileRecordStore:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp, path)
+            if exclusive:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    return False
+                finally:
+                    Path(tmp).unlink(missing_ok=True)
+            else:
+                os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         _fsync_dir(path.parent)
+        return True
 
     def delete(self, kind: str, name: str) -> None:
         path = self._path(kind, name)
@@ -105,6 +123,13 @@ class MemoryRecordStore:
     def put(self, kind: str, name: str, data: bytes) -> None:
         check_record_name(kind, name)
         self._data[(kind, name)] = bytes(data)
+
+    def create(self, kind: str, name: str, data: bytes) -> bool:
+        check_record_name(kind, name)
+        if (kind, name) in self._data:
+            return False
+        self._data[(kind, name)] = bytes(data)
+        return True
 
     def delete(self, kind: str, name: str) -> None:
         self._data.pop((kind, name), None)

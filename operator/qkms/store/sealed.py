@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from qkms.errors import RecordCorruptError, StorageError
+from qkms.errors import RecordCorruptError, RecordExistsError, StorageError
 
 from .records import RecordStore
 from .sealing import Sealer
@@ -32,10 +32,15 @@ class SealedStore:
         blob = self.records.get(kind, name)
         return None if blob is None else self.sealer.open_generation(blob, f"{kind}/{name}")
 
-    def put(self, kind: str, name: str, plaintext: bytes, generation: int | None = None) -> None:
+    def put(self, kind: str, name: str, plaintext: bytes, generation: int | None = None,
+            *, new: bool = False) -> None:
+        """``new``: only if no record is there yet (else :class:`RecordExistsError`)."""
         blob = self.sealer.seal(plaintext, f"{kind}/{name}", generation)
         try:
-            self.records.put(kind, name, blob)
+            if not new:
+                self.records.put(kind, name, blob)
+            elif not self.records.create(kind, name, blob):
+                raise RecordExistsError(f"{kind}/{name}")
         except OSError as exc:  # the old record, if any, is untouched (atomic replace)
             raise StorageError(f"{kind}/{name}", exc.strerror or str(exc)) from exc
 
