@@ -170,7 +170,7 @@ class QkmsClient:
                       signature: bytes | None = None, context: bytes | str | None = None,
                       length: int | None = None, signature_format: str | None = None,
                       prehashed: bool = False, recovery_id: bool = False,
-                      low_s: bool | None = None) -> Any:
+                      low_s: bool | None = None, rsa_padding: str | None = None) -> Any:
         """The seed's ``useKey``, over HTTP: ``key`` is ``namespace/name``.  SIGN and VERIFY
         take the signature options of ``qkms.signing``."""
         op = operation.lower()
@@ -198,6 +198,8 @@ class QkmsClient:
             body["recovery_id"] = True
         if low_s is not None:
             body["low_s"] = low_s
+        if rsa_padding is not None:
+            body["rsa_padding"] = rsa_padding
         return _decode(await self.call(key, op, body), op)
 
     async def batch(self, key: str, operation: str, items: list[dict[str, Any]]) -> list[Any]:

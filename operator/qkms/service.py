@@ -65,6 +65,7 @@ from qkms.providers import build_provider
 from qkms.providers.base import CreatedKey, KeyHandle, Provider
 from qkms.signing import NO_OPTIONS, SignOptions
 from qkms.signing import sign as sign_with_options
+from qkms.signing import verify as verify_with_options
 from qkms.store.catalog import Catalog
 from qkms.store.layout import check_kek
 from qkms.store.records import FileRecordStore, RecordStore
@@ -491,17 +492,19 @@ class KeyManagementService:
         prehashed: bool = False,
         recovery_id: bool = False,
         low_s: bool | None = None,
+        rsa_padding: str | None = None,
     ) -> Any:
         """Run one operation; VERIFY returns a bool, the others an ``OperationResult``.
 
         SIGN and VERIFY take the signature options of ``qkms.signing`` (ECDSA forms,
-        prehashed digests, Ethereum recovery ids)."""
+        prehashed digests, Ethereum recovery ids, RSA PKCS#1 v1.5)."""
         actor = Actor.parse(actor)
         op_name = str(operation).strip().upper()
         record = version = None
         try:
             op = _enum(Operation, operation, "operation")
-            options = SignOptions.parse(signature_format, prehashed, recovery_id, low_s)
+            options = SignOptions.parse(signature_format, prehashed, recovery_id, low_s,
+                                        rsa_padding)
             record, named = self._resolve(key_id)
             try:
                 version, result = await self._dispatch(op, record, named, data,
@@ -635,9 +638,7 @@ class KeyManagementService:
             if options.given:
                 options.check(resolve_algorithm(version.algorithm), Operation.VERIFY)
                 options.check_digest(data)
-                valid = public.verify_with(  # type: ignore[attr-defined]
-                    data, signature, prehashed=options.prehashed,
-                    signature_format=options.signature_format)
+                valid = verify_with_options(public, data, signature, options)
             else:
                 valid = public.verify(data, signature)
             if valid:

@@ -13,6 +13,10 @@ Options (Python API keywords, data-plane fields, CLI flags):
 ``low_s``              normalize s to s <= n/2.  Always on for ECDSA-secp256k1 (Bitcoin
                        BIP 146, Ethereum EIP-2); off by default for ECDSA-P256, whose
                        FIPS 186 verifiers accept both.
+``rsa_padding``        ``"pss"`` (the default: RSASSA-PSS, SHA-256, salt 32) or
+                       ``"pkcs1v15"`` (RSASSA-PKCS1-v1_5 with SHA-256, what X.509's
+                       sha256WithRSAEncryption and JWS RS256 are).  RSA only; a PKCS#1
+                       v1.5 signature is verified before it is returned.
 =====================  ================================================================
 
 Finishing happens here, after the provider signed, so every path (software, envelope,
@@ -29,9 +33,10 @@ from typing import Any
 from qkms.crypto import ecdsa
 from qkms.errors import InvalidInputError, QkmsError
 from qkms.model.algorithms import AlgorithmInfo
-from qkms.model.enums import Operation
+from qkms.model.enums import Family, Operation
 
 FORMATS = ("der", "raw")
+RSA_PADDINGS = ("pss", "pkcs1v15")
 RECOVERABLE = "ECDSA-secp256k1"
 _ATTEMPTS = 4  # a recovery id of 2 or 3 (r >= n, about 2^-128 likely) asks for a new nonce
 
@@ -48,10 +53,12 @@ class SignOptions:
     prehashed: bool = False
     recovery_id: bool = False
     low_s: bool | None = None
+    rsa_padding: str | None = None
 
     @classmethod
     def parse(cls, signature_format: Any = None, prehashed: Any = False,
-              recovery_id: Any = False, low_s: Any = None) -> SignOptions:
+              recovery_id: Any = False, low_s: Any = None,
+              rsa_padding: Any = None) -> SignOptions:
         """Types and values only; ``check`` decides against the key's algorithm."""
         fmt = None
         if signature_format is not None:
@@ -65,7 +72,18 @@ class SignOptions:
                 raise InvalidInputError(name, "must be true or false")
         if low_s is not None and not isinstance(low_s, bool):
             raise InvalidInputError("low_s", "must be true or false")
-        return cls(fmt, prehashed, recovery_id, low_s)
+        padding = None
+        if rsa_padding is not None:
+            if not isinstance(rsa_padding, str) or \
+                    rsa_padding.strip().lower() not in RSA_PADDINGS:
+                raise InvalidInputError("rsa_padding", f"{rsa_padding!r} is not one of "
+                                        f"{', '.join(RSA_PADDINGS)}")
+            padding = rsa_padding.strip().lower()
+        return cls(fmt, prehashed, recovery_id, low_s, padding)
+
+    @property
+    def pkcs1v15(self) -> bool:
+        return self.rsa_padding == "pkcs1v15"
 
     @property
     def given(self) -> bool:
@@ -76,8 +94,8 @@ class SignOptions:
         if not self.given:
             return
         if operation not in (Operation.SIGN, Operation.VERIFY):
-            first = next(n for n in ("signature_format", "prehashed", "recovery_id", "low_s")
-                         if getattr(self, n) not in (None, False))
+            first = next(n for n in ("signature_format", "prehashed", "recovery_id", "low_s",
+                                     "rsa_padding") if getattr(self, n) not in (None, False))
             raise InvalidInputError(first, f"applies to SIGN and VERIFY, not {operation.value}")
         ecdsa_key = info.name in ecdsa.CURVES
         if operation is Operation.VERIFY:
@@ -98,6 +116,8 @@ class SignOptions:
             raise InvalidInputError("low_s", f"applies to ECDSA only, not {info.name}")
         if self.low_s is False and info.name == RECOVERABLE:
             raise InvalidInputError("low_s", f"{RECOVERABLE} signatures are always low-S")
+        if self.rsa_padding is not None and info.family is not Family.RSA:
+            raise InvalidInputError("rsa_padding", f"applies to RSA only, not {info.name}")
 
     def check_digest(self, data: bytes, field: str = "data") -> None:
         if self.prehashed and len(data) != ecdsa.DIGEST_LEN:
@@ -131,6 +151,10 @@ async def sign(provider: Any, handle: Any, info: AlgorithmInfo, data: bytes,
     for _ in range(_ATTEMPTS):
         if options.prehashed:
             der = await provider.sign(handle, data, prehashed=True)
+        elif options.pkcs1v15:
+            der = await provider.sign(handle, data, pkcs1v15=True)
+            if not public.verify_with(data, der, pkcs1v15=True):
+                raise _mismatch(handle, provider)
         else:
             der = await provider.sign(handle, data)
         curve = ecdsa.CURVES.get(info.name)
@@ -154,3 +178,11 @@ async def sign(provider: Any, handle: Any, info: AlgorithmInfo, data: bytes,
         return Signed(ecdsa.to_raw(r, s) if fmt == "raw" else ecdsa.to_der(r, s), recovery)
     raise SignatureMismatchError(f"{handle.key_id}: no signature with a recovery id of 0 or 1 "
                                  f"in {_ATTEMPTS} attempts")
+
+
+def verify(public: Any, data: bytes, signature: bytes, options: SignOptions) -> bool:
+    """VERIFY with the options given (``check`` and ``check_digest`` already passed)."""
+    if options.rsa_padding is not None:
+        return bool(public.verify_with(data, signature, pkcs1v15=options.pkcs1v15))
+    return bool(public.verify_with(data, signature, prehashed=options.prehashed,
+                                   signature_format=options.signature_format))

@@ -142,3 +142,23 @@ async def test_openapi_documents_the_options(plane):
     assert {"signature_format", "prehashed"} <= set(schemas["VerifyRequest"]["properties"])
     assert "recovery_id" not in schemas["VerifyRequest"]["properties"]
     assert schemas["Result"]["properties"]["recovery_id"]["maximum"] == 1
+
+
+async def test_rsa_pkcs1v15_over_http(plane):
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+    key = await plane.service().create_key(name="payments/rsa", usage="SIGNING",
+                                           algorithm="RSA-2048", owner="payments")
+    path = "/v1/keys/payments/rsa"
+    status, body = await post(plane, f"{path}:sign", {"input": b64(b"jws"),
+                                                      "rsa_padding": "pkcs1v15"})
+    assert status == 200, body
+    signature = base64.b64decode(body["signature"])
+    serialization.load_pem_public_key(key.public_key_pem.encode()).verify(
+        signature, b"jws", padding.PKCS1v15(), hashes.SHA256())
+    status, body = await post(plane, f"{path}:verify", {
+        "input": b64(b"jws"), "signature": b64(signature), "rsa_padding": "pkcs1v15"})
+    assert status == 200 and body == {"valid": True}
+    status, body = await post(plane, f"{P256}:sign", {"input": b64(b"x"),
+                                                      "rsa_padding": "pkcs1v15"})
+    assert status == 400 and body["error"]["field"] == "rsa_padding", body

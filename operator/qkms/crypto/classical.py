@@ -14,7 +14,9 @@ HKDF-SHA256            32 random bytes (the input keying material)
 Signature formats: Ed25519 per RFC 8032; ECDSA over SHA-256 as a DER
 Ecdsa-Sig-Value (RFC 3279), low-S on secp256k1 (``ecdsa`` has the raw r||s form,
 recovery ids and why); ECDSA verifies DER or raw r||s, high-S or low-S.  RSA is
-RSASSA-PSS with SHA-256 and MGF1-SHA256.
+RSASSA-PSS with SHA-256 and MGF1-SHA256, or, asked for (``sign_pkcs1v15``,
+``verify_with(pkcs1v15=True)``), RSASSA-PKCS1-v1_5 with SHA-256 (sha256WithRSAEncryption,
+what much TLS software still expects in certificates).
 RSA signs with a 32-byte salt (= digest length, the usual interoperable
 choice, RFC 8017 section 9.1) but verifies with any salt length, because AWS
 KMS and others sign with the maximum salt length.
@@ -253,6 +255,16 @@ class RsaPublic(SignaturePublicKey):
         self._key.verify(signature, data, _PSS_VERIFY, hashes.SHA256())
         return True
 
+    def verify_with(self, data: bytes, signature: bytes, *, pkcs1v15: bool = False) -> bool:
+        """PSS (any salt length) or, ``pkcs1v15``, RSASSA-PKCS1-v1_5; over SHA-256."""
+        if not pkcs1v15:
+            return self.verify(data, signature)
+        try:
+            self._key.verify(bytes(signature), bytes(data), padding.PKCS1v15(), hashes.SHA256())
+            return True
+        except Exception:  # noqa: BLE001 - malformed or wrong means "not valid"
+            return False
+
     def encrypt(self, plaintext: bytes, aad: bytes) -> bytes:
         limit = self._key.key_size // 8 - 2 * _SHA256_LEN - 2
         if len(plaintext) > limit:
@@ -267,6 +279,9 @@ class RsaPrivate(AsymmetricPrivateKey):
 
     def sign(self, data: bytes) -> bytes:
         return self._key.sign(bytes(data), _PSS_SIGN, hashes.SHA256())
+
+    def sign_pkcs1v15(self, data: bytes) -> bytes:
+        return self._key.sign(bytes(data), padding.PKCS1v15(), hashes.SHA256())
 
     def decrypt(self, ciphertext: bytes, aad: bytes) -> bytes:
         try:

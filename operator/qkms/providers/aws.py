@@ -86,6 +86,7 @@ SIGNING: dict[str, tuple[str, str]] = {
     "ML-DSA-65": ("ML_DSA_65", "ML_DSA_SHAKE_256"),
     "ML-DSA-87": ("ML_DSA_87", "ML_DSA_SHAKE_256"),
 }
+RSA_PKCS1V15 = "RSASSA_PKCS1_V1_5_SHA_256"  # RSA keys sign with either scheme
 PROBED = frozenset({"Ed25519", "ML-DSA-44", "ML-DSA-65", "ML-DSA-87"})
 RAW_LIMIT = 4096  # bytes KMS takes as a RAW message or an Encrypt plaintext
 DATA_KEY_MAGIC = b"qkms-dk1"  # neither AWS blobs (0x01...) nor moto's (a UUID) start so
@@ -411,10 +412,11 @@ class AwsKmsProvider:
         await self.call(self.client.create_alias, AliasName=alias, TargetKeyId=arn)
 
     # -- operations ----------------------------------------------------------------------
-    async def sign(self, key: KeyHandle, data: bytes, *, prehashed: bool = False) -> bytes:
+    async def sign(self, key: KeyHandle, data: bytes, *, prehashed: bool = False,
+                   pkcs1v15: bool = False) -> bytes:
         arn = key.ref.get("kms_key")
         if arn is None:
-            return await self.envelope.sign(key, data, prehashed=prehashed)
+            return await self.envelope.sign(key, data, prehashed=prehashed, pkcs1v15=pkcs1v15)
         name = key.algorithm.name
         message, kind = data, "RAW"
         if prehashed:  # ECDSA only: a 32-byte digest signed as given
@@ -428,9 +430,10 @@ class AwsKmsProvider:
                 message, kind = ml_dsa_mu(base64.b64decode(key.ref["tr"]), data), "EXTERNAL_MU"
             else:
                 message, kind = hashlib.sha256(data).digest(), "DIGEST"
+        scheme = RSA_PKCS1V15 if pkcs1v15 else SIGNING[name][1]
         answer = await self.call(self.client.sign, key_id=key.key_id, KeyId=arn,
                                  Message=message, MessageType=kind,
-                                 SigningAlgorithm=SIGNING[name][1])
+                                 SigningAlgorithm=scheme)
         return bytes(answer["Signature"])
 
     @staticmethod

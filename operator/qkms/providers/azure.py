@@ -217,15 +217,18 @@ class AzureKeyVaultProvider:
     def _native(key: KeyHandle) -> bool:
         return "name" in key.ref
 
-    async def sign(self, key: KeyHandle, data: bytes, *, prehashed: bool = False) -> bytes:
+    async def sign(self, key: KeyHandle, data: bytes, *, prehashed: bool = False,
+                   pkcs1v15: bool = False) -> bytes:
         if not self._native(key):
-            return await self.envelope.sign(key, data, prehashed=prehashed)
+            return await self.envelope.sign(key, data, prehashed=prehashed, pkcs1v15=pkcs1v15)
         client = self.crypto(key.ref["name"], key.ref["version"])
         algorithm = _NATIVE[key.algorithm.name][2]
+        if pkcs1v15:  # RSA only: RS256 is RSASSA-PKCS1-v1_5 over the SHA-256 digest
+            algorithm = SignatureAlgorithm.rs256
         digest = bytes(data) if prehashed else hashlib.sha256(data).digest()
         signature = (await self.call(lambda: client.sign(algorithm, digest),
                                      key_id=key.key_id)).signature
-        if algorithm is SignatureAlgorithm.ps256:
+        if algorithm in (SignatureAlgorithm.ps256, SignatureAlgorithm.rs256):
             return signature
         half = len(signature) // 2  # JWS form r || s
         return encode_dss_signature(int.from_bytes(signature[:half], "big"),

@@ -59,9 +59,11 @@ class Provider(Protocol):
     async def new_version(self, previous: KeyHandle, key_id: str,
                           algorithm: AlgorithmInfo) -> CreatedKey: ...
 
-    async def sign(self, key: KeyHandle, data: bytes, *, prehashed: bool = False) -> bytes:
+    async def sign(self, key: KeyHandle, data: bytes, *, prehashed: bool = False,
+                   pkcs1v15: bool = False) -> bytes:
         """DER for ECDSA.  ``prehashed`` (ECDSA only; the service refuses it otherwise):
-        ``data`` is a 32-byte digest to sign as given."""
+        ``data`` is a 32-byte digest to sign as given.  ``pkcs1v15`` (RSA only): an
+        RSASSA-PKCS1-v1_5 SHA-256 signature instead of PSS."""
         ...
 
     async def encrypt(self, key: KeyHandle, plaintext: bytes, aad: bytes) -> bytes: ...

@@ -15,7 +15,7 @@ offers key-wrap mechanisms only through C_WrapKey for key *objects*, not for byt
 
 Mechanisms: ECDSA is raw CKM_ECDSA over a SHA-256 digest computed here (the r||s result
 becomes DER); Ed25519 is CKM_EDDSA (pure); RSA signs with CKM_SHA256_RSA_PKCS_PSS
-(MGF1-SHA256, salt 32).  RSA decryption tries CKM_RSA_PKCS_OAEP with SHA-256 and the
+(MGF1-SHA256, salt 32), or CKM_SHA256_RSA_PKCS when PKCS#1 v1.5 is asked for.  RSA decryption tries CKM_RSA_PKCS_OAEP with SHA-256 and the
 caller's AAD as label and, where the token refuses those parameters (SoftHSM 2.6 allows
 only SHA-1 without a label), falls back to CKM_RSA_X_509 with the OAEP decoding done
 here (``rsa_oaep``): the private key still never leaves the token.  Because
@@ -173,9 +173,10 @@ class HsmProvider:
     def _native(key: KeyHandle) -> bool:
         return "label" in key.ref
 
-    async def sign(self, key: KeyHandle, data: bytes, *, prehashed: bool = False) -> bytes:
+    async def sign(self, key: KeyHandle, data: bytes, *, prehashed: bool = False,
+                   pkcs1v15: bool = False) -> bytes:
         if not self._native(key):
-            return await self.envelope.sign(key, data, prehashed=prehashed)
+            return await self.envelope.sign(key, data, prehashed=prehashed, pkcs1v15=pkcs1v15)
         name = key.algorithm.name
 
         def sign(session: Any) -> bytes:
@@ -187,6 +188,8 @@ class HsmProvider:
                                             int.from_bytes(raw[32:], "big"))
             if name == "Ed25519":
                 return private.sign(data, mechanism=Mechanism.EDDSA)
+            if pkcs1v15:
+                return private.sign(data, mechanism=Mechanism.SHA256_RSA_PKCS)
             return private.sign(data, mechanism=Mechanism.SHA256_RSA_PKCS_PSS,
                                 mechanism_param=_PSS)
         return await self.run(sign)

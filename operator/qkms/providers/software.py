@@ -130,8 +130,11 @@ class SoftwareKeys:
     async def count(self) -> int:
         return len(await asyncio.to_thread(self.store.list, MATERIAL))
 
-    async def sign(self, key: KeyHandle, data: bytes, *, prehashed: bool = False) -> bytes:
+    async def sign(self, key: KeyHandle, data: bytes, *, prehashed: bool = False,
+                   pkcs1v15: bool = False) -> bytes:
         loaded = await self.load(key)
+        if pkcs1v15:  # RSA only (the service refuses it otherwise)
+            return await run_crypto(loaded.sign_pkcs1v15, data)  # type: ignore[attr-defined]
         return await run_crypto(loaded.sign_digest if prehashed  # type: ignore[attr-defined]
                                 else loaded.sign, data)
 

@@ -164,10 +164,13 @@ def public_raw(algorithm: AlgorithmInfo, text: str) -> bytes:
     return raw
 
 
-def _sign_params(algorithm: AlgorithmInfo) -> dict[str, Any]:
-    """ECDSA: DER over SHA-256; RSA: PSS-SHA256 with a 32-byte salt; EdDSA, ML-DSA: pure."""
+def _sign_params(algorithm: AlgorithmInfo, pkcs1v15: bool = False) -> dict[str, Any]:
+    """ECDSA: DER over SHA-256; RSA: PSS-SHA256 with a 32-byte salt, or PKCS#1 v1.5
+    SHA-256 when asked; EdDSA, ML-DSA: pure."""
     if algorithm.name.startswith("ECDSA"):
         return {"hash_algorithm": "sha2-256", "marshaling_algorithm": "asn1"}
+    if algorithm.family is Family.RSA and pkcs1v15:
+        return {"hash_algorithm": "sha2-256", "signature_algorithm": "pkcs1v15"}
     if algorithm.family is Family.RSA:
         return {"hash_algorithm": "sha2-256", "signature_algorithm": "pss",
                 "salt_length": "hash"}
@@ -375,15 +378,17 @@ class VaultProvider:
                 current = version
             self._fenced[name] = current
 
-    async def sign(self, key: KeyHandle, data: bytes, *, prehashed: bool = False) -> bytes:
+    async def sign(self, key: KeyHandle, data: bytes, *, prehashed: bool = False,
+                   pkcs1v15: bool = False) -> bytes:
         native = self._native(key)
         if native is None:
-            return await self.envelope.sign(key, data, prehashed=prehashed)
+            return await self.envelope.sign(key, data, prehashed=prehashed, pkcs1v15=pkcs1v15)
         mount, name, version = native
         await self._fence_encryption(mount, name, version)
         extra = {"prehashed": True} if prehashed else {}  # ECDSA: the input is the digest
         answer = await self.call(self.client.write_data, f"{mount}/sign/{name}", data={
-            "input": _b64(data), "key_version": version, **_sign_params(key.algorithm),
+            "input": _b64(data), "key_version": version,
+            **_sign_params(key.algorithm, pkcs1v15),
             **extra}, key_id=key.key_id)
         return _unprefix(answer["data"]["signature"], version)
 

@@ -32,10 +32,12 @@ MAX_BATCH = 1000
 BATCH_CHUNK = 50  # items of one batch in flight at once
 OPERATIONS = {op.value.lower(): op for op in Operation}
 _COMMON = {"context", "key_id"}
-SIGN_OPTIONS = ("signature_format", "prehashed", "recovery_id", "low_s")  # qkms.signing
+SIGN_OPTIONS = ("signature_format", "prehashed", "recovery_id", "low_s",  # qkms.signing
+                "rsa_padding")
 FIELDS: dict[Operation, set[str]] = {
     Operation.SIGN: _COMMON | {"input", *SIGN_OPTIONS},
-    Operation.VERIFY: _COMMON | {"input", "signature", "signature_format", "prehashed"},
+    Operation.VERIFY: _COMMON | {"input", "signature", "signature_format", "prehashed",
+                                 "rsa_padding"},
     Operation.ENCRYPT: _COMMON | {"input"},
     Operation.DECRYPT: _COMMON | {"ciphertext"},
     Operation.ENCAPSULATE: _COMMON,
@@ -306,7 +308,7 @@ class DataPlane:
                                         f"digest, got {len(kwargs['data'])} bytes")
             kwargs.update(signature_format=options.signature_format,
                           prehashed=options.prehashed, recovery_id=options.recovery_id,
-                          low_s=options.low_s)
+                          low_s=options.low_s, rsa_padding=options.rsa_padding)
         if operation is Operation.DERIVE:
             length = item.get("length", 32)
             if not isinstance(length, int) or isinstance(length, bool) \

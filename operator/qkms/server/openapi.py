@@ -33,6 +33,10 @@ def _item(operation: str) -> dict[str, Any]:
             "type": "boolean", "default": False,
             "description": "ECDSA only: input is a 32-byte digest, signed as given "
                            "(Ethereum signs Keccak-256 digests)"}
+        props["rsa_padding"] = {
+            "type": "string", "enum": ["pss", "pkcs1v15"],
+            "description": "RSA only: RSASSA-PSS with SHA-256 (the default) or "
+                           "RSASSA-PKCS1-v1_5 with SHA-256 (RS256, sha256WithRSAEncryption)"}
     if operation == "sign":
         props["recovery_id"] = {
             "type": "boolean", "default": False,
