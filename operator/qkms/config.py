@@ -46,6 +46,9 @@ class Settings:
     # AES-GCM and ChaCha20-Poly1305 versions take random 96-bit nonces: NIST SP 800-38D
     # allows 2^32 encryptions per key; qkms rotates (SCHEDULED, audited) well before that.
     aead_max_encryptions: int = 2**30
+    # How old another process's open intent (store/intents.py) must be before the sweep
+    # treats it as cut short: longer than any provider call may take.
+    intent_timeout: float = 120.0
     # Holds credentials (VAULT_TOKEN, HSM_PIN, ...): never in repr, logs or errors.
     provider_options: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -86,7 +89,8 @@ class Settings:
         if env.get("QKMS_MASTER_KEY_FILE"):
             values["master_key_file"] = Path(env["QKMS_MASTER_KEY_FILE"])
         for var, key in (("QKMS_KEY_CACHE_SECONDS", "key_cache_seconds"),
-                         ("QKMS_CATALOG_TTL_SECONDS", "catalog_ttl")):
+                         ("QKMS_CATALOG_TTL_SECONDS", "catalog_ttl"),
+                         ("QKMS_INTENT_TIMEOUT_SECONDS", "intent_timeout")):
             if var in env:
                 try:
                     values[key] = float(env[var])

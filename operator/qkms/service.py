@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from qkms import lifecycle
 from qkms.aead_budget import EncryptionBudget
-from qkms.audit.chain import AuditChain
+from qkms.audit.chain import AuditChain, shared_chain
 from qkms.audit.chain import options_from_env as chain_options_from_env
 from qkms.audit.entry import Actor, AuditEntry, AuditSink, MemoryAuditLog
 from qkms.audit.generations import floors as generation_floors
@@ -67,6 +67,7 @@ from qkms.signing import NO_OPTIONS, SignOptions
 from qkms.signing import sign as sign_with_options
 from qkms.signing import verify as verify_with_options
 from qkms.store.catalog import Catalog
+from qkms.store.intents import Intent, IntentLog, Resolution, resolution
 from qkms.store.layout import check_kek
 from qkms.store.records import FileRecordStore, RecordStore
 from qkms.store.sealed import SealedStore
@@ -197,6 +198,8 @@ class KeyManagementService:
                       if audit is None and self.settings.audit_enabled else None)
         self.catalog = Catalog(self.sealed, generation_floors(chain_root) if chain_root else {})
         self.catalog.load()
+        self.intents = IntentLog(self.sealed)
+        self.writer = secrets.token_hex(8)  # names this instance's intents
         self._rollbacks_audited: set[tuple[str, int, int]] = set()
         self.budget = EncryptionBudget(self.sealed, self.settings.aead_max_encryptions)
         self._background: set[asyncio.Task[None]] = set()
@@ -205,13 +208,15 @@ class KeyManagementService:
                                       "QKMS_AUDIT_MAC_ROTATION")))
         self.provider: Provider = provider or build_provider(self.settings, self.sealed)
         self.events = EventBus()
-        if audit is None:
-            audit = (AuditChain(audit_folder(self.settings.data_dir),
-                                signer=self._sign_checkpoint, **chain_options_from_env())
-                     if self.settings.audit_enabled else MemoryAuditLog())
-        self.audit: AuditSink = audit
+        self._joined = False  # another service of this process owns the open chain
+        if audit is None and self.settings.audit_enabled:
+            audit = shared_chain(audit_folder(self.settings.data_dir),
+                                 signer=self._sign_checkpoint, **chain_options_from_env())
+            self._joined = audit.users > 1
+        self.audit: AuditSink = MemoryAuditLog() if audit is None else audit
+        audit = self.audit
         self._sink_delivers = hasattr(audit, "listen")
-        if isinstance(audit, AuditChain):
+        if isinstance(audit, AuditChain) and not self._joined:
             audit.attach(self._sign_checkpoint, self._deliver)
         elif self._sink_delivers:
             audit.listen(self._deliver)  # type: ignore[attr-defined]
@@ -408,6 +413,7 @@ class KeyManagementService:
                 await self._record_failure(operation, taken, actor, name=name)
                 raise taken
             try:
+                await self._announce(operation, name, key_id, info, None)
                 created = await (self.provider.create(key_id, info) if private is None
                                  else self.provider.import_key(key_id, info, private))
             except QkmsError as exc:
@@ -445,7 +451,7 @@ class KeyManagementService:
         refuses, the chain says so (an error entry naming the same version) and the
         provider's copy, never committed and so never used, is removed where it can be."""
         try:
-            return await asyncio.to_thread(functools.partial(
+            committed = await asyncio.to_thread(functools.partial(
                 self.catalog.put, record, new=operation in ("CREATE", "IMPORT")))
         except StorageError as exc:
             await self._record_failure(operation, exc, actor, record=record, version=version)
@@ -455,7 +461,86 @@ class KeyManagementService:
             except (QkmsError, OSError) as cleanup:
                 log.warning("%s: could not remove the uncommitted %s from the provider: %s",
                             record.name, version.key_id, cleanup)
+            else:
+                await self._settle(version.key_id)
             raise
+        await self._settle(version.key_id)
+        return committed
+
+    async def _announce(self, operation: str, name: str, key_id: str, info: AlgorithmInfo,
+                        previous: KeyVersion | None) -> None:
+        """The intent (store/intents.py) before the provider makes ``key_id``: a crash or
+        a timeout after the provider acted leaves it open for ``resolve_intents``."""
+        before = None if previous is None else {
+            "key_id": previous.key_id, "algorithm": previous.algorithm,
+            "ref": previous.provider_ref}
+        await asyncio.to_thread(self.intents.open, Intent(
+            key_id, name, operation, info.name, self.clock(), self.writer, before))
+
+    async def _settle(self, key_id: str) -> None:
+        """Close the intent; if the store refuses now, the next sweep finds it committed."""
+        try:
+            await asyncio.to_thread(self.intents.close, key_id)
+        except StorageError as exc:
+            log.warning("intent %s stays open until the next sweep: %s", key_id, exc)
+
+    async def resolve_intents(self) -> dict[str, str]:
+        """Resolve every open intent (store/intents.py): close those the catalog names, and
+        destroy (and audit, as SWEEP) what a cut-short create or rotation left in the
+        provider. Another process's intent waits ``settings.intent_timeout``. Returns
+        the key ID and outcome of each intent resolved; a provider that fails keeps it open
+        for the next sweep."""
+        outcomes: dict[str, str] = {}
+        pending = await asyncio.to_thread(self.intents.pending)
+        now = self.clock()
+        # A key another writer may be changing now: its provider key may grow meanwhile.
+        busy = {i.key_name for i in pending if resolution(
+            i, None, now, writer=self.writer, timeout_seconds=self.settings.intent_timeout)
+            is Resolution.IN_FLIGHT}
+        for intent in pending:
+            async with self._lock(intent.key_name):
+                try:
+                    record = await asyncio.to_thread(self.catalog.reload_one, intent.key_name)
+                except QkmsError:
+                    continue  # a refused record: resolved once the refusal is
+                decided = resolution(intent, record, self.clock(), writer=self.writer,
+                                     timeout_seconds=self.settings.intent_timeout)
+                if decided is Resolution.IN_FLIGHT or (
+                        decided is Resolution.ORPHANED and intent.key_name in busy):
+                    continue
+                if decided is Resolution.ORPHANED:
+                    try:
+                        removed = await self._remove_leftovers(intent, record)
+                    except (QkmsError, OSError) as exc:
+                        log.warning("intent %s (%s): the provider's leftovers stay for the "
+                                    "next sweep: %s", intent.key_id, intent.key_name, exc)
+                        continue
+                    await self._record("SWEEP", "success", Actor(), None, None,
+                                       name=intent.key_name, details={
+                                           "key_id": intent.key_id,
+                                           "operation": intent.operation,
+                                           "destroyed": str(removed)})
+                await asyncio.to_thread(self.intents.close, intent.key_id)
+                outcomes[intent.key_id] = decided.value
+        return outcomes
+
+    async def _remove_leftovers(self, intent: Intent, record: KeyRecord | None) -> int:
+        """Destroy what the provider made for the intent and no version of the record names
+        (a rotation reuses the provider key of the version it replaces)."""
+        previous = None if intent.previous is None else KeyHandle(
+            intent.previous["key_id"], resolve_algorithm(intent.previous["algorithm"]),
+            intent.previous["ref"])
+        found = await self.provider.leftovers(intent.key_id, resolve_algorithm(intent.algorithm),
+                                              previous)
+        named = [v.provider_ref for v in (record.versions if record else [])]
+        removed = 0
+        for handle in found:
+            if any(handle.ref.items() <= ref.items() for ref in named):
+                continue
+            await self.provider.destroy(handle)
+            self.provider.forget(handle.key_id)
+            removed += 1
+        return removed
 
     @staticmethod
     def _check_owner(owner: Any) -> str:
@@ -751,6 +836,8 @@ class KeyManagementService:
         if grace_period is not None:
             lifecycle.validate_schedule(record.rotation_schedule, grace_period)
         new_key_id = self._new_key_id()
+        operation = "MIGRATE" if migration else "ROTATE"
+        await self._announce(operation, record.name, new_key_id, info, old)
         created = await self.provider.new_version(self._handle(old), new_key_id, info)
         now = self.clock()
         new = self._version(new_key_id, record.current.version + 1, info, created, now)
@@ -761,7 +848,6 @@ class KeyManagementService:
                 update={"handled_requests": [*record.handled_requests, request_id][-32:]})
         demoted = lifecycle.find_version(updated, old.key_id)
         assert demoted is not None
-        operation = "MIGRATE" if migration else "ROTATE"
         await self._record(operation, "success", actor, updated, new, reason=why.value,
                            details={**(details or {}), "old_key_id": old.key_id,
                                     "old_state": demoted.state.value, "algorithm": info.name,
@@ -896,6 +982,7 @@ class KeyManagementService:
     async def tick(self, now: datetime | None = None) -> dict[str, list[str]]:
         """``advance`` every key of this environment; returns what happened per key."""
         await self.audit_rollbacks()
+        await self.resolve_intents()
         done = {}
         for record in self.catalog.all():
             actions = await self.advance(record.name, now)
@@ -924,6 +1011,9 @@ class KeyManagementService:
             except RecordExistsError:  # made at the same moment elsewhere: that one it is
                 if self.catalog.reload_one(AUDIT_KEY) is None:
                     raise
+            except BaseException:
+                self._audit_key_checked = False  # tried again by the next entry
+                raise
 
     def audit_public_key(self) -> bytes | None:
         """The checkpoint key's public key (what verifiers pin), once it exists."""
@@ -956,6 +1046,8 @@ class KeyManagementService:
 
     async def close(self) -> None:
         """Sign a last checkpoint and release the audit log (CLI commands, shutdown)."""
+        if self._joined and isinstance(self.audit, AuditChain):
+            self.audit.unlisten(self._deliver)
         close = getattr(self.audit, "close", None)
         if close is not None:
             await close()
@@ -1089,14 +1181,18 @@ class KeyManagementService:
 
     async def health_check(self) -> dict[str, Any]:
         components: dict[str, dict[str, Any]] = {}
+        now = self.clock()
+        intents = [i for i in await asyncio.to_thread(self.intents.pending)
+                   if (now - i.at).total_seconds() >= self.settings.intent_timeout]
         components["store"] = {
-            "status": "degraded" if self.catalog.corrupt else "healthy",
+            "status": "degraded" if self.catalog.corrupt or intents else "healthy",
             "backend": self.sealed.records.describe(),
             "keys": len(self.catalog.all()),
             "corrupt_records": sorted(self.catalog.corrupt),
             "rolled_back_keys": {name: f"generation {exc.found}, the audit chain says "
                                        f"{exc.expected}"
                                  for name, exc in sorted(self.catalog.rolled_back.items())},
+            "unresolved_intents": [f"{i.operation} {i.key_name} ({i.key_id})" for i in intents],
         }
         components["kek"] = {"status": "healthy", "kek_id": self.sealed.sealer.kek_id}
         try:

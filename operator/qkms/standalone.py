@@ -222,6 +222,7 @@ class Standalone:
             except (QkmsError, OSError) as exc:
                 self.say(f"error: {ident[0]}/{ident[1]}: finalizing: {exc}")
                 wake = min(wake, RETRY_SECONDS)
+        await self.registry.resolve_intents()  # what a killed run left half-made
         if time.monotonic() >= self._next_prune:  # retention, hourly as in the operator
             self._next_prune = time.monotonic() + 3600
             for service in self.registry.all():

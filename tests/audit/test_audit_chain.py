@@ -136,8 +136,45 @@ async def test_restart_resumes_the_chain(tmp_path):
 
 async def test_one_writer_per_folder(tmp_path):
     async with AuditChain(tmp_path):
-        with pytest.raises(AuditStorageError, match="in use by another process"):
+        with pytest.raises(AuditStorageError, match="in use by another writer in this process"):
             await AuditChain(tmp_path).open()
+
+
+async def test_a_writer_in_another_process_is_named_by_its_pid(tmp_path):
+    """The refusal names the real holder: the pid of the process holding the folder."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import asyncio, sys\n"
+        "from qkms.audit.chain import AuditChain\n"
+        "async def main():\n"
+        f"    async with AuditChain({str(tmp_path)!r}):\n"
+        "        print('open', flush=True); sys.stdin.readline()\n"
+        "asyncio.run(main())\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(AuditStorageError, match=f"in use by process {holder.pid}$"):
+            await AuditChain(tmp_path).open()
+    finally:
+        holder.communicate("\n", timeout=30)
+
+
+async def test_services_over_one_data_dir_in_one_process_share_the_writer(make_service):
+    """Two services of one process over one data directory (a script with two providers,
+    a test building two) share the audit writer: both audited, one chain."""
+    first, second = make_service(), make_service()
+    assert second.audit is first.audit
+    await first.create_key(usage="SIGNING", algorithm="Ed25519", owner="o", name="one")
+    await second.create_key(usage="SIGNING", algorithm="Ed25519", owner="o", name="two")
+    await first.close()
+    made = await second.create_key(usage="SIGNING", algorithm="Ed25519", owner="o", name="three")
+    await second.close()
+    assert made.name == "three"
+    result = verify_folder(first.audit.root)
+    assert result.ok
+    names = [e.key_name for e in first.audit.recent() if e.operation == "CREATE"]
+    assert names[-3:] == ["one", "two", "three"]
 
 
 @pytest.mark.parametrize("garbage", [b"\x00\x01\x02garbage", b"\xff" * 7, "half"])

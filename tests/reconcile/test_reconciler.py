@@ -116,11 +116,11 @@ async def test_deletion_policy(reconciler, policy, state) -> None:
 
 async def test_crash_after_provider_create_leaves_no_second_key(reconciler, tmp_path) -> None:
     """A retry after the provider made material but before the catalog write adopts nothing
-    half-made: the orphan material is unreferenced and exactly one key exists."""
+    half-made: exactly one key exists, and the sweep removes the orphan material."""
     service = reconciler.registry.get(Environment.DEV)
     original = service.catalog.put
 
-    def crash(record):
+    def crash(record, **_):
         raise OSError("disk went away")
 
     service.catalog.put = crash
@@ -129,6 +129,11 @@ async def test_crash_after_provider_create_leaves_no_second_key(reconciler, tmp_
     service.catalog.put = original
     out = await run(reconciler, body())
     assert len(service.user_records()) == 1 and len(out.record.versions) == 1
+    named = {v.key_id for r in service.catalog.all() for v in r.versions}
+    # The orphans: the key's, and the audit checkpoint key's (made before the first entry).
+    assert len(set(service.sealed.list("material")) - named) == 2
+    assert list((await service.resolve_intents()).values()) == ["orphaned"] * 2
+    assert set(service.sealed.list("material")) == named
 
 
 async def test_provider_outage_is_degraded_and_retryable(reconciler) -> None:

@@ -118,6 +118,7 @@ class AuditChain:
         self._open_lock = asyncio.Lock()
         self._opened = False
         self._closed = False
+        self._users = 1
         self._broken: str | None = None
         self._size = 0
         self._head: bytes | None = None
@@ -139,6 +140,16 @@ class AuditChain:
             self._pusher = IpfsPusher(self.root, ipfs_endpoint, head=lambda: self._size)
 
     # -- lifecycle ---------------------------------------------------------------------
+    def share(self) -> AuditChain:
+        """One more user of this open chain (see :func:`shared_chain`): the last
+        ``close`` closes it."""
+        self._users += 1
+        return self
+
+    @property
+    def users(self) -> int:
+        return self._users
+
     async def open(self) -> AuditChain:
         """Open the folder, cut a torn tail, resume from the last complete entry."""
         async with self._open_lock:
@@ -187,7 +198,11 @@ class AuditChain:
             self._recent.append(entry_from_value(decode(record.block), cid_str(record.cid)))
 
     async def close(self) -> None:
-        """Sign a last checkpoint (if any entry is unsigned), flush and release the folder."""
+        """Sign a last checkpoint (if any entry is unsigned), flush and release the folder;
+        a shared chain only once its last user closes it."""
+        self._users -= 1
+        if self._users > 0:
+            return
         if not self._opened or self._closed:
             self._closed = True
             return
@@ -223,6 +238,10 @@ class AuditChain:
     def listen(self, listener: Listener) -> None:
         """Call ``listener(entry)`` for every stored entry, in chain order."""
         self._listeners.append(listener)
+
+    def unlisten(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     # -- appending -----------------------------------------------------------------------
     async def append(self, entry: AuditEntry) -> AuditEntry:
@@ -449,3 +468,25 @@ class AuditChain:
 
 def _block_of(recovered: Recovered, cid: bytes) -> bytes:
     return next(r.block for r in recovered.tail if r.cid == cid)
+
+
+_OPEN: dict[tuple[Path, int], AuditChain] = {}
+
+
+def shared_chain(folder: Path, **options: Any) -> AuditChain:
+    """The chain of ``folder`` for this process: two services over one data directory (two
+    providers in one script, a test building two) share its one writer instead of the
+    second being refused by the folder's lock and going on unaudited. Shared within one
+    event loop only: the chain's writer tasks live in the loop that opened it."""
+    try:
+        loop = id(asyncio.get_running_loop())
+    except RuntimeError:
+        loop = 0
+    key = (folder.resolve(), loop)
+    chain = _OPEN.get(key)
+    if chain is not None and not chain._closed:
+        return chain.share()
+    for stale in [k for k, c in _OPEN.items() if c._closed]:
+        del _OPEN[stale]
+    _OPEN[key] = chain = AuditChain(folder, **options)
+    return chain

@@ -300,13 +300,20 @@ class SegmentLog:
         return Recovered(tail, checkpoints, torn)
 
     def _lock(self) -> None:
+        """One writer per folder: an exclusive flock on LOCK, which holds the writer's pid
+        so that a refusal names the holder (the lock itself dies with the process)."""
         fd = os.open(self.root / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
             os.close(fd)
-            raise AuditStorageError(
-                f"audit log {self.root} is in use by another process") from None
+            who = (f"process {holder}" if holder.isdigit() and int(holder) != os.getpid()
+                   else "another writer in this process" if holder.isdigit()
+                   else "another process")
+            raise AuditStorageError(f"audit log {self.root} is in use by {who}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
     def _open_checkpoints(self) -> list[Record]:

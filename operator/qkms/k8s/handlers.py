@@ -40,6 +40,7 @@ WATCHED_BY_LABEL = (("v1", "secrets"), ("v1", "configmaps"))
 # Lists are paged (limit/continue): a cluster with many ManagedKeys is read in chunks.
 LIST_CHUNK = 500
 RUNTIME: dict[str, OperatorRuntime] = {}
+SWEEPER: list[asyncio.Task[None]] = []
 KOPF_PREFIX = "kopf.qkms.io"
 
 
@@ -69,11 +70,24 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     if "runtime" not in RUNTIME:
         RUNTIME["runtime"] = await asyncio.to_thread(OperatorRuntime.from_env)
         await RUNTIME["runtime"].start_api()
+        SWEEPER.append(asyncio.create_task(sweep_intents_forever(), name="qkms-intents"))
+
+
+async def sweep_intents_forever() -> None:
+    """Resolve what a killed replica left half-made (store/intents.py): soon after start,
+    once the first keys' environments are open, then every QKMS_INTENT_SWEEP_SECONDS."""
+    interval = float(os.environ.get("QKMS_INTENT_SWEEP_SECONDS", "30"))
+    await asyncio.sleep(min(interval, 5.0))
+    while True:
+        await runtime().registry.resolve_intents()
+        await asyncio.sleep(interval)
 
 
 @kopf.on.cleanup()
 async def shutdown(**_: Any) -> None:
     """Sign a last audit checkpoint and release the audit logs."""
+    for task in SWEEPER:
+        task.cancel()
     if "runtime" in RUNTIME:
         for service in runtime().registry.all():
             await service.close()

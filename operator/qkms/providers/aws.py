@@ -511,6 +511,26 @@ class AwsKmsProvider:
         if answer is not None and answer["KeyMetadata"].get("KeyState") != "PendingDeletion":
             await self._schedule_deletion(arn, 7)
 
+    async def leftovers(self, key_id: str, algorithm: AlgorithmInfo,
+                        previous: KeyHandle | None) -> list[KeyHandle]:
+        """Envelope material for ``key_id``, and every KMS key tagged ``qkms:key_id`` with it
+        (CreateKey sets the tag, so a key whose alias never moved is found too). KMS has no
+        search by tag: the account's keys are listed, once per unresolved intent."""
+        found = await self.envelope.leftovers(key_id, algorithm)
+        wanted = {"TagKey": "qkms:key_id", "TagValue": key_id}
+        marker: dict[str, Any] = {}
+        while True:
+            page = await self.call(self.client.list_keys, **marker)
+            for key in page.get("Keys", []):
+                tags = await self.call(self.client.list_resource_tags, KeyId=key["KeyId"],
+                                       tolerate=frozenset({"NotFoundException",
+                                                           "AccessDeniedException"}))
+                if tags is not None and wanted in tags.get("Tags", []):
+                    found.append(KeyHandle(key_id, algorithm, {"kms_key": key["KeyId"]}))
+            if not page.get("Truncated"):
+                return found
+            marker = {"Marker": page["NextMarker"]}
+
     def forget(self, key_id: str) -> None:
         self.envelope.forget(key_id)
 

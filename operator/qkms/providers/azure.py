@@ -309,6 +309,25 @@ class AzureKeyVaultProvider:
             except KeyNotFoundError:
                 pass  # purged already, or never soft-deleted
 
+    async def leftovers(self, key_id: str, algorithm: AlgorithmInfo,
+                        previous: KeyHandle | None) -> list[KeyHandle]:
+        """Envelope material for ``key_id``, and the Key Vault versions tagged with it: of
+        the key a create names after it, or of the old version's key for a rotation."""
+        found = await self.envelope.leftovers(key_id, algorithm)
+        names = {azure_name(key_id)}
+        if previous is not None and self._native(previous):
+            names.add(previous.ref["name"])
+        for name in sorted(names):
+            def versions_of(name: str = name) -> list[Any]:
+                return list(self.client.list_properties_of_key_versions(name))
+            try:
+                versions = await self.call(versions_of, key_id=key_id)
+            except KeyNotFoundError:
+                continue
+            found += [KeyHandle(key_id, algorithm, {"name": name, "version": v.version})
+                      for v in versions if (v.tags or {}).get("qkms-key-id") == key_id]
+        return found
+
     async def retire(self, key: KeyHandle) -> None:
         """The service refuses retired versions; nothing to change in the vault."""
         self.forget(key.key_id)

@@ -90,6 +90,13 @@ class Provider(Protocol):
         with its own notion of that (Vault's min_decryption_version) applies it."""
         ...
 
+    async def leftovers(self, key_id: str, algorithm: AlgorithmInfo,
+                        previous: KeyHandle | None) -> list[KeyHandle]:
+        """What a create (``previous`` None) or ``new_version(previous, key_id)`` cut short
+        made, found by the name, tag or label the provider gives every key (``key_id``):
+        the sweep of open intents (store/intents.py) destroys each."""
+        ...
+
     def forget(self, key_id: str) -> None:
         """Drop any cached private material for ``key_id`` (after revoke or destroy)."""
         ...

@@ -270,6 +270,15 @@ class HsmProvider:
         else:
             await self.envelope.destroy(key)
 
+    async def leftovers(self, key_id: str, algorithm: AlgorithmInfo,
+                        previous: KeyHandle | None) -> list[KeyHandle]:
+        """Envelope material for ``key_id``, and the token objects labelled with it."""
+        found = await self.envelope.leftovers(key_id, algorithm)
+        if await self.run(lambda session: any(
+                True for _ in session.get_objects({Attribute.LABEL: key_id}))):
+            found.append(KeyHandle(key_id, algorithm, {"label": key_id}))
+        return found
+
     async def schedule_destroy(self, key: KeyHandle, days: int) -> None:
         """Nothing on the token: PKCS#11 has no deletion window; ``destroy`` deletes."""
 

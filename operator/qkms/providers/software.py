@@ -127,6 +127,13 @@ class SoftwareKeys:
         self.forget(key.key_id)
         await asyncio.to_thread(self.store.delete, MATERIAL, key.key_id)
 
+    async def leftovers(self, key_id: str, algorithm: Any,
+                        previous: KeyHandle | None = None) -> list[KeyHandle]:
+        """The material a cut-short create wrote for ``key_id`` (its record, not opened)."""
+        found = await asyncio.to_thread(self.store.records.get, MATERIAL, key_id)
+        return [] if found is None else [
+            KeyHandle(key_id, algorithm, {"record": f"{MATERIAL}/{key_id}"})]
+
     async def count(self) -> int:
         return len(await asyncio.to_thread(self.store.list, MATERIAL))
 

@@ -473,6 +473,23 @@ class VaultProvider:
                 change["min_encryption_version"] = floor
             await self.call(self.client.write_data, f"{mount}/keys/{name}/config", data=change)
 
+    async def leftovers(self, key_id: str, algorithm: AlgorithmInfo,
+                        previous: KeyHandle | None) -> list[KeyHandle]:
+        """Envelope material for ``key_id``; the transit key a create names ``key_id``; and
+        for a rotation, the versions of the old version's transit key after it."""
+        found = await self.envelope.leftovers(key_id, algorithm)
+        mount = self.options.mount
+        if await self._read_key(mount, key_id) is not None:
+            found.append(KeyHandle(key_id, algorithm, self._ref(mount, key_id, 1)))
+        native = self._native(previous) if previous is not None else None
+        if native is not None:
+            mount, name, version = native
+            info = await self._read_key(mount, name)
+            latest = int(info["latest_version"]) if info else 0
+            found += [KeyHandle(key_id, algorithm, self._ref(mount, name, number))
+                      for number in range(version + 1, latest + 1)]
+        return found
+
     async def _delete_transit(self, mount: str, name: str) -> None:
         """Allow deletion only now, then delete; a key already gone is fine."""
         def gone(exc: vault_errors.VaultError) -> bool:

@@ -9,6 +9,7 @@ rebuilds that environment's service; keys and their records are untouched.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -19,6 +20,8 @@ from qkms.model.enums import Environment
 from qkms.model.resources import KeyPolicy
 from qkms.service import KeyManagementService
 from qkms.store.records import RecordStore
+
+log = logging.getLogger("key-management:registry")
 
 RecordsFactory = Callable[[Environment], RecordStore | None]
 
@@ -100,3 +103,12 @@ class ServiceRegistry:
 
     def all(self) -> list[KeyManagementService]:
         return [service for _, service in self._services.values()]
+
+    async def resolve_intents(self) -> None:
+        """Sweep every open environment's intents (store/intents.py); one that fails (its
+        provider down, say) never stops the others and is swept again next time."""
+        for service in self.all():
+            try:
+                await service.resolve_intents()
+            except Exception:  # noqa: BLE001 - logged, retried at the next sweep
+                log.exception("sweeping the %s intents failed", service.environment.value)
