@@ -15,9 +15,10 @@ offers key-wrap mechanisms only through C_WrapKey for key *objects*, not for byt
 
 Mechanisms: ECDSA is raw CKM_ECDSA over a SHA-256 digest computed here (the r||s result
 becomes DER); Ed25519 is CKM_EDDSA (pure); RSA signs with CKM_SHA256_RSA_PKCS_PSS
-(MGF1-SHA256, salt 32), or CKM_SHA256_RSA_PKCS when PKCS#1 v1.5 is asked for.  RSA decryption tries CKM_RSA_PKCS_OAEP with SHA-256 and the
-caller's AAD as label and, where the token refuses those parameters (SoftHSM 2.6 allows
-only SHA-1 without a label), falls back to CKM_RSA_X_509 with the OAEP decoding done
+(MGF1-SHA256, salt 32), or CKM_SHA256_RSA_PKCS when PKCS#1 v1.5 is asked for.
+RSA decryption tries CKM_RSA_PKCS_OAEP with SHA-256 and the caller's AAD as label and,
+where the token refuses those parameters (SoftHSM 2.6 allows only SHA-1 without a
+label), falls back to CKM_RSA_X_509 with the OAEP decoding done
 here (``rsa_oaep``): the private key still never leaves the token.  Because
 ``create`` does not know the usage, an RSA private key may sign and decrypt; the
 service refuses operations outside the key's usage before they reach the token.
