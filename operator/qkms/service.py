@@ -56,6 +56,7 @@ from qkms.errors import (
     Unauthenticated,
 )
 from qkms.events import EventBus
+from qkms.issuer.ca import certified_spki
 from qkms.model import durations
 from qkms.model.algorithms import AlgorithmInfo, check_operation, check_usage, resolve_algorithm
 from qkms.model.enums import Operation, RotationReason, Usage, VersionState
@@ -614,6 +615,43 @@ class KeyManagementService:
         await self._record(op_name, "success", actor, record, version,
                            digests=self._digests(op, data), details=details)
         return result
+
+    async def sign_bridge(self, key_id: Any, tbs: bytes, *, actor: Any = None,
+                          rsa_padding: str | None = None) -> OperationResult:
+        """SIGN with a version in its grace period the one thing it may still sign: a CA
+        bridge, a TBSCertificate certifying the key's active version (the outgoing CA key
+        cross-signs its successor).  ``key_id`` names that version.  Not on the data plane;
+        audited as SIGN with ``purpose: ca_bridge``."""
+        actor = Actor.parse(actor)
+        record = version = None
+        try:
+            options = SignOptions.parse(rsa_padding=rsa_padding)
+            record, version = self._resolve(key_id)
+            active = lifecycle.active_version(record)
+            if version is None or active is None or not lifecycle.in_grace(version, self.clock()):
+                raise KeyStateError(f"{key_id}: only a version in its grace period, of a key "
+                                    "with an active version, signs a CA bridge")
+            pem = self.public_pem(active) or ""
+            try:
+                certified = certified_spki(_bytes(tbs, "data"))
+            except ValueError:
+                raise InvalidInputError("data", "is not a DER TBSCertificate") from None
+            if certified != base64.b64decode("".join(pem.strip().splitlines()[1:-1])):
+                raise InvalidInputError("data", f"a CA bridge from {version.key_id} must "
+                                        f"certify the active version {active.key_id}")
+            info = resolve_algorithm(version.algorithm)
+            options.check(info, Operation.SIGN)
+            signed = await sign_with_options(self.provider, self._handle(version), info, tbs,
+                                             options, self._public_key(version))
+        except QkmsError as exc:
+            await self._record_failure("SIGN", exc, actor, record=record, version=version)
+            raise
+        await self._record("SIGN", "success", actor, record, version,
+                           digests=self._digests(Operation.SIGN, tbs),
+                           details={"algorithm": version.algorithm, "purpose": "ca_bridge",
+                                    "certifies": active.key_id})
+        return OperationResult(Operation.SIGN.value, version.key_id, record.name,
+                               version.version, version.algorithm, signature=signed.signature)
 
     async def precheck(self, key_id: Any, operation: Any, *, actor: Any = None) -> None:
         """Refuse (and audit) what would fail for every item of a batch: an unknown key,

@@ -1,4 +1,6 @@
-"""qkms as a cert-manager issuer, on the real control plane with cert-manager's own CRDs.
+"""qkms as a cert-manager issuer, on the real control plane with cert-manager's own CRDs:
+every CA algorithm (RSA with PSS or PKCS#1 v1.5), CA rotation with a cross-signed bridge
+and the CA bundle ConfigMap, certificate revocation with the CRL, and CA key revocation.
 
 cert-manager's CRDs come at test time from its Go module on the Go module proxy
 (``go mod download``, cached under ~/.cache/qkms-gomod, outside the clone; never
@@ -124,11 +126,11 @@ def key_name(algorithm: str) -> str:
 
 
 async def issuer(kube: KubeClient, name: str, key: str, *, policy: dict | None = None,
-                 cluster: bool = False) -> None:
+                 cluster: bool = False, **extra: Any) -> None:
     spec = {"keyRef": {"name": key, **({"namespace": NS} if cluster else {})},
             "ca": {"selfSigned": {"commonName": f"{name} CA", "organization": ["qkms tests"],
                                   "pathLength": 0}},
-            **({"policy": policy} if policy else {})}
+            **({"policy": policy} if policy else {}), **extra}
     meta = {"name": name, **({} if cluster else {"namespace": NS})}
     body = {"apiVersion": "qkms.io/v1alpha1", "kind": "ClusterKeyIssuer" if cluster
             else "KeyIssuer", "metadata": meta, "spec": spec}
@@ -449,3 +451,191 @@ async def test_cluster_issuer_and_ca_from_a_secret(operator, cert_manager, tmp_p
         ca_pem = base64.b64decode(body["status"]["ca"])
         leaf.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
         openssl_verify(tmp_path, ca_pem, base64.b64decode(body["status"]["certificate"]))
+
+
+# -- PKCS#1 v1.5, rotation, revocation ------------------------------------------------------
+
+BUNDLE = "v1/configmaps"
+SHA256_RSA = x509.oid.SignatureAlgorithmOID.RSA_WITH_SHA256
+
+
+def run_openssl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["openssl", *args], capture_output=True, text=True)
+
+
+async def issue(kube: KubeClient, name: str, issuer_name: str, dns: str) -> dict:
+    key = ec.generate_private_key(ec.SECP256R1())
+    await request(kube, name, csr_pem(key, [dns]), issuer_name)
+    await decide(kube, name)
+    body = await finished(kube, name)
+    assert conditions(body)["Ready"]["reason"] == "Issued", conditions(body)["Ready"]
+    return body
+
+
+def leaf_of(body: dict) -> tuple[bytes, x509.Certificate]:
+    pem = base64.b64decode(body["status"]["certificate"])
+    return pem, x509.load_pem_x509_certificate(pem)
+
+
+async def bundle_map(kube: KubeClient, issuer_name: str, ready=None) -> dict[str, str]:
+    async def probe():
+        body = await kube.get(BUNDLE, f"{issuer_name}-ca-bundle", NS)
+        data = (body or {}).get("data") or {}
+        return data if data and (ready is None or ready(data)) else None
+    return await eventually(probe, timeout=60, what=f"ConfigMap {issuer_name}-ca-bundle")
+
+
+def crl_of(data: dict[str, str]) -> x509.CertificateRevocationList:
+    return x509.load_pem_x509_crl(data["ca.crl"].encode())
+
+
+def openssl_crl_verify(tmp: Path, ca_pem: bytes, crl_pem: str) -> None:
+    (tmp / "crl-ca.pem").write_bytes(ca_pem)
+    (tmp / "crl.pem").write_text(crl_pem)
+    done = run_openssl("crl", "-in", str(tmp / "crl.pem"), "-noout", "-CAfile",
+                       str(tmp / "crl-ca.pem"))
+    assert done.returncode == 0 and "verify OK" in done.stdout + done.stderr, done.stderr
+
+
+async def test_rsa_ca_signs_with_pkcs1v15_when_asked(operator, cert_manager, tmp_path):
+    kube = cert_manager
+    await namespace(kube)
+    await managed_key(kube, "rsa-ca", "RSA-2048")
+    await issuer(kube, "legacy", "rsa-ca", rsaSignatureScheme="PKCS1v15")
+    status = (await issuer_ready(kube, "legacy"))["status"]
+    ca_pem = status["caCertificate"].encode()
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    assert ca.signature_algorithm_oid == SHA256_RSA  # sha256WithRSAEncryption, not PSS
+    ca.verify_directly_issued_by(ca)
+    leaf_pem, leaf = leaf_of(await issue(kube, "legacy-web", "legacy", "web.payments.svc"))
+    assert leaf.signature_algorithm_oid == SHA256_RSA
+    leaf.verify_directly_issued_by(ca)
+    openssl_verify(tmp_path, ca_pem, leaf_pem)
+    data = await bundle_map(kube, "legacy", lambda d: d.get("ca.crl"))
+    crl = crl_of(data)
+    assert crl.signature_algorithm_oid == SHA256_RSA and crl.is_signature_valid(ca.public_key())
+    openssl_crl_verify(tmp_path, ca_pem, data["ca.crl"])
+
+
+async def test_ca_rotation_makes_a_new_root_a_bridge_and_a_bundle_of_both(
+        operator, cert_manager, tmp_path):
+    kube = cert_manager
+    await namespace(kube)
+    await managed_key(kube, "rotating", "ECDSA-P256")
+    await issuer(kube, "rotating", "rotating")
+    first = (await issuer_ready(kube, "rotating"))["status"]
+    old_pem = first["caCertificate"].encode()
+    old_ca = x509.load_pem_x509_certificate(old_pem)
+    old_leaf_pem, old_leaf = leaf_of(await issue(kube, "before", "rotating", "a.payments.svc"))
+    data = await bundle_map(kube, "rotating")
+    assert [c.fingerprint(hashes.SHA256()) for c in x509.load_pem_x509_certificates(
+        data["ca.crt"].encode())] == [old_ca.fingerprint(hashes.SHA256())]
+    # A rotation (as an operator would ask, by annotation): the old version goes to grace.
+    await kube.patch(MK, "rotating", {"metadata": {"annotations": {"qkms.io/rotate": "MANUAL"}}},
+                     NS)
+
+    async def rotated():
+        body = await kube.get(KI, "rotating", NS)
+        st = body.get("status") or {}
+        return st if st.get("caKeyId") not in (None, first["caKeyId"]) and \
+            st.get("bridges") else None
+    second = await eventually(rotated, timeout=60, what="a new CA after the rotation")
+    new_pem = second["caCertificate"].encode()
+    new_ca = x509.load_pem_x509_certificate(new_pem)
+    assert new_ca.public_key() != old_ca.public_key()
+    assert [p["keyId"] for p in second["previousCAs"]] == [first["caKeyId"]]
+    data = await bundle_map(kube, "rotating", lambda d: d["ca.crt"].count("BEGIN") == 2)
+    bundle = x509.load_pem_x509_certificates(data["ca.crt"].encode())
+    assert [c.fingerprint(hashes.SHA256()) for c in bundle] == [
+        new_ca.fingerprint(hashes.SHA256()), old_ca.fingerprint(hashes.SHA256())]
+    # A certificate the old CA issued still verifies against the bundle.
+    (tmp_path / "bundle.pem").write_text(data["ca.crt"])
+    (tmp_path / "old-leaf.pem").write_bytes(old_leaf_pem)
+    done = run_openssl("verify", "-x509_strict", "-CAfile", str(tmp_path / "bundle.pem"),
+                       str(tmp_path / "old-leaf.pem"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    old_leaf.verify_directly_issued_by(bundle[1])
+    # The bridge: the new CA's subject and key, signed by the old version.
+    bridge_pem = data["bridges.crt"].encode()
+    bridge = x509.load_pem_x509_certificate(bridge_pem)
+    assert second["bridges"][0]["fromKeyId"] == first["caKeyId"]
+    assert bridge.subject == new_ca.subject and bridge.public_key() == new_ca.public_key()
+    bridge.verify_directly_issued_by(old_ca)
+    assert bridge.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    openssl_verify(tmp_path, old_pem, bridge_pem)
+    # New certificates are signed by the new version, and verify under the new root, and
+    # under the old root alone through the bridge.
+    new_leaf_pem, new_leaf = leaf_of(await issue(kube, "after", "rotating", "b.payments.svc"))
+    new_leaf.verify_directly_issued_by(new_ca)
+    openssl_verify(tmp_path, new_pem, new_leaf_pem)
+    (tmp_path / "old-root.pem").write_bytes(old_pem)
+    (tmp_path / "bridge.pem").write_bytes(bridge_pem)
+    (tmp_path / "new-leaf.pem").write_bytes(new_leaf_pem)
+    done = run_openssl("verify", "-x509_strict", "-CAfile", str(tmp_path / "old-root.pem"),
+                       "-untrusted", str(tmp_path / "bridge.pem"), str(tmp_path / "new-leaf.pem"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The CRL is signed by the current version.
+    crl_of(await bundle_map(kube, "rotating", lambda d: crl_of(d).extensions
+                            .get_extension_for_class(x509.AuthorityKeyIdentifier).value
+                            .key_identifier == new_ca.extensions.get_extension_for_class(
+                                x509.SubjectKeyIdentifier).value.digest))
+    bridges = [e for e in audit_entries(operator.cwd, "ISSUE_CA_CERTIFICATE")
+               if e["details"].get("kind") == "bridge"]
+    assert [e["key_id"] for e in bridges] == [first["caKeyId"]]
+    signs = [e for e in audit_entries(operator.cwd, "SIGN")
+             if e["details"].get("purpose") == "ca_bridge"]
+    assert [e["key_id"] for e in signs] == [first["caKeyId"]]
+
+
+async def test_revocation_lists_certificates_in_the_crl_and_a_revoked_ca_key_stops_issuance(
+        operator, cert_manager, tmp_path):
+    kube = cert_manager
+    await namespace(kube)
+    await managed_key(kube, "revocable", "ECDSA-P256")
+    await issuer(kube, "revocable", "revocable", crlNextUpdate="PT6H")
+    ca_pem = (await issuer_ready(kube, "revocable"))["status"]["caCertificate"].encode()
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    _, kept = leaf_of(await issue(kube, "kept", "revocable", "kept.payments.svc"))
+    _, lost = leaf_of(await issue(kube, "lost", "revocable", "lost.payments.svc"))
+    first = crl_of(await bundle_map(kube, "revocable", lambda d: d.get("ca.crl")))
+    assert list(first) == [] and first.is_signature_valid(ca.public_key())
+    assert first.next_update_utc - first.last_update_utc == datetime.timedelta(hours=6)
+    # Revoked by annotating its CertificateRequest.
+    await kube.patch(CR, "lost", {"metadata": {"annotations": {
+        "qkms.io/revoke": "keyCompromise"}}}, NS)
+    data = await bundle_map(kube, "revocable", lambda d: len(list(crl_of(d))) == 1)
+    crl = crl_of(data)
+    entry = crl.get_revoked_certificate_by_serial_number(lost.serial_number)
+    assert entry is not None and crl.get_revoked_certificate_by_serial_number(
+        kept.serial_number) is None
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == \
+        x509.ReasonFlags.key_compromise
+    assert crl.is_signature_valid(ca.public_key())
+    number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    assert number > first.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    openssl_crl_verify(tmp_path, ca_pem, data["ca.crl"])
+    status = (await kube.get(KI, "revocable", NS))["status"]
+    assert [r["serial"] for r in status["revokedCertificates"]] == [
+        format(lost.serial_number, "x")]
+    assert status["crlNumber"] == number
+    revocations = audit_entries(operator.cwd, "REVOKE_CERTIFICATE")
+    assert [(e["details"]["serial"], e["reason"]) for e in revocations] == [
+        (format(lost.serial_number, "x"), "keyCompromise")]
+    # Revoking the CA key stops issuance at once; the bundle is emptied, the CRL stays.
+    await kube.patch(MK, "revocable", {"spec": {"revoked": {"reason": "compromised"}}}, NS)
+
+    async def stopped():
+        body = await kube.get(KI, "revocable", NS)
+        ready = conditions(body).get("Ready", {})
+        return ready if ready.get("reason") == "KeyRevoked" else None
+    ready = await eventually(stopped, timeout=60, what="the issuer stopped")
+    assert ready["status"] == "False" and "revoked" in ready["message"]
+    key = ec.generate_private_key(ec.SECP256R1())
+    await request(kube, "too-late", csr_pem(key, ["late.payments.svc"]), "revocable")
+    await decide(kube, "too-late")
+    body = await finished(kube, "too-late")
+    ready = conditions(body)["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "Failed"), ready
+    assert "revoked" in ready["message"] and not body["status"].get("certificate")
+    data = await bundle_map(kube, "revocable", lambda d: d["ca.crt"] == "")
+    assert crl_of(data).get_revoked_certificate_by_serial_number(lost.serial_number)

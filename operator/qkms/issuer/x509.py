@@ -66,15 +66,15 @@ def _hash_id() -> bytes:
 
 def signature_algorithm(ca_algorithm: str, rsa_scheme: str = "PSS") -> bytes:
     """The DER AlgorithmIdentifier of what the provider's SIGN gives for ``ca_algorithm``
-    (the provider signs RSA with PSS-SHA256, salt 32, and ECDSA over SHA-256 in DER)."""
+    (RSA: PSS-SHA256, salt 32, or with ``rsa_scheme`` PKCS1v15 sha256WithRSAEncryption,
+    the provider then asked for PKCS#1 v1.5; ECDSA over SHA-256 in DER)."""
     if ca_algorithm in SELF_SIGNING:
         return der.sequence(der.oid(SELF_SIGNING[ca_algorithm]))
     if ca_algorithm == "ECDSA-P256":
         return der.sequence(der.oid(ECDSA_SHA256))
     if ca_algorithm in ("RSA-2048", "RSA-4096"):
-        if rsa_scheme == "PKCS1v15":
-            raise Refused("rsaSignatureScheme PKCS1v15: qkms providers sign RSA with "
-                          "RSASSA-PSS only; use PSS")
+        if rsa_scheme == "PKCS1v15":  # RFC 4055: parameters NULL
+            return der.sequence(der.oid(SHA256_WITH_RSA), der.null())
         params = der.sequence(
             der.explicit(0, _hash_id()),
             der.explicit(1, der.sequence(der.oid(MGF1), _hash_id())),

@@ -1,29 +1,32 @@
 """Kopf handlers for the cert-manager issuers: KeyIssuer, ClusterKeyIssuer, and the
 CertificateRequests that name them (issuerRef.group ``qkms.io``).
 
-Thin by design: the decisions are in ``qkms.issuer.x509`` (pure); this module reads
+Thin by design: the decisions are in ``qkms.issuer`` (pure); the CA is made or checked
+in ``issuer_ca``, the CA bundle and CRL projected by ``issuer_bundle``; this module reads
 what they need from the API, signs through ``KeyManagementService.use_key(SIGN)`` (the
 CA key never leaves its provider), audits, and writes statuses.
 
-- Issuer create/update/resume: make or check the CA certificate, then status Ready
+- Issuer create/update/resume, a change of its ManagedKey (a rotation, a revocation: the
+  key's events are watched), and a timer at half the CRL's validity: the CA is made or
+  checked, the ConfigMap ``<issuer>-ca-bundle`` written, and the status set to Ready
   (CAReady) with the fingerprint and expiry, or Ready=False naming why (retried while
-  the key is still being made). No timer, so no finalizer: the CA is checked again each
-  time a request is signed, and a self-signed CA certificate is renewed then when the key
-  rotated, the spec changed, or less than a third of its validity is left (the issuer's
-  status follows). A CA certificate from a Secret must have the ManagedKey's public key
-  (else CAKeyMismatch).
+  the key is still being made).  No finalizer: the timers live in the process and a
+  restart resumes them.  Each refresh reads the issuer afresh under a per-issuer lock.
 - CertificateRequest events: only Approved ones are signed (Denied and unapproved ones
-  are left alone); a bad CSR, a name outside the policy, a duration above the maximum or
-  a CA key that cannot sign gets Ready=False reason Failed; success writes
-  status.certificate and status.ca and Ready=True reason Issued. Every issuance and
-  every refusal is an audit entry (serial, subject, SANs, requester).
+  are left alone); a bad CSR, a name outside the policy, a duration above the maximum,
+  a CA key that cannot sign or a revoked CA key gets Ready=False reason Failed; success
+  writes status.certificate and status.ca and Ready=True reason Issued.  Every issuance
+  and every refusal is an audit entry (serial, subject, SANs, requester).
+- The annotation ``qkms.io/revoke`` (value: an RFC 5280 reason name, or empty) on an
+  issued CertificateRequest revokes its certificate: recorded in the issuer's
+  status.revokedCertificates (which outlives the request), audited
+  (REVOKE_CERTIFICATE), and listed in the next CRL, signed at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import logging
 import os
@@ -34,246 +37,41 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from qkms.crypto import suite_for
-from qkms.errors import InvalidInputError, KeyNotFoundError, QkmsError
+from qkms.errors import KeyStateError, QkmsError
+from qkms.issuer import crl as icrl
 from qkms.issuer import x509 as ix
 from qkms.model.durations import parse_duration
 from qkms.model.issuers import ClusterKeyIssuer, KeyIssuer, parse_issuer
 
+from .issuer_ca import NotReady, _runtime, call, issuer_ref, key_service, now, stamp
+from .issuer_refresh import (
+    ISSUER_LOCKS,
+    KEY_ISSUERS_OF,
+    KEY_SEEN,
+    ON_READY,
+    Ident,
+    _condition,
+    _forget,
+    _ident,
+    _issuer_body,
+    _patch_issuer,
+    _read_issuer,
+    _refresh_quietly,
+    _schedule_retry,
+    _spawn,
+    refresh,
+)
 from .storage import GROUP, VERSION
 
 log = logging.getLogger("key-management:issuer")
 
 KEY_ISSUERS = (GROUP, VERSION, "keyissuers")
 CLUSTER_KEY_ISSUERS = (GROUP, VERSION, "clusterkeyissuers")
+MANAGED_KEYS = (GROUP, VERSION, "managedkeys")
 CM_GROUP, CM_VERSION = "cert-manager.io", "v1"
 CERTIFICATE_REQUESTS = (CM_GROUP, CM_VERSION, "certificaterequests")
 ISSUER_KINDS = {"KeyIssuer": "keyissuers", "ClusterKeyIssuer": "clusterkeyissuers"}
-RETRY_SECONDS = float(os.environ.get("QKMS_ISSUER_RETRY_SECONDS", "5"))
-ISSUER_ACTOR = {"type": "SERVICE", "id": "qkms-issuer"}
-
-
-class NotReady(Exception):
-    """The issuer cannot sign now: ``reason`` (CamelCase) and a message; ``retry`` says
-    whether it may come right by itself (a key still being created, a provider fault)."""
-
-    def __init__(self, reason: str, message: str, *, retry: bool = False) -> None:
-        super().__init__(message)
-        self.reason, self.retry = reason, retry
-
-
-def _runtime() -> Any:
-    from .handlers import runtime
-    return runtime()
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def _stamp(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
-
-
-def _condition(type_: str, ok: bool, reason: str, message: str,
-               generation: int | None = None) -> dict[str, Any]:
-    condition: dict[str, Any] = {
-        "type": type_, "status": "True" if ok else "False", "reason": reason,
-        "message": message, "lastTransitionTime": _stamp(_now())}
-    if generation is not None:
-        condition["observedGeneration"] = generation
-    return condition
-
-
-def _spki_der(pem: str) -> bytes:
-    return base64.b64decode("".join(line for line in pem.strip().splitlines()
-                                    if not line.startswith("-----")))
-
-
-def _source_digest(issuer: KeyIssuer | ClusterKeyIssuer) -> str:
-    source = {"ca": issuer.spec.ca.to_dict(), "scheme": issuer.spec.rsa_signature_scheme.value}
-    return hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:32]
-
-
-async def _call(func: Any, *args: Any) -> Any:
-    return await asyncio.to_thread(func, *args, _request_timeout=10)
-
-
-# -- the CA ---------------------------------------------------------------------------
-
-class IssuerState:
-    """What an issuer needs to sign: its key, service, algorithm and CA certificate."""
-
-    def __init__(self, issuer: KeyIssuer | ClusterKeyIssuer, key_name: str, service: Any,
-                 algorithm: str, key_id: str, spki: bytes, ca_pem: bytes, ca: ix.CA) -> None:
-        self.issuer, self.key_name, self.service = issuer, key_name, service
-        self.algorithm, self.key_id, self.spki = algorithm, key_id, spki
-        self.ca_pem, self.ca = ca_pem, ca
-
-    @property
-    def signature_alg(self) -> bytes:
-        return ix.signature_algorithm(self.algorithm,
-                                      self.issuer.spec.rsa_signature_scheme.value)
-
-    def status(self) -> dict[str, Any]:
-        return {"caCertificate": self.ca_pem.decode(), "caFingerprint": self.ca.fingerprint,
-                "caNotAfter": _stamp(self.ca.not_after), "caKeyId": self.key_id,
-                "caSourceDigest": _source_digest(self.issuer)}
-
-    async def sign(self, tbs: bytes, actor: Any) -> bytes:
-        """The provider signs; the answer must come from the CA's key version and verify."""
-        result = await self.service.use_key(self.key_name, "SIGN", tbs, actor=actor)
-        if result.key_id != self.key_id:
-            raise NotReady("KeyRotated", f"{self.key_name} rotated while signing; retrying",
-                           retry=True)
-        if not suite_for(self.algorithm).load_public(ix.spki_parts(self.spki)[1]).verify(
-                tbs, result.signature):
-            raise NotReady("SignatureInvalid", "the provider's signature does not verify")
-        return bytes(result.signature)
-
-
-async def issuer_state(body: Mapping[str, Any]) -> IssuerState:
-    """The issuer's CA, made or checked now; ``NotReady`` says why it cannot sign."""
-    try:
-        issuer = parse_issuer(body)
-    except InvalidInputError as exc:
-        raise NotReady("InvalidSpec", str(exc)) from None
-    runtime = _runtime()
-    ref = issuer.spec.key_ref
-    namespace = ref.namespace or issuer.namespace
-    if namespace is None:  # a body without metadata.namespace: no cluster sends one
-        raise NotReady("InvalidSpec", "the ManagedKey's namespace is unknown")
-    key_name = f"{namespace}/{ref.name}"
-    environment = await runtime.environment(namespace)
-    if environment is None:
-        raise NotReady("KeyNotReady", f"namespace {namespace} has no qkms.io/environment label",
-                       retry=True)
-    key_body = await runtime.kube.managed_key(namespace, ref.name)
-    if key_body is None:
-        raise NotReady("KeyNotFound", f"ManagedKey {key_name} does not exist", retry=True)
-    if (key_body.get("spec") or {}).get("usage") != "SIGNING":
-        raise NotReady("WrongUsage", f"ManagedKey {key_name} is not a SIGNING key")
-    service = await runtime.service(environment)
-    try:
-        meta = await service.get_key(key_name)
-    except KeyNotFoundError:
-        raise NotReady("KeyNotReady", f"ManagedKey {key_name} has no key yet",
-                       retry=True) from None
-    try:
-        signature_alg = ix.signature_algorithm(meta.algorithm,
-                                               issuer.spec.rsa_signature_scheme.value)
-    except ix.Refused as exc:
-        raise NotReady("UnsupportedAlgorithm", str(exc)) from None
-    if not meta.public_key_pem:
-        raise NotReady("UnsupportedAlgorithm", f"{meta.algorithm} has no public key")
-    spki = _spki_der(meta.public_key_pem)
-    if issuer.spec.ca.secret is not None:
-        ca_pem = await _secret_ca(issuer, namespace)
-        ca = _checked(ca_pem)
-        if ca.spki_der != spki:
-            raise NotReady("CAKeyMismatch", f"the CA certificate in Secret "
-                           f"{issuer.spec.ca.secret.name} does not certify {key_name}'s public "
-                           f"key (version {meta.version})")
-        return IssuerState(issuer, key_name, service, meta.algorithm, meta.key_id, spki,
-                           ca_pem, ca)
-    state = _reusable(issuer, key_name, service, meta, spki)
-    if state is not None:
-        return state
-    self_signed = issuer.spec.ca.self_signed
-    assert self_signed is not None
-    now = _now()
-    duration = parse_duration(self_signed.duration, "spec.ca.selfSigned.duration")
-    names = self_signed.name_constraints
-    tbs = ix.ca_tbs(subject=ix.ca_subject(self_signed.common_name, self_signed.organization),
-                    spki_der=spki, signature_alg=signature_alg,
-                    serial=ix.serial_number(os.urandom(16)), now=now,
-                    duration=(now + duration) - now, path_length=self_signed.path_length,
-                    permitted_dns=names.permitted_dns_domains if names else (),
-                    excluded_dns=names.excluded_dns_domains if names else ())
-    pending = IssuerState(issuer, key_name, service, meta.algorithm, meta.key_id, spki, b"",
-                          ix.CA(b"", spki, b"", now))
-    signature = await pending.sign(tbs, ISSUER_ACTOR)
-    ca_pem = ix.to_pem(ix.certificate(tbs, signature_alg, signature)).encode()
-    ca = ix.read_ca(ca_pem)
-    await service.audit_key_event("ISSUE_CA_CERTIFICATE", key_name, ISSUER_ACTOR,
-                                  key_id=meta.key_id, details={
-                                      "issuer": _issuer_ref(issuer),
-                                      "fingerprint": ca.fingerprint,
-                                      "subject": ix.ca_subject(
-                                          self_signed.common_name,
-                                          self_signed.organization).rfc4514_string(),
-                                      "not_after": _stamp(ca.not_after)})
-    return IssuerState(issuer, key_name, service, meta.algorithm, meta.key_id, spki, ca_pem, ca)
-
-
-def _checked(ca_pem: bytes) -> ix.CA:
-    try:
-        return ix.read_ca(ca_pem)
-    except ix.Refused as exc:
-        raise NotReady("InvalidCACertificate", str(exc)) from None
-
-
-def _reusable(issuer: KeyIssuer | ClusterKeyIssuer, key_name: str, service: Any, meta: Any,
-              spki: bytes) -> IssuerState | None:
-    """The self-signed CA certificate in the status, if it is still the one to use."""
-    status = issuer.status
-    if not status.ca_certificate or status.ca_key_id != meta.key_id or \
-            status.ca_source_digest != _source_digest(issuer):
-        return None
-    try:
-        ca = ix.read_ca(status.ca_certificate.encode())
-    except ix.Refused:
-        return None
-    cert = ix.x509.load_pem_x509_certificate(status.ca_certificate.encode())
-    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
-    if ca.spki_der != spki or ca.not_after - _now() < lifetime / 3:
-        return None
-    return IssuerState(issuer, key_name, service, meta.algorithm, meta.key_id, spki,
-                       status.ca_certificate.encode(), ca)
-
-
-async def _secret_ca(issuer: KeyIssuer | ClusterKeyIssuer, key_namespace: str) -> bytes:
-    secret = issuer.spec.ca.secret
-    assert secret is not None
-    namespace = secret.namespace or key_namespace
-    try:
-        data = await _runtime().kube.secret_bytes(namespace, secret.name)
-    except LookupError:
-        raise NotReady("CASecretNotFound", f"Secret {namespace}/{secret.name} does not exist",
-                       retry=True) from None
-    if secret.key not in data:
-        raise NotReady("InvalidCACertificate",
-                       f"Secret {namespace}/{secret.name} has no key {secret.key!r}")
-    return data[secret.key]
-
-
-def _issuer_ref(issuer: KeyIssuer | ClusterKeyIssuer) -> str:
-    return issuer.kind + "/" + "/".join(p for p in (issuer.namespace, issuer.name) if p)
-
-
-def _issuer_status(state: IssuerState | None, error: NotReady | None,
-                   generation: int | None) -> dict[str, Any]:
-    if state is not None:
-        ready = _condition("Ready", True, "CAReady",
-                           f"signs with {state.key_name} ({state.algorithm}); CA certificate "
-                           f"valid until {_stamp(state.ca.not_after)}", generation)
-        return {**state.status(), "conditions": [ready], "observedGeneration": generation}
-    assert error is not None
-    return {"conditions": [_condition("Ready", False, error.reason, str(error), generation)],
-            "observedGeneration": generation}
-
-
-async def refresh_issuer(body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
-    """The issuer's new status (its CA made or checked), and whether to try again."""
-    generation = body["metadata"].get("generation")
-    try:
-        state = await issuer_state(body)
-    except NotReady as exc:
-        return _issuer_status(None, exc, generation), exc.retry
-    except QkmsError as exc:  # a provider fault: reported and retried
-        return _issuer_status(None, NotReady("ProviderUnavailable", str(exc)), generation), True
-    return _issuer_status(state, None, generation), False
-
+REVOKE_ANNOTATION = "qkms.io/revoke"
 
 @kopf.on.resume(*KEY_ISSUERS)
 @kopf.on.create(*KEY_ISSUERS)
@@ -281,22 +79,33 @@ async def refresh_issuer(body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]
 @kopf.on.resume(*CLUSTER_KEY_ISSUERS)
 @kopf.on.create(*CLUSTER_KEY_ISSUERS)
 @kopf.on.update(*CLUSTER_KEY_ISSUERS)
-async def reconcile_issuer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    status, retry = await refresh_issuer(body)
-    patch.status.update(status)
-    if retry:  # a key still being made, a provider fault: Kopf tries again (status kept)
-        raise kopf.TemporaryError(status["conditions"][0]["message"], delay=RETRY_SECONDS)
-    _resume_if_ready(body, status)
+async def reconcile_issuer(body: kopf.Body, **_: Any) -> None:
+    await refresh(_ident(body))
 
 
-def _resume_if_ready(body: Mapping[str, Any], status: dict[str, Any]) -> None:
-    if status["conditions"][0]["status"] == "True":
-        task = asyncio.create_task(resume_requests(dict(body)))
-        RESUMING.add(task)
-        task.add_done_callback(RESUMING.discard)
+@kopf.on.delete(*KEY_ISSUERS, optional=True)
+@kopf.on.delete(*CLUSTER_KEY_ISSUERS, optional=True)
+async def issuer_deleted(body: kopf.Body, **_: Any) -> None:
+    """No finalizer (optional): the ConfigMap goes with its owner; timers stop here."""
+    _forget(_ident(body))
 
 
-RESUMING: set[asyncio.Task[None]] = set()
+@kopf.on.event(*MANAGED_KEYS)
+async def key_changed(body: kopf.Body, **_: Any) -> None:
+    """A rotation or revocation of a CA key refreshes its issuers at once."""
+    meta = body["metadata"]
+    key = f"{meta.get('namespace')}/{meta['name']}"
+    issuers = KEY_ISSUERS_OF.get(key)
+    if not issuers:
+        return
+    status = body.get("status") or {}
+    mark = json.dumps([status.get("keyId"), status.get("phase"),
+                       [(v.get("keyId"), v.get("state")) for v in status.get("versions") or []]])
+    if KEY_SEEN.get(key) == mark:
+        return
+    KEY_SEEN[key] = mark
+    for ident in list(issuers):
+        _spawn(_refresh_quietly(ident))
 
 
 # -- CertificateRequests --------------------------------------------------------------
@@ -323,46 +132,21 @@ def pending(body: Mapping[str, Any]) -> bool:
     return not (ready.get("status") == "True" or ready.get("reason") in ("Failed", "Denied"))
 
 
-async def _issuer_body(namespace: str, ref: Mapping[str, Any]) -> dict[str, Any] | None:
-    custom = _runtime().kube.custom
-    try:
-        if ref["kind"] == "ClusterKeyIssuer":
-            return dict(await _call(custom.get_cluster_custom_object, GROUP, VERSION,
-                                    "clusterkeyissuers", ref["name"]))
-        return dict(await _call(custom.get_namespaced_custom_object, GROUP, VERSION,
-                                namespace, "keyissuers", ref["name"]))
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-
-
 async def _patch_request(body: Mapping[str, Any], status: dict[str, Any]) -> None:
     meta = body["metadata"]
     kept = [c for t, c in _conditions(body).items() if t != "Ready"]
     status = {**status, "conditions": [*kept, *status.get("conditions", [])]}
-    await _call(_runtime().kube.custom.patch_namespaced_custom_object_status, CM_GROUP,
+    await call(_runtime().kube.custom.patch_namespaced_custom_object_status, CM_GROUP,
                 CM_VERSION, meta["namespace"], "certificaterequests", meta["name"],
                 {"status": status})
 
 
-async def _patch_issuer(issuer_body: Mapping[str, Any], status: dict[str, Any]) -> None:
-    meta = issuer_body["metadata"]
-    custom = _runtime().kube.custom
-    if issuer_body["kind"] == "ClusterKeyIssuer":
-        await _call(custom.patch_cluster_custom_object_status, GROUP, VERSION,
-                    "clusterkeyissuers", meta["name"], {"status": status})
-    else:
-        await _call(custom.patch_namespaced_custom_object_status, GROUP, VERSION,
-                    meta["namespace"], "keyissuers", meta["name"], {"status": status})
-
-
 def _rules(issuer: KeyIssuer | ClusterKeyIssuer) -> ix.Rules:
     policy = issuer.spec.policy
-    now = datetime(2000, 1, 1, tzinfo=UTC)
+    start = datetime(2000, 1, 1, tzinfo=UTC)
 
     def span(text: str, field: str) -> timedelta:
-        return (now + parse_duration(text, field)) - now
+        return (start + parse_duration(text, field)) - start
 
     def some(values: list[str] | None) -> tuple[str, ...] | None:
         return None if values is None else tuple(values)
@@ -379,7 +163,11 @@ LOCKS: dict[str, asyncio.Lock] = {}
 
 @kopf.on.event(*CERTIFICATE_REQUESTS, when=ours)
 async def certificate_request(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-    if event.get("type") != "DELETED":
+    if event.get("type") == "DELETED":
+        return
+    if REVOKE_ANNOTATION in (body["metadata"].get("annotations") or {}):
+        await revoke_certificate(body)
+    else:
         await _once(body)
 
 
@@ -395,7 +183,7 @@ async def resume_requests(issuer_body: Mapping[str, Any]) -> None:
     """Sign the approved requests left Pending while the issuer was not ready."""
     meta = issuer_body["metadata"]
     try:
-        listing = await _call(_runtime().kube.custom.list_cluster_custom_object, CM_GROUP,
+        listing = await call(_runtime().kube.custom.list_cluster_custom_object, CM_GROUP,
                               CM_VERSION, "certificaterequests")
     except ApiException as exc:
         if exc.status == 404:  # cert-manager's CRDs are not installed
@@ -416,22 +204,29 @@ async def sign_request(body: Mapping[str, Any]) -> None:
     ref = spec["issuerRef"]
     requester = spec.get("username") or "unknown"
     actor = {"type": "USER", "id": requester}
-    issuer_body = await _issuer_body(meta["namespace"], ref)
-    if issuer_body is None:
+    ident: Ident = (ref["kind"], None if ref["kind"] == "ClusterKeyIssuer"
+                    else meta["namespace"], ref["name"])
+    try:
+        refreshed = await refresh(ident, resume=False)
+    except (kopf.TemporaryError, ApiException, QkmsError) as exc:
+        await _patch_request(body, {"conditions": [_condition(
+            "Ready", False, "Pending", f"issuer {ref['name']} is not ready: {exc}")]})
+        return
+    if refreshed is None:
         await _patch_request(body, {"conditions": [_condition(
             "Ready", False, "Pending", f"{ref['kind']} {ref['name']} does not exist")]})
         return
-    try:
-        state = await issuer_state(issuer_body)
-    except (NotReady, QkmsError) as exc:
-        reason = exc.reason if isinstance(exc, NotReady) else "ProviderUnavailable"
-        await _patch_request(body, {"conditions": [_condition(
-            "Ready", False, "Pending", f"issuer {ref['name']} is not ready: {reason}: {exc}")]})
-        return
-    if state.status()["caFingerprint"] != (issuer_body.get("status") or {}).get("caFingerprint"):
-        await _patch_issuer(issuer_body, _issuer_status(
-            state, None, issuer_body["metadata"].get("generation")))
+    status, state = refreshed
     where = f"{meta['namespace']}/{meta['name']}"
+    if state is None:
+        ready = status["conditions"][0]
+        if ready["reason"] == "KeyRevoked":  # final: the CA key signs nothing more
+            await _refuse(body, where, f"issuer {ref['name']}: {ready['message']}")
+        else:
+            await _patch_request(body, {"conditions": [_condition(
+                "Ready", False, "Pending",
+                f"issuer {ref['name']} is not ready: {ready['reason']}: {ready['message']}")]})
+        return
     try:
         try:
             csr = ix.parse_csr(base64.b64decode(spec.get("request") or "", validate=True))
@@ -447,15 +242,18 @@ async def sign_request(body: Mapping[str, Any]) -> None:
         await state.service.audit_key_event(
             "ISSUE_CERTIFICATE", state.key_name, actor, result="denied", reason=str(exc),
             key_id=state.key_id,
-            details={"certificate_request": where, "issuer": _issuer_ref(state.issuer)})
-        await _patch_request(body, {"failureTime": _stamp(_now()), "conditions": [
+            details={"certificate_request": where, "issuer": issuer_ref(state.issuer)})
+        await _patch_request(body, {"failureTime": stamp(now()), "conditions": [
             _condition("Ready", False, "Failed", f"refused: {exc}")]})
         return
     serial = ix.serial_number(os.urandom(16))
     tbs = ix.leaf_tbs(csr=csr, ca=state.ca, decision=decision,
-                      signature_alg=state.signature_alg, serial=serial, now=_now())
+                      signature_alg=state.signature_alg, serial=serial, now=now())
     try:
         signature = await state.sign(tbs, actor)
+    except KeyStateError as exc:  # revoked (or rotated out) just now
+        await _refuse(body, where, f"issuer {ref['name']}: the CA key cannot sign: {exc}")
+        return
     except (NotReady, QkmsError) as exc:
         await _patch_request(body, {"conditions": [_condition(
             "Ready", False, "Pending", f"signing failed, will retry: {exc}")]})
@@ -467,8 +265,8 @@ async def sign_request(body: Mapping[str, Any]) -> None:
         "ISSUE_CERTIFICATE", state.key_name, actor, key_id=state.key_id, details={
             "serial": format(serial, "x"), "subject": subject, "sans": ",".join(csr.sans()),
             "requester": requester, "certificate_request": where,
-            "issuer": _issuer_ref(state.issuer), "key_algorithm": csr.key_algorithm,
-            "not_after": _stamp(min(_now() + decision.duration, state.ca.not_after)),
+            "issuer": issuer_ref(state.issuer), "key_algorithm": csr.key_algorithm,
+            "not_after": stamp(min(now() + decision.duration, state.ca.not_after)),
             "ca_fingerprint": state.ca.fingerprint})
     await _patch_request(body, {
         "certificate": base64.b64encode(leaf).decode(),
@@ -477,3 +275,89 @@ async def sign_request(body: Mapping[str, Any]) -> None:
                                   f"signed by {state.key_name} ({state.algorithm}), "
                                   f"serial {format(serial, 'x')}")]})
     log.info("issued serial %x for %s (%s) by %s", serial, where, subject, state.key_name)
+
+
+async def _refuse(body: Mapping[str, Any], where: str, message: str,
+                  issuer_body: Mapping[str, Any] | None = None) -> None:
+    """Ready=False reason Failed (final), audited as a refused ISSUE_CERTIFICATE."""
+    meta, spec = body["metadata"], body["spec"]
+    DONE.add(meta["uid"])
+    found = await key_service(issuer_body or await _issuer_body(
+        meta["namespace"], spec["issuerRef"]) or {})
+    if found is not None:
+        key_name, service = found
+        await service.audit_key_event(
+            "ISSUE_CERTIFICATE", key_name, {"type": "USER", "id": spec.get("username") or
+                                            "unknown"}, result="denied", reason=message,
+            details={"certificate_request": where, "issuer": spec["issuerRef"]["name"]})
+    await _patch_request(body, {"failureTime": stamp(now()), "conditions": [
+        _condition("Ready", False, "Failed", f"refused: {message}")]})
+
+
+# -- revocation ----------------------------------------------------------------------------
+
+REVOKED: set[str] = set()  # uids whose certificate this process recorded as revoked
+
+
+async def revoke_certificate(body: Mapping[str, Any]) -> None:
+    """Record the request's certificate as revoked by its issuer, then sign a new CRL."""
+    meta, spec = body["metadata"], body["spec"]
+    where = f"{meta['namespace']}/{meta['name']}"
+    encoded = (body.get("status") or {}).get("certificate")
+    if not encoded or meta["uid"] in REVOKED:
+        return
+    REVOKED.add(meta["uid"])
+    ref = spec["issuerRef"]
+    ident: Ident = (ref["kind"], None if ref["kind"] == "ClusterKeyIssuer"
+                    else meta["namespace"], ref["name"])
+    try:
+        leaf = ix.x509.load_pem_x509_certificates(base64.b64decode(encoded))[0]
+        why = icrl.reason(meta["annotations"][REVOKE_ANNOTATION])
+    except (ValueError, ix.Refused) as exc:
+        log.warning("%s: not revoked: %s", where, exc)
+        return
+    serial = format(leaf.serial_number, "x")
+    async with ISSUER_LOCKS.setdefault(ident, asyncio.Lock()):
+        issuer_body = await _read_issuer(ident)
+        if issuer_body is None:
+            return
+        issuer = parse_issuer(issuer_body)
+        known = [r.to_dict() for r in issuer.status.revoked_certificates]
+        cas = [issuer.status.ca_certificate or "",
+               *(p.certificate for p in issuer.status.previous_cas)]
+        if any(r["serial"] == serial for r in known) or not any(
+                _issued_by(leaf, pem) for pem in cas if pem):
+            return
+        moment = now()
+        entry = {"serial": serial, "revokedAt": stamp(moment), "reason": why,
+                 "certificateRequest": where, "notAfter": stamp(leaf.not_valid_after_utc)}
+        kept = [r for r in known if datetime.fromisoformat(
+            r.get("notAfter", "9999-12-31T00:00:00+00:00").replace("Z", "+00:00")) > moment]
+        await _patch_issuer(issuer_body, {"revokedCertificates": [*kept, entry]})
+        found = await key_service(issuer_body)
+        if found is not None:
+            key_name, service = found
+            await service.audit_key_event(
+                "REVOKE_CERTIFICATE", key_name, {"type": "USER", "id": "kubernetes"},
+                reason=why, details={"serial": serial, "certificate_request": where,
+                                     "issuer": issuer_ref(issuer),
+                                     "subject": leaf.subject.rfc4514_string()})
+    log.info("revoked serial %s (%s) of %s", serial, why, where)
+    try:
+        await refresh(ident, resume=False)  # the CRL that lists it, signed now
+    except (kopf.TemporaryError, ApiException, QkmsError) as exc:
+        log.warning("%s: CRL not re-signed yet: %s", ident[2], exc)
+        _schedule_retry(ident)
+
+
+def _issued_by(leaf: Any, ca_pem: str) -> bool:
+    try:
+        ca = ix.read_ca(ca_pem.encode())
+        aki = leaf.extensions.get_extension_for_class(ix.x509.AuthorityKeyIdentifier).value
+    except (ix.Refused, ValueError, ix.x509.ExtensionNotFound):
+        return False
+    return bool(aki.key_identifier == ca.key_identifier and
+                leaf.issuer.public_bytes() == ca.subject_der)
+
+
+ON_READY.append(lambda body: resume_requests(body))

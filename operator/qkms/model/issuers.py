@@ -149,7 +149,41 @@ class KeyIssuerSpec(_Spec):
     policy: IssuancePolicy = _section(IssuancePolicy)
     rsa_signature_scheme: RsaSignatureScheme = RsaSignatureScheme.PSS
     """How an RSA CA key signs: PSS (RSASSA-PSS, SHA-256, salt 32; the default) or
-    PKCS1v15 (sha256WithRSAEncryption)."""
+    PKCS1v15 (sha256WithRSAEncryption), for TLS software that expects it."""
+    crl_next_update: IsoDuration = "P7D"
+    """How long each CRL is valid (its nextUpdate after thisUpdate, ISO 8601); a new one is
+    signed when half of it is left, on each revocation and when the CA changes."""
+
+
+class PreviousCA(_Spec):
+    """A CA certificate the issuer signed with before, kept in the CA bundle while its
+    key version may still verify (grace) and it has not expired."""
+
+    key_id: str
+    certificate: str
+    """PEM."""
+
+
+class Bridge(_Spec):
+    """A cross-signed bridge: the new CA certificate's subject and public key, signed by the
+    version it replaced, so that clients trusting only the old root verify new certificates."""
+
+    from_key_id: str
+    key_id: str
+    certificate: str
+    """PEM."""
+
+
+class RevokedCertificate(_Spec):
+    """A certificate this issuer signed and then revoked (listed in its CRL until it expires)."""
+
+    serial: str
+    """Hex, as in the audit trail."""
+    revoked_at: AwareDatetime
+    reason: str = "unspecified"
+    certificate_request: str | None = None
+    """namespace/name of the CertificateRequest it was issued for."""
+    not_after: AwareDatetime | None = None
 
 
 class KeyIssuerStatus(_Status):
@@ -168,6 +202,19 @@ class KeyIssuerStatus(_Status):
     """The ManagedKey version (key ID) the CA certificate certifies."""
     ca_source_digest: str | None = None
     """A digest of the spec the CA certificate was made from (renewed when it changes)."""
+    previous_cas: list[PreviousCA] = Field(default_factory=list, alias="previousCAs")
+    """Earlier CA certificates still in the CA bundle (their key version is in grace)."""
+    bridges: list[Bridge] = Field(default_factory=list)
+    """Cross-signed bridges from earlier self-signed CAs to later ones."""
+    revoked_certificates: list[RevokedCertificate] = Field(default_factory=list)
+    """Certificates revoked (annotation qkms.io/revoke on their CertificateRequest)."""
+    ca_bundle_config_map: str | None = None
+    """The ConfigMap (issuer's namespace, or the key's for a ClusterKeyIssuer) holding
+    ca.crt (every CA certificate that may still verify), bridges.crt and ca.crl."""
+    crl_number: int | None = None
+    """The last CRL's cRLNumber."""
+    crl_next_update: AwareDatetime | None = None
+    """When the last CRL expires."""
 
 
 class KeyIssuer(_Resource):
