@@ -525,6 +525,14 @@ class KeyManagementService:
                 outcomes[intent.key_id] = decided.value
         return outcomes
 
+    def unresolved_intents(self) -> list[str]:
+        """Intents older than ``settings.intent_timeout`` that no sweep could resolve yet
+        (the provider down, say): for health and ``qkms validate``."""
+        now = self.clock()
+        return [f"{i.operation} {i.key_name} ({i.key_id}, since {i.at:%Y-%m-%dT%H:%M:%SZ})"
+                for i in self.intents.pending()
+                if (now - i.at).total_seconds() >= self.settings.intent_timeout]
+
     async def _remove_leftovers(self, intent: Intent, record: KeyRecord | None) -> int:
         """Destroy what the provider made for the intent and no version of the record names
         (a rotation reuses the provider key of the version it replaces)."""
@@ -1219,9 +1227,7 @@ class KeyManagementService:
 
     async def health_check(self) -> dict[str, Any]:
         components: dict[str, dict[str, Any]] = {}
-        now = self.clock()
-        intents = [i for i in await asyncio.to_thread(self.intents.pending)
-                   if (now - i.at).total_seconds() >= self.settings.intent_timeout]
+        intents = await asyncio.to_thread(self.unresolved_intents)
         components["store"] = {
             "status": "degraded" if self.catalog.corrupt or intents else "healthy",
             "backend": self.sealed.records.describe(),
@@ -1230,7 +1236,7 @@ class KeyManagementService:
             "rolled_back_keys": {name: f"generation {exc.found}, the audit chain says "
                                        f"{exc.expected}"
                                  for name, exc in sorted(self.catalog.rolled_back.items())},
-            "unresolved_intents": [f"{i.operation} {i.key_name} ({i.key_id})" for i in intents],
+            "unresolved_intents": intents,
         }
         components["kek"] = {"status": "healthy", "kek_id": self.sealed.sealer.kek_id}
         try:

@@ -95,6 +95,10 @@ async def run_checks(env: dict[str, str] | None = None, manifests: Path | None =
                         else f"{len(service.user_records())} keys readable in "
                              f"{service.sealed.records.describe()}"
                              + (f" (and {own} of qkms's own)" if own else "")))
+    stale = service.unresolved_intents()
+    checks.append(Check("intents", not stale,
+                        "unresolved (a crash or timeout mid-write; swept by `qkms serve` or "
+                        f"the operator): {'; '.join(stale)}" if stale else "none open"))
     health = await service.health_check()
     report = health["components"]["provider"]
     detail = ", ".join(f"{k}={v}" for k, v in report.items() if k != "status")

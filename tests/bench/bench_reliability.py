@@ -89,8 +89,7 @@ def _clean(figures: Any) -> bool:
     return (not figures.lost and not figures.multi_active and not figures.status_mismatch
             and figures.projections_ok == figures.keys and not figures.not_resumed
             and not figures.duplicate_keys and not figures.duplicate_created
-            and figures.audit_ok
-            and figures.orphans_audited == len(figures.orphans))
+            and figures.audit_ok and not figures.orphans and not figures.intents_left)
 
 
 # -- 2. 30 s provider outages ------------------------------------------------------------------

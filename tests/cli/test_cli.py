@@ -93,6 +93,23 @@ def test_demo_runs_the_seed_examples(qkms) -> None:
     assert "health: healthy" in out and "shared secrets match: True" in out
 
 
+def plant_intent(data_dir: Path) -> None:
+    """An intent a killed process left open an hour ago (store/intents.py)."""
+    from datetime import UTC, datetime, timedelta
+
+    from qkms.config import Settings
+    from qkms.store.intents import Intent, IntentLog
+    from qkms.store.records import FileRecordStore
+    from qkms.store.sealed import SealedStore
+    from qkms.store.sealing import Sealer, load_or_create_kek
+
+    settings = Settings(data_dir=data_dir).scoped()
+    sealed = SealedStore(FileRecordStore(settings.data_dir / "store"),
+                         Sealer(load_or_create_kek(settings.kek_path)))
+    IntentLog(sealed).open(Intent("key_dev_00000000000000aa", "team/half-made", "CREATE",
+                                  "Ed25519", datetime.now(UTC) - timedelta(hours=1), "gone"))
+
+
 def test_validate_reports_each_check_and_fails_on_any(qkms, tmp_path) -> None:
     empty = qkms("validate", check=False)  # an empty folder: what to run first
     assert empty.returncode == 1
@@ -104,7 +121,11 @@ def test_validate_reports_each_check_and_fails_on_any(qkms, tmp_path) -> None:
     lines = ok.stdout.decode().splitlines()
     assert [line.split(":")[0] for line in lines] == [
         "ok   configuration", "ok   manifests", "ok   master key", "ok   store",
-        "ok   provider", "ok   audit"]
+        "ok   intents", "ok   provider", "ok   audit"]
+    plant_intent(tmp_path / "data")
+    stale = qkms("validate", check=False)
+    assert stale.returncode == 1
+    assert b"FAIL intents: unresolved" in stale.stdout and b"CREATE team/half-made" in stale.stdout
     (tmp_path / "data" / "master.key").chmod(0o644)
     loose = qkms("validate", check=False)
     assert loose.returncode == 1 and b"readable by others" in loose.stdout
