@@ -23,6 +23,7 @@ import kopf
 
 from qkms.errors import InvalidInputError
 from qkms.model.resources import parse_key_policy
+from qkms.reconcile.retries import Fault, retry_delay
 
 from .runtime import OperatorRuntime, ProjectionTarget
 from .storage import GROUP, VERSION
@@ -40,7 +41,7 @@ WATCHED_BY_LABEL = (("v1", "secrets"), ("v1", "configmaps"))
 # Lists are paged (limit/continue): a cluster with many ManagedKeys is read in chunks.
 LIST_CHUNK = 500
 RUNTIME: dict[str, OperatorRuntime] = {}
-SWEEPER: list[asyncio.Task[None]] = []
+BACKGROUND: list[asyncio.Task[None]] = []
 KOPF_PREFIX = "kopf.qkms.io"
 
 
@@ -70,7 +71,21 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     if "runtime" not in RUNTIME:
         RUNTIME["runtime"] = await asyncio.to_thread(OperatorRuntime.from_env)
         await RUNTIME["runtime"].start_api()
-        SWEEPER.append(asyncio.create_task(sweep_intents_forever(), name="qkms-intents"))
+        BACKGROUND.append(asyncio.create_task(sweep_intents_forever(), name="qkms-intents"))
+        BACKGROUND.append(asyncio.create_task(announce_forever(), name="qkms-announcer"))
+
+
+async def announce_forever() -> None:
+    """Post the Events the audit chain has and the cluster has not (k8s/announcer.py):
+    every few seconds, so within seconds of the API coming back after an outage."""
+    interval = float(os.environ.get("QKMS_ANNOUNCE_SECONDS", "3"))
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await runtime().announcer.catch_up(runtime().registry.all(), datetime.now(UTC))
+        except Exception as exc:  # the API is away: the same entries next time
+            logging.getLogger("key-management:operator").debug(
+                "announcing from the audit chain: %s", type(exc).__name__)
 
 
 async def sweep_intents_forever() -> None:
@@ -86,7 +101,7 @@ async def sweep_intents_forever() -> None:
 @kopf.on.cleanup()
 async def shutdown(**_: Any) -> None:
     """Sign a last audit checkpoint and release the audit logs."""
-    for task in SWEEPER:
+    for task in BACKGROUND:
         task.cancel()
     if "runtime" in RUNTIME:
         for service in runtime().registry.all():
@@ -96,10 +111,15 @@ async def shutdown(**_: Any) -> None:
 @kopf.on.resume(*MANAGED_KEYS)
 @kopf.on.create(*MANAGED_KEYS)
 @kopf.on.update(*MANAGED_KEYS)
-async def reconcile_key(body: kopf.Body, **_: Any) -> None:
-    outcome = await runtime().reconcile(body)
+async def reconcile_key(body: kopf.Body, retry: int, **_: Any) -> None:
+    try:
+        outcome = await runtime().reconcile(body)
+    except Exception as exc:  # the API (or the records kept on it) went away mid-way
+        raise kopf.TemporaryError(f"{type(exc).__name__}: {str(exc)[:200]}",
+                                  delay=retry_delay(retry, Fault.API)) from exc
     if outcome.retry:
-        raise kopf.TemporaryError(outcome.status.conditions[-1].message, delay=30)
+        raise kopf.TemporaryError(outcome.status.conditions[-1].message,
+                                  delay=retry_delay(retry, Fault.PROVIDER))
     if outcome.status.phase == "Failed":
         raise kopf.PermanentError(next(c.message for c in outcome.status.conditions
                                        if c.type == "Ready"))
@@ -111,6 +131,7 @@ async def key_clock(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> N
     waker = runtime().wakers.setdefault(ident, asyncio.Event())
     # The create/resume handler reconciles first and then wakes us: start by planning.
     delay = runtime().next_delay(ident)
+    failures = 0
     while not stopped:
         waker.clear()
         stop_wait = asyncio.ensure_future(stopped.wait())
@@ -126,10 +147,13 @@ async def key_clock(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> N
             continue
         try:
             outcome = await runtime().reconcile(body)
-            delay = 30.0 if outcome.retry else (outcome.requeue_after or 3600.0)
+            delay = (retry_delay(failures, Fault.PROVIDER) if outcome.retry
+                     else outcome.requeue_after or 3600.0)
+            failures = failures + 1 if outcome.retry else 0
         except Exception:  # the daemon must survive a transient API error
             logging.getLogger("key-management:operator").exception("timer for %s failed", ident)
-            delay = 30.0
+            delay = retry_delay(failures, Fault.API)
+            failures += 1
     runtime().wakers.pop(ident, None)
 
 

@@ -15,6 +15,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from qkms.reconcile.reconciler import KeyReconciler, KubeEvent, Outcome
 from qkms.reconcile.registry import ServiceRegistry
 from qkms.service import KeyManagementService
 
+from .announcer import Announcer, event_name
 from .secret_store import SecretRecordStore, load_or_create_kek_secret
 from .storage import Kube
 
@@ -68,6 +70,8 @@ class OperatorRuntime:
         self.ca_pem: bytes | None = None  # the data plane's own CA (QKMS_TLS=auto)
         self.ca_published: set[str] = set()
         self.pinned: dict[str, bytes] = {}  # environment -> checkpoint key pinned
+        replay = float(os.environ.get("QKMS_EVENT_REPLAY_SECONDS", "600"))
+        self.announcer = Announcer(kube, timedelta(seconds=replay), datetime.now(UTC))
 
     @classmethod
     def from_env(cls, kube: Kube | None = None) -> OperatorRuntime:
@@ -256,9 +260,13 @@ class OperatorRuntime:
 
     async def post(self, body: Mapping[str, Any], event: KubeEvent,
                    outcome: Outcome | None = None) -> None:
-        cid = outcome.status.last_audit_cid if outcome else None
+        cid = event.audit_cid or (outcome.status.last_audit_cid if outcome else None)
         annotations = {AUDIT_ANNOTATION: cid} if cid else {}
-        await self.kube.post_event(body, event.type, event.reason, event.message, annotations)
+        name = (event_name(body["metadata"]["name"], event.reason, event.audit_cid)
+                if event.audit_cid else None)
+        if await self.kube.post_event(body, event.type, event.reason, event.message,
+                                      annotations, name=name):
+            self.announcer.announced(event.audit_cid)
 
     async def repair(self, target: ProjectionTarget) -> bool:
         """Restore a projected object someone edited or deleted; returns whether it wrote."""

@@ -271,13 +271,17 @@ class Kube:
         raise OSError(f"ConfigMap {namespace}/{AUDIT_PINS} kept changing under the pin")
 
     async def post_event(self, owner: Mapping[str, Any], type_: str, reason: str,
-                         message: str, annotations: Mapping[str, str] | None = None) -> None:
-        """An Event on the ManagedKey; ``annotations`` carry the audit reference."""
+                         message: str, annotations: Mapping[str, str] | None = None, *,
+                         name: str | None = None, strict: bool = False) -> bool:
+        """An Event on the ManagedKey; ``annotations`` carry the audit reference. With a
+        ``name`` (one announced audit entry: k8s/announcer.py) an Event already posted is
+        left as it is. Best effort (False when it could not be posted), unless ``strict``."""
         meta = owner["metadata"]
         now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        naming = {"name": name} if name else {"generateName": f"{meta['name']}."}
         body = {
             "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"],
+            "metadata": {**naming, "namespace": meta["namespace"],
                          "annotations": dict(annotations or {})},
             "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ManagedKey",
                                "name": meta["name"], "namespace": meta["namespace"],
@@ -289,4 +293,15 @@ class Kube:
         try:
             await self._call(self.core.create_namespaced_event, meta["namespace"], body)
         except ApiException as exc:  # an Event is best effort, never a reason to fail
+            if exc.status == 409 and name:
+                return True  # announced already
+            if strict:
+                raise
             log.warning("could not post Event %s: %s", reason, exc.reason)
+            return False
+        except Exception:
+            if strict:
+                raise
+            log.warning("could not post Event %s: the Kubernetes API is unreachable", reason)
+            return False
+        return True

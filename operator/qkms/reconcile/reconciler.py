@@ -41,6 +41,7 @@ class KubeEvent:
     type: str  # Normal | Warning
     reason: str
     message: str
+    audit_cid: str | None = None  # the entry it announces (k8s/announcer.py names it so)
 
 
 @dataclass
@@ -207,9 +208,11 @@ class KeyReconciler:
                     raise
                 raise InvalidInputError("spec.importFrom", IMPORT_REFUSED) from None
         verb = "created" if source is None else f"imported from Secret {source.secret_name} as"
+        entry = service.last_audit.get(desired.name)
         events.append(KubeEvent("Normal", "KeyCreated",
                                 f"{verb} {meta.key_id} ({meta.algorithm}) in "
-                                f"{meta.provider.value}{_audit_ref(service, desired.name)}"))
+                                f"{meta.provider.value}{_audit_ref(service, desired.name)}",
+                                audit_cid=entry.cid if entry else None))
         return service.get_record(desired.name)
 
     async def _secret(self, namespace: str, name: str, importer: str) -> dict[str, bytes]:
