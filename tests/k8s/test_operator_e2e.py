@@ -11,6 +11,7 @@ through the API, as a user with kubectl would see them.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from pathlib import Path
 
@@ -352,3 +353,44 @@ async def test_gitops_rotation_request_migration_policy_replan_and_delete(
     assert {v.state.value for v in record.versions} <= {"PENDING_DELETION", "DESTROYED",
                                                         "RETIRED", "REVOKED"}, record.versions
     assert any(v.state.value == "PENDING_DELETION" for v in record.versions)
+
+
+async def test_a_rotation_asked_for_during_creation_runs_once_and_promptly(kube, qkms_operator):
+    """A rotation annotation that lands while the operator is still creating the key (a
+    failpoint makes each creation take 4 s: tests/support/failpoints.py) is honoured right
+    after the creation, not at the key's next timer a day away, and exactly once: placed
+    at eight moments across the creation, with and without a request ID."""
+    qkms_operator.extra_args = ["-m", "tests.support.failpoints"]
+    qkms_operator.extra_env["QKMS_TEST_SLOW_CREATE_SECONDS"] = "4"
+    await qkms_operator.start()
+    await kube.create("namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                     "metadata": {"name": NS,
+                                                  "labels": {"qkms.io/environment": "dev"}}})
+    spec = {"usage": "SIGNING", "algorithm": "Ed25519", "owner": "team",
+            "rotationSchedule": "P1D"}
+    names = [f"asked-{i}" for i in range(8)]
+    for name in names:
+        await kube.create(MK, {"apiVersion": "qkms.io/v1alpha1", "kind": "ManagedKey",
+                               "metadata": {"name": name, "namespace": NS}, "spec": spec}, NS)
+
+    async def annotate(i: int, name: str) -> None:
+        await asyncio.sleep(0.6 * i)
+        asked = {"qkms.io/rotate": "MANUAL"}
+        if i % 2:
+            asked["qkms.io/rotate-id"] = f"request-{i}"
+        await kube.patch(MK, name, {"metadata": {"annotations": asked}}, NS)
+    await asyncio.gather(*(annotate(i, name) for i, name in enumerate(names)))
+
+    async def rotated() -> bool:
+        for name in names:
+            body = await kube.get(MK, name, NS)
+            versions = (body.get("status") or {}).get("versions") or []
+            if len(versions) < 2 or "qkms.io/rotate" in body["metadata"].get("annotations", {}):
+                return False
+        return True
+    await eventually(rotated, timeout=30, what="each rotation asked for during creation")
+    await asyncio.sleep(5)  # and never a second time
+    for name in names:
+        body = await kube.get(MK, name, NS)
+        assert [v["version"] for v in body["status"]["versions"]] == [1, 2], name
+        assert (await events(kube, name)).count("KeyRotated") == 1, name

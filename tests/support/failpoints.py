@@ -4,10 +4,14 @@
 new key version is made in the provider and before the catalog names it, the one window
 where a kill leaves something half-made. A kill timed from outside lands there by chance
 only (rarely, at a few ms per rotation), so the crash test places one there for certain.
+
+``QKMS_TEST_SLOW_CREATE_SECONDS=S``: every new key takes S seconds longer to make, so that
+a test can change the ManagedKey while the operator is still creating it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -18,6 +22,7 @@ from qkms.providers.local import LocalDevProvider
 from qkms.providers.vault import VaultProvider
 
 LIMIT = int(os.environ.get("QKMS_TEST_KILL_AFTER_NEW_VERSIONS", "0"))
+SLOW_CREATE = float(os.environ.get("QKMS_TEST_SLOW_CREATE_SECONDS", "0"))
 made = 0
 
 NewVersion = Callable[..., Awaitable[CreatedKey]]
@@ -37,3 +42,14 @@ def killing_after(original: NewVersion) -> NewVersion:
 if LIMIT:
     for provider in (LocalDevProvider, VaultProvider):
         provider.new_version = killing_after(provider.new_version)  # type: ignore[method-assign]
+
+
+def slowed(original: NewVersion) -> NewVersion:
+    async def create(self: Any, *args: Any, **kwargs: Any) -> CreatedKey:
+        await asyncio.sleep(SLOW_CREATE)
+        return await original(self, *args, **kwargs)
+    return create
+
+
+if SLOW_CREATE:
+    LocalDevProvider.create = slowed(LocalDevProvider.create)  # type: ignore[method-assign]
