@@ -68,6 +68,7 @@ from qkms.signing import NO_OPTIONS, SignOptions
 from qkms.signing import sign as sign_with_options
 from qkms.signing import verify as verify_with_options
 from qkms.store.catalog import Catalog
+from qkms.store.changes import ChangeFeed
 from qkms.store.intents import Intent, IntentLog, Resolution, resolution
 from qkms.store.layout import check_kek
 from qkms.store.records import FileRecordStore, RecordStore
@@ -197,7 +198,9 @@ class KeyManagementService:
         chain_root = (audit.root if isinstance(audit, AuditChain)
                       else audit_folder(self.settings.data_dir)
                       if audit is None and self.settings.audit_enabled else None)
-        self.catalog = Catalog(self.sealed, generation_floors(chain_root) if chain_root else {})
+        feed = ChangeFeed(self.settings.data_dir / "store") if records is None else None
+        self.catalog = Catalog(self.sealed, generation_floors(chain_root) if chain_root else {},
+                               feed)
         self.catalog.load()
         self.intents = IntentLog(self.sealed)
         self.writer = secrets.token_hex(8)  # names this instance's intents
@@ -275,6 +278,7 @@ class KeyManagementService:
         return known if known is not None and known.revision >= record.revision else record
 
     def _lookup(self, text: str, *, by_key_id: bool) -> KeyRecord | None:
+        self.catalog.follow()  # what another process (a worker, the CLI) wrote: at once
         name = self.catalog.name_for_key_id(text) if by_key_id else text
         record = self.catalog.get_fresh(name, self.settings.catalog_ttl) if name else None
         if record is None and time.monotonic() - self._last_reload > 1.0:

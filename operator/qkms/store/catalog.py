@@ -13,6 +13,9 @@ and is refused as rolled back: the key is listed in ``rolled_back`` and ``corrup
 its uses answer 503 ``record_rollback``, and the newer state this process knew (a
 revocation, say) stays in memory.  Revoking the key writes a newer generation and
 ends the refusal; so does putting the newest record back.
+
+With a ``feed`` (``store.changes``), every write is announced to the other processes over
+the same store, and ``follow`` re-reads what they wrote before a key is used.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pydantic import ValidationError
 from qkms.errors import RecordCorruptError, RecordRollbackError
 from qkms.model.keys import KeyRecord
 
+from .changes import ChangeFeed
 from .sealed import SealedStore
 
 log = logging.getLogger("key-management:store")
@@ -38,8 +42,10 @@ def record_name(name: str) -> str:
 
 
 class Catalog:
-    def __init__(self, store: SealedStore, floors: dict[str, int] | None = None) -> None:
+    def __init__(self, store: SealedStore, floors: dict[str, int] | None = None,
+                 feed: ChangeFeed | None = None) -> None:
         self.store = store
+        self.feed = feed
         self.floors: dict[str, int] = dict(floors or {})
         self._by_name: dict[str, KeyRecord] = {}
         self._by_key_id: dict[str, str] = {}
@@ -122,6 +128,23 @@ class Catalog:
         for key_id in exc.key_ids:
             self._by_key_id.setdefault(key_id, exc.key)
 
+    def follow(self) -> None:
+        """Re-read the records other processes wrote since the last call (one ``stat``
+        when none did)."""
+        if self.feed is None:
+            return
+        names = self.feed.poll()
+        if names is None:
+            self.load()
+            return
+        for name in dict.fromkeys(names):
+            try:
+                self.reload_one(name)
+            except RecordRollbackError:
+                pass  # refused (``rolled_back``); the newer copy stays in memory
+            except RecordCorruptError as exc:
+                log.error("%s", exc)
+
     def get(self, name: str) -> KeyRecord | None:
         return self._by_name.get(name)
 
@@ -153,6 +176,8 @@ class Catalog:
         record = record.model_copy(update={"revision": self.next_generation(record)})
         self.store.put(KEYS, record_name(record.name), record.model_dump_json().encode(),
                        generation=record.revision, new=new)
+        if self.feed is not None:
+            self.feed.note(record.name)
         self.floors[record.name] = record.revision
         if self.rolled_back.pop(record.name, None) is not None:
             self.corrupt.pop(f"{KEYS}/{record_name(record.name)}", None)
