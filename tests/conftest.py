@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,6 +12,10 @@ from qkms.model.enums import Environment
 from qkms.service import KeyManagementService
 
 pytest_plugins = ["tests.support.fixtures"]  # the real control plane, shared by every folder
+
+# `qkms serve` processes the tests start serve from one process (their metrics and audit
+# totals are one process's) unless a test asks for data-plane workers (tests/server/workers).
+os.environ.setdefault("QKMS_DATA_PLANE_WORKERS", "1")
 
 
 class Clock:

@@ -368,7 +368,10 @@ async def serve(args: argparse.Namespace) -> None:
     folder = args.manifests or BUNDLED_EXAMPLES
     if not folder.is_dir():
         raise InvalidInputError("--manifests", f"{folder} is not a folder")
+    if args.worker_fd is not None:
+        return await _serve_worker(args, settings, folder)
     serving = bool(args.listen) and not args.once
+    workers = _worker_count() if serving else 1
     for flag, path in (("--tokens", args.tokens), ("--tls-cert", args.tls_cert),
                        ("--tls-key", args.tls_key), ("--tls-client-ca", args.tls_client_ca)):
         if path is not None and not path.is_file():
@@ -379,7 +382,8 @@ async def serve(args: argparse.Namespace) -> None:
         raise InvalidInputError("--listen", f"plain HTTP only on loopback, not {args.listen}: "
                                             "give --tls-cert and --tls-key to listen there")
     auth = _standalone_auth(args) if serving else None
-    sock = _listen_socket(args.listen) if serving else None  # a busy port fails before keys
+    # a busy port fails before any key is made
+    sock = _listen_socket(args.listen, reuseport=workers > 1) if serving else None
     if args.manifests is None:
         print(f"qkms serve: no --manifests given; serving the bundled examples in {folder}")
     out = args.out or settings.data_dir / "projections"
@@ -394,16 +398,24 @@ async def serve(args: argparse.Namespace) -> None:
 
         metrics = Metrics()
         runner.registry.on_new.append(metrics.attach)
-    api = None
+    api = pool = None
     task = asyncio.create_task(runner.run(stop, poll=args.poll, once=args.once))
     try:
         if sock is not None:
             ready = asyncio.create_task(runner.ready.wait())
             await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-            if runner.ready.is_set():  # keys exist before the first request can arrive
+            if runner.ready.is_set() and workers > 1:  # keys exist: the workers may start
+                pool = _start_workers(args, sock, workers)
+                sock = None  # the first worker has it
+                watcher = asyncio.create_task(pool.watch(stop))
+            elif runner.ready.is_set():  # keys exist before the first request can arrive
                 api = await _standalone_api(args, runner, auth, sock, metrics)
         await task
     finally:
+        if pool is not None:
+            stop.set()
+            await watcher
+            await pool.stop()
         if api is not None:
             await api.cleanup()
         elif sock is not None:
@@ -412,8 +424,56 @@ async def serve(args: argparse.Namespace) -> None:
     print("qkms serve: stopped", flush=True)
 
 
-def _listen_socket(listen: str) -> Any:
-    """Bind ``HOST:PORT`` now, so a busy port is reported before any key is made."""
+def _worker_count() -> int:
+    from qkms.server.workers import worker_count
+
+    try:
+        return worker_count(os.environ, os.cpu_count())
+    except ValueError as exc:
+        raise InvalidInputError("QKMS_DATA_PLANE_WORKERS", str(exc)) from None
+
+
+def _start_workers(args: argparse.Namespace, sock: Any, count: int) -> Any:
+    """``count`` data-plane worker processes on ``sock``'s port (SO_REUSEPORT)."""
+    from qkms.server.workers import WorkerPool, worker_command
+
+    host, port = sock.getsockname()[:2]
+    pool = WorkerPool(worker_command(args.argv), host, port, count)
+    pool.start(sock)
+    print(f"qkms serve: data plane on {'https' if args.tls_cert else 'http'}://{args.listen} "
+          f"({count} worker processes)", flush=True)
+    return pool
+
+
+async def _serve_worker(args: argparse.Namespace, settings: Settings, folder: Path) -> None:
+    """One data-plane worker of ``qkms serve`` (started by it with ``--worker-fd``)."""
+    import signal
+    import socket
+
+    from qkms.server.metrics import Metrics
+    from qkms.standalone import ManifestDirectory, serve_worker
+
+    sock = socket.socket(fileno=args.worker_fd)
+    sock.setblocking(False)
+    auth = _standalone_auth(args)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    directory = ManifestDirectory(settings, folder, say=lambda line: None)
+    metrics = Metrics()
+    directory.registry.on_new.append(metrics.attach)
+    try:
+        await serve_worker(directory, lambda: _standalone_api(args, directory, auth, sock,
+                                                               metrics, quiet=True),
+                           stop, poll=args.poll)
+    finally:
+        OPENED.extend(directory.registry.all())  # closed by run_command: final checkpoints
+
+
+def _listen_socket(listen: str, *, reuseport: bool = False) -> Any:
+    """Bind ``HOST:PORT`` now, so a busy port is reported before any key is made;
+    ``reuseport``: with SO_REUSEPORT, for the data-plane workers to share the port."""
     import socket
 
     host, sep, port_text = listen.rpartition(":")
@@ -429,6 +489,8 @@ def _listen_socket(listen: str) -> Any:
                                 ) from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         sock.listen(1024)
     except OSError as exc:
@@ -469,17 +531,20 @@ def _standalone_auth(args: argparse.Namespace) -> Any:
 
 
 async def _standalone_api(args: argparse.Namespace, runner: Any, auth: Any, sock: Any,
-                          metrics: Any) -> Any:
+                          metrics: Any, *, quiet: bool = False) -> Any:
     from qkms.server.app import start_data_plane
     from qkms.server.auth import TokensFile
 
     if auth is None:
         auth = TokensFile.empty()
-        print("qkms serve: no --tokens file: key operations will answer 401", flush=True)
+        if not quiet:
+            print("qkms serve: no --tokens file: key operations will answer 401", flush=True)
     tls = (args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     api = await start_data_plane(runner, runner.registry, auth, auth, args.listen, tls,
                                  sock=sock, metrics=metrics, quiet=True)
-    print(f"qkms serve: data plane on {'https' if tls else 'http'}://{args.listen}", flush=True)
+    if not quiet:
+        print(f"qkms serve: data plane on {'https' if tls else 'http'}://{args.listen}",
+              flush=True)
     return api
 
 
@@ -700,6 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--tls-cert", type=Path, help="TLS certificate (PEM)")
     serve_cmd.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
     serve_cmd.add_argument("--tls-client-ca", type=Path, help="CA for mutual TLS")
+    serve_cmd.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)  # qkms serve's own
     from qkms.audit import cli as audit_cli
 
     audit_cli.add_parser(top)
@@ -793,6 +859,7 @@ def _loop_factory() -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # data-plane workers run it again
     logs.configure()
     name = " ".join(p for p in (args.group, getattr(args, "action", None),
                                 getattr(args, "audit_action", None)) if p)

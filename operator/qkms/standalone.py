@@ -168,19 +168,22 @@ def _write_atomic(path: Path, content: str) -> None:
         raise
 
 
-class Standalone:
-    def __init__(self, settings: Settings, folder: Path, out: Path,
-                 say: Callable[[str], None] = print, clock: Any = None) -> None:
-        self.folder, self.out, self.say = folder, out, say
+class ManifestDirectory:
+    """The data plane's ``KeyDirectory`` over a folder of manifests: a namespace's
+    environment from its Namespace manifest, an environment's service from its KeyPolicy.
+    A data-plane worker process uses it alone (it never reconciles); ``Standalone`` adds
+    the one reconciler."""
+
+    def __init__(self, settings: Settings, folder: Path, say: Callable[[str], None] = print,
+                 clock: Any = None) -> None:
+        self.folder, self.say = folder, say
         self.registry = ServiceRegistry(settings, clock=clock)
-        self.reconciler = KeyReconciler(self.registry, clock=clock)
         self.manifests = Manifests()
-        self.statuses: dict[tuple[str, str], ManagedKeyStatus] = {}
-        self.known: dict[tuple[str, str], tuple[ManagedKey, dict[str, str] | None]] = {}
         self._fingerprint: tuple | None = None
         self._reported: set[str] = set()
-        self.ready = asyncio.Event()  # set after the first full pass: the API may open
-        self._next_prune = 0.0
+        # environment -> (the policy it was asked with, the service): the hot path skips
+        # rebuilding the environment's settings while the manifests stay the same
+        self._services: dict[Environment, tuple[KeyPolicy | None, KeyManagementService]] = {}
 
     def refresh(self) -> bool:
         """Re-read the folder if anything changed; returns whether it did."""
@@ -189,11 +192,59 @@ class Standalone:
             return False
         self._fingerprint = mark
         self.manifests = load_manifests(self.folder)
+        self._services.clear()
         for error in self.manifests.errors:
             if error not in self._reported:
                 self.say(f"error: {error}")
         self._reported = set(self.manifests.errors)
         return True
+
+    # -- KeyDirectory, for the data plane ---------------------------------------
+    async def environment(self, namespace: str) -> Environment | None:
+        """A namespace's environment is its Namespace manifest's label, as in a cluster: a
+        namespace with no manifest (or no label) has none, so neither a caller from it nor
+        a key in it passes the data plane's environment check."""
+        labels = self.manifests.namespaces.get(namespace)
+        if labels is None:
+            return None
+        value = labels.get(ENVIRONMENT_LABEL)
+        if value is None or value not in Environment._value2member_map_:
+            return None
+        return Environment(value)
+
+    async def service(self, environment: Environment) -> KeyManagementService:
+        policy = next((p for p in self.manifests.policies
+                       if p.spec.environment is environment), None)
+        cached = self._services.get(environment)
+        if (cached is not None and cached[0] is policy
+                and self.registry.existing(environment) is cached[1]):
+            return cached[1]
+        service = self.registry.get(environment, policy)
+        self._services[environment] = (policy, service)
+        return service
+
+    async def open_all(self) -> None:
+        """Open the service of every environment holding a ManagedKey, as the reconciler
+        does (health reports them); one that cannot open is said and skipped."""
+        namespaces = {mk.namespace or "default" for mk in self.manifests.keys}
+        environments = {await self.environment(ns) for ns in sorted(namespaces)}
+        for environment in sorted(filter(None, environments), key=lambda e: e.value):
+            try:
+                await self.service(environment)
+            except (QkmsError, OSError) as exc:
+                self.say(f"error: environment {environment.value}: {exc}")
+
+
+class Standalone(ManifestDirectory):
+    def __init__(self, settings: Settings, folder: Path, out: Path,
+                 say: Callable[[str], None] = print, clock: Any = None) -> None:
+        super().__init__(settings, folder, say, clock)
+        self.out = out
+        self.reconciler = KeyReconciler(self.registry, clock=clock)
+        self.statuses: dict[tuple[str, str], ManagedKeyStatus] = {}
+        self.known: dict[tuple[str, str], tuple[ManagedKey, dict[str, str] | None]] = {}
+        self.ready = asyncio.Event()  # set after the first full pass: the API may open
+        self._next_prune = 0.0
 
     async def reconcile_all(self) -> float:
         """Reconcile every key once; returns seconds until one needs attention again."""
@@ -252,24 +303,6 @@ class Standalone:
         self.known.pop(ident)
         self.say(f"Normal KeyReleased {ident[0]}/{ident[1]}: manifest removed; {message}")
 
-    # -- KeyDirectory, for the data plane ---------------------------------------
-    async def environment(self, namespace: str) -> Environment | None:
-        """A namespace's environment is its Namespace manifest's label, as in a cluster: a
-        namespace with no manifest (or no label) has none, so neither a caller from it nor
-        a key in it passes the data plane's environment check."""
-        labels = self.manifests.namespaces.get(namespace)
-        if labels is None:
-            return None
-        value = labels.get(ENVIRONMENT_LABEL)
-        if value is None or value not in Environment._value2member_map_:
-            return None
-        return Environment(value)
-
-    async def service(self, environment: Environment) -> KeyManagementService:
-        policy = next((p for p in self.manifests.policies
-                       if p.spec.environment is environment), None)
-        return self.registry.get(environment, policy)
-
     async def run(self, stop: asyncio.Event, poll: float = 1.0, once: bool = False) -> None:
         self.refresh()
         self.say(f"qkms serve: {len(self.manifests.keys)} ManagedKey(s), "
@@ -290,3 +323,26 @@ class Standalone:
                     break
             if stop.is_set():
                 return
+
+
+async def serve_worker(directory: ManifestDirectory, start_api: Callable[[], Any],
+                       stop: asyncio.Event, poll: float = 1.0) -> None:
+    """A data-plane worker of ``qkms serve``: serve the keys the parent's reconciler made,
+    re-reading the manifests as they change; never reconcile.  Stops with ``stop`` or when
+    the parent process is gone."""
+    from qkms.server.workers import parent_gone
+
+    parent = int(os.environ.get("QKMS_WORKER_PARENT") or os.getppid())
+    directory.refresh()
+    await directory.open_all()
+    api = await start_api()
+    try:
+        while not stop.is_set() and not parent_gone(parent):
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=poll)
+            except TimeoutError:
+                pass
+            if directory.refresh():
+                await directory.open_all()
+    finally:
+        await api.cleanup()

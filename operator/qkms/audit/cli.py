@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
 import os
@@ -188,7 +189,16 @@ def _verify(args: argparse.Namespace) -> int:
                                                  deep=args.deep)
     else:
         result = verify_folder(_folder(args), public_key=key, deep=args.deep)
+    # Every writer's chain of the environment (one per data-plane worker or replica):
+    # each verified on its own, all under the same checkpoint key.
+    others = ([] if args.car is not None or folder is None else
+              [(f, verify_folder(f, public_key=key or result.public_key, deep=args.deep))
+               for f in _chains(_folder(args))[1:]])
     finding = result.finding or (car_result.finding if car_result else None) or difference
+    for other, verified in others:
+        if finding is None and verified.finding is not None:
+            finding = dataclasses.replace(verified.finding,
+                                          detail=f"chain {other.name}: {verified.finding.detail}")
     if finding is None and args.anchor:
         finding = _anchored(args.anchor, _folder(args), result)
     if args.save_key and result.public_key:
@@ -202,7 +212,10 @@ def _verify(args: argparse.Namespace) -> int:
             "pinned": key is not None,
             "finding": finding.__dict__ if finding else None, "warnings": result.warnings,
             "car": {"entries": car_result.entries, "head": car_result.head}
-            if car_result else None}, indent=2))
+            if car_result else None,
+            "chains": [{"folder": str(f), "ok": v.finding is None, "entries": v.entries,
+                        "head": v.head, "unsigned": v.unsigned} for f, v in others]},
+            indent=2))
     else:
         for warning in result.warnings:
             print(f"{PROG}: warning: {warning}", file=sys.stderr)
@@ -214,6 +227,8 @@ def _verify(args: argparse.Namespace) -> int:
         if finding is None:
             print(result.summary() + (f"; key {_fingerprint(result.public_key)}"
                                       if result.public_key else ""))
+            for other, verified in others:
+                print(f"{other.name}: {verified.summary()}")
             if car_result is not None:
                 print(f"CAR matches: {car_result.entries} entries, head {car_result.head}")
         else:
@@ -255,18 +270,40 @@ def _anchored(sources: list[str], folder: Path, result: Any) -> Any:
     return anchors.check(found, anchors.log_checkpoints(folder), result.last_seq)
 
 
+def _chains(folder: Path) -> list[Path]:
+    """``folder``'s chain first, then the environment's other writers' chains (one per
+    data-plane worker or replica, ``QKMS_AUDIT_WRITER``)."""
+    from .generations import chain_folders
+
+    return [folder, *(f for f in chain_folders(folder) if f.resolve() != folder.resolve())]
+
+
+def car_paths(car: str, folders: list[Path]) -> list[str]:
+    """One CAR per chain: ``car`` for the first, ``<stem>.<writer><suffix>`` for the others
+    (a CAR holds one chain; its verifier orders blocks by sequence number)."""
+    path = Path(car)
+    return [car, *(str(path.with_name(f"{path.stem}.{f.name}{path.suffix or '.car'}"))
+                   for f in folders[1:])]
+
+
 def _export(args: argparse.Namespace) -> int:
     from .car import export_car
 
-    folder = _folder(args)
-    if args.car == "-":
-        result = export_car(folder, sys.stdout.buffer, first=args.first, last=args.last)
-        sys.stdout.buffer.flush()
-    else:
-        with open(args.car, "wb") as out:
-            result = export_car(folder, out, first=args.first, last=args.last)
-    print(f"exported {result.entries} entries (seq {result.first_seq}..{result.last_seq}) and "
-          f"{result.checkpoints} checkpoints; roots {' '.join(result.roots)}", file=sys.stderr)
+    folders = _chains(_folder(args))
+    if args.car == "-" and len(folders) > 1:
+        raise InvalidInputError("--car", f"{len(folders)} chains (one per writer): give a file "
+                                         "name, each chain gets its own CAR beside it")
+    for folder, car in zip(folders, car_paths(args.car, folders), strict=True):
+        if car == "-":
+            result = export_car(folder, sys.stdout.buffer, first=args.first, last=args.last)
+            sys.stdout.buffer.flush()
+        else:
+            with open(car, "wb") as out:
+                result = export_car(folder, out, first=args.first, last=args.last)
+        where = "" if len(folders) == 1 else f"{car}: "
+        print(f"{where}exported {result.entries} entries (seq {result.first_seq}.."
+              f"{result.last_seq}) and {result.checkpoints} checkpoints; roots "
+              f"{' '.join(result.roots)}", file=sys.stderr)
     return 0
 
 
@@ -284,14 +321,17 @@ def _search(args: argparse.Namespace) -> int:
     query = Query(key=args.key, actor=args.actor, operation=args.operation, result=args.result,
                   since=parse_moment(args.since, "--since"),
                   until=parse_moment(args.until, "--until"), digests=digests)
-    stats = SearchStats()
     out = sys.stdout
-    for entry in search(_folder(args), query, stats):
-        out.write(json.dumps(entry, separators=(",", ":")) + "\n")
+    bad: list[str] = []
+    for folder in _chains(_folder(args)):  # every writer's chain, one after the other
+        stats = SearchStats()
+        for entry in search(folder, query, stats):
+            out.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        bad += stats.bad or []
     out.flush()
-    for problem in stats.bad or []:
+    for problem in bad:
         print(f"{PROG}: integrity: {problem} (run qkms audit verify)", file=sys.stderr)
-    return 1 if stats.bad else 0
+    return 1 if bad else 0
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -1,0 +1,133 @@
+"""Data-plane worker processes: N processes serve one port, side by side.
+
+Python runs one thread of bytecode at a time, so one process uses one core.  ``qkms serve``
+starts ``QKMS_DATA_PLANE_WORKERS`` worker processes (default: one per core) that each
+listen on the same port with ``SO_REUSEPORT``: the kernel spreads connections among them.
+Each worker writes its own audit chain (``QKMS_AUDIT_WRITER`` plus ``-w<n>``: its own
+folder under the environment's audit folder, read by ``qkms audit verify``), so workers
+never contend for a log, and each chain keeps its own order.  The parent process keeps
+the one reconciler and starts, watches and stops the workers; a worker that dies is
+started again.  Changes to a key (a rotation, a revocation) reach every worker through
+the store's change feed (``store.changes``), checked on every use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+log = logging.getLogger("key-management:server")
+
+WORKERS_ENV = "QKMS_DATA_PLANE_WORKERS"
+RESTART_DELAY = 1.0  # seconds before a dead worker is started again
+
+
+def worker_count(env: Mapping[str, str], cpus: int | None) -> int:
+    """How many data-plane workers: ``QKMS_DATA_PLANE_WORKERS`` (1 to 64; ``auto`` or
+    unset: one per core).  Raises ValueError naming the variable for anything else."""
+    text = env.get(WORKERS_ENV, "").strip().lower()
+    if text in ("", "auto"):
+        return max(1, min(64, cpus or 1))
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise ValueError(f"{WORKERS_ENV} must be auto or an integer from 1 to 64, not {text!r}")
+    return int(text)
+
+
+def writer_name(base: str, index: int) -> str:
+    """The audit writer of worker ``index``: the process's own writer name plus ``-w<n>``."""
+    return f"{base}-w{index}" if base else f"w{index}"
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` that other processes of this user may share."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+@dataclass
+class WorkerPool:
+    """Start ``count`` workers, each ``command + ["--worker-fd", fd]`` with its own socket
+    bound to ``host:port`` (SO_REUSEPORT) and its own audit writer; restart one that dies;
+    stop them all.  The parent closes its copy of each socket once the worker has it, so
+    no connection waits on a socket nobody accepts from."""
+
+    command: Sequence[str]
+    host: str
+    port: int
+    count: int
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    restarts: int = 0
+    _stopping: bool = False
+
+    def _spawn(self, index: int, sock: socket.socket | None = None) -> None:
+        sock = sock or reuseport_socket(self.host, self.port)
+        try:
+            env = {**self.env, "QKMS_AUDIT_WRITER": writer_name(
+                self.env.get("QKMS_AUDIT_WRITER", "").strip(), index),
+                "QKMS_WORKER_PARENT": str(os.getpid())}
+            self.procs[index] = subprocess.Popen(
+                [*self.command, "--worker-fd", str(sock.fileno())], env=env,
+                pass_fds=(sock.fileno(),))
+        finally:
+            sock.close()
+
+    def start(self, first: socket.socket | None = None) -> None:
+        """``first``: a socket bound already (reported a busy port before any key was made);
+        it must have SO_REUSEPORT set."""
+        for index in range(1, self.count + 1):
+            self._spawn(index, first if index == 1 else None)
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Restart workers that exit until ``stop`` is set."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=RESTART_DELAY)
+            for index, proc in list(self.procs.items()):
+                if proc.poll() is not None and not stop.is_set():
+                    log.error("data-plane worker %d exited (%s); starting it again", index,
+                              proc.returncode)
+                    self.restarts += 1
+                    self._spawn(index)
+
+    async def stop(self, timeout: float = 20.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def parent_gone(parent: int) -> bool:
+    """Whether the process that started this worker is gone (it was re-parented)."""
+    return os.getppid() != parent
+
+
+def worker_command(argv: Sequence[str]) -> list[str]:
+    """The command that runs this ``qkms serve`` again, as a worker."""
+    return [sys.executable, "-m", "qkms", *argv]
