@@ -168,7 +168,8 @@ async def kube_outage(workdir: Path, fault: str, outage: float = OUTAGE) -> Outa
             async def all_ready() -> bool:
                 found = {b["metadata"]["name"]: b for b in await kube.list(MK, NS)}
                 return len(found) == STEADY + 1 and all(map(is_ready, found.values()))
-            await eventually(all_ready, timeout=40 + STEADY, what="keys Ready", context=operator.log_tail)
+            await eventually(all_ready, timeout=40 + STEADY, what="keys Ready",
+                             context=operator.log_tail)
 
             # A burst of creations, then the API goes away mid-way through them.
             await create_all(kube, [managed_key(f"burst-{i}") for i in range(BURST)])
