@@ -46,11 +46,12 @@ from tests.reliability import report
 from tests.reliability.test_faults_crash import crash_mid_rotation
 from tests.reliability.test_faults_kube_outage import kube_outage
 from tests.reliability.test_faults_provider_outage import moto, openbao, provider_outage
-from tests.server.conftest import free_port, tokens_file
+from tests.server.conftest import tokens_file
 from tests.server.test_load import hammer, rss_kib
 from tests.support.fixtures import private_control_plane
 from tests.support.moto import MotoServer
 from tests.support.openbao import OpenBao
+from tests.support.server_process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = os.environ.get("QKMS_BENCH_RELIABILITY",

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from qkms.cli import build_parser
+from tests.support.server_process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -70,12 +71,6 @@ def clean_failure(proc: subprocess.CompletedProcess, *expected: str) -> str:
     for part in expected:
         assert part in text, (part, text)
     return text
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- 1. one data dir for serve and every other command ------------------------------------

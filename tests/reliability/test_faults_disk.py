@@ -41,8 +41,8 @@ from qkms.errors import AuditStorageError, RotationFailedError, StorageError
 from qkms.model.enums import Environment
 from qkms.service import KeyManagementService
 from tests.reliability.test_faults_crash import audit_verify
-from tests.server.conftest import free_port
 from tests.support.kubeclient import eventually
+from tests.support.server_process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKENS = {"dev": "tok-disk-dev", "prod": "tok-disk-prod"}

@@ -40,11 +40,11 @@ import pytest
 import yaml
 
 from tests.server.common import TOKENS
-from tests.server.conftest import free_port, tokens_file
+from tests.server.conftest import tokens_file
 from tests.support.kubeclient import eventually
 from tests.support.moto import REGION, MotoServer
 from tests.support.openbao import OpenBao, make_openbao_raft  # noqa: F401 - fixture
-from tests.support.server_process import ServerError
+from tests.support.server_process import ServerError, free_port
 from tests.support.servers import require_server
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -34,7 +34,6 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import traceback
@@ -61,6 +60,7 @@ from qkms.standalone import Standalone
 from qkms.store.records import FileRecordStore
 from qkms.store.sealed import SealedStore
 from qkms.store.sealing import Sealer, parse_kek
+from tests.support.server_process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MIN_NEEDLE = 16
@@ -560,12 +560,6 @@ async def drive_plane(scan: Scan, folder: Path) -> Standalone:
         for service in standalone.registry.all():
             await service.close()
     return standalone
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- (c) the command line, (d) qkms serve, (f) the audit commands ---------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +17,7 @@ from qkms.server.app import PLANE, start_data_plane
 from qkms.server.auth import TokensFile
 from qkms.standalone import Standalone
 from tests.server.common import ALL_VERBS, TOKENS
+from tests.support.server_process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 EXTRA = """
@@ -50,12 +50,6 @@ kind: ManagedKey
 metadata: {name: rsa-oaep, namespace: payments}
 spec: {usage: ENCRYPTION, algorithm: RSA-2048, owner: payments}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def tokens_file(path: Path) -> Path:

@@ -19,7 +19,8 @@ from qkms.server.auth import TokensFile
 from qkms.server.openapi import document
 from qkms.standalone import Standalone
 from tests.server.common import TOKENS
-from tests.server.conftest import EXTRA, free_port, tokens_file
+from tests.server.conftest import EXTRA, tokens_file
+from tests.support.server_process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 schema = schemathesis.openapi.from_dict(document())

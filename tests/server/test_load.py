@@ -17,7 +17,8 @@ from pathlib import Path
 import aiohttp
 
 from tests.server.common import TOKENS
-from tests.server.conftest import EXTRA, free_port, tokens_file
+from tests.server.conftest import EXTRA, tokens_file
+from tests.support.server_process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,8 @@ from qkms.server.app import start_data_plane
 from qkms.server.auth import TokensFile
 from qkms.standalone import Standalone
 from tests.server.common import TOKENS
-from tests.server.conftest import free_port, tokens_file
+from tests.server.conftest import tokens_file
+from tests.support.server_process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SIGN = "/v1/keys/payments/user-service-signing:sign"
