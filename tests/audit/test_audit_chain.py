@@ -233,6 +233,28 @@ async def test_a_failed_write_refuses_the_entry_and_keeps_the_chain_whole(tmp_pa
     assert verify_folder(tmp_path).entries == 2
 
 
+async def test_a_failed_group_write_refuses_its_entries_and_keeps_the_chain_whole(
+        tmp_path, monkeypatch):
+    """fsync mode: the committer writes entries with the group's fsync; a refused write
+    refuses them (and what was chained after them) and the chain takes the next append."""
+    async with AuditChain(tmp_path) as chain:
+        await chain.append(make_entry(0))
+        real_write = os.write
+
+        def failing(fd, data):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "write", failing)
+        results = await asyncio.gather(chain.append(make_entry(1)), chain.append(make_entry(2)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, AuditStorageError) for r in results), results
+        assert (await chain.health())["status"] != "healthy"
+        monkeypatch.setattr(os, "write", real_write)
+        assert (await chain.append(make_entry(3))).sequence == 2
+        assert [e.sequence for e in chain.recent()] == [1, 2]
+    assert verify_folder(tmp_path).entries == 2
+
+
 async def test_a_failed_fsync_breaks_the_chain_until_reopened(tmp_path, monkeypatch):
     chain = AuditChain(tmp_path)
     await chain.open()

@@ -6,8 +6,13 @@ and the encode-and-write inside it never awaits, so concurrent operations get
 consecutive sequence numbers and the chain never forks.  Durability follows
 ``sync`` (see ``store`` for the policy): with ``"fsync"`` an append returns
 only after an fsync covering its entry, shared by every append waiting at the
-time (group commit).  Listeners (the service's ``auditEvent``) run in chain
-order, before the append returns, from one committer task.
+time (group commit).  In that mode the entries themselves are written by the
+committer too, together, just before that fsync and in the same thread hop: a
+write to the page an fsync is flushing waits for the disk, so the event loop never
+writes (a checkpoint writes what is pending first, so order on disk is chain order;
+a refused write refuses its entries and every one chained after them, and the chain
+goes back to the last entry written).  Listeners (the service's ``auditEvent``) run
+in chain order, before the append returns, from one committer task.
 
 Every ``checkpoint_every`` entries or ``checkpoint_interval`` seconds,
 whichever comes first, the injected ``signer`` signs a checkpoint of the
@@ -126,6 +131,9 @@ class AuditChain:
         self._checkpoint_at = time.monotonic()
         self._retry_at = 0.0
         self._queue: list[tuple[AuditEntry, asyncio.Future[AuditEntry]]] = []
+        # ``fsync`` mode: encoded entries (seq, the head before it, bytes) not yet written;
+        # the committer writes them and fsyncs in one thread hop, off the event loop
+        self._pending: list[tuple[int, bytes | None, bytes]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_sync = time.monotonic()
@@ -260,15 +268,18 @@ class AuditChain:
                 self.stats["failures"] += 1
                 raise AuditStorageError(f"entry cannot be encoded: {exc}") from exc
             raw = cid_raw(block)
-            try:
-                self._log.append(section(raw, block))
-            except OSError as exc:
-                self.stats["failures"] += 1
-                self.last_error = f"write failed: {exc.strerror or exc}"
-                self._refusing = True
-                log.error("audit: %s", self.last_error)
-                raise AuditStorageError(self.last_error) from exc
-            self._refusing = False
+            if self.sync == "fsync":  # written with the group's fsync, in chain order
+                self._pending.append((seq, self._head, section(raw, block)))
+            else:
+                try:
+                    self._log.append(section(raw, block))
+                except OSError as exc:
+                    self.stats["failures"] += 1
+                    self.last_error = f"write failed: {exc.strerror or exc}"
+                    self._refusing = True
+                    log.error("audit: %s", self.last_error)
+                    raise AuditStorageError(self.last_error) from exc
+                self._refusing = False
             self._size, self._head = seq, raw
             stored = entry.stored(seq, cid_str(raw))
             self._recent.append(stored)
@@ -291,19 +302,67 @@ class AuditChain:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
-                batch, self._queue = self._queue, []
                 if self.sync == "fsync":
-                    try:
-                        async with self._sync_lock:
-                            await asyncio.to_thread(self._log.sync)
-                        self._last_sync = time.monotonic()
-                    except OSError as exc:
-                        self._fail(batch, f"fsync failed: {exc.strerror or exc}")
+                    async with self._sync_lock:
+                        # taken under the lock: a checkpoint writes what is pending first
+                        batch, self._queue = self._queue, []
+                        pending, self._pending = self._pending, []
+                        failed = await asyncio.to_thread(self._write_and_sync, pending)
+                        if failed is not None and failed[0] == "write":
+                            self._unwind(pending, batch, failed[1])
+                            continue
+                    if failed is not None:
+                        self._fail(batch, f"fsync failed: {failed[1].strerror or failed[1]}")
                         continue
+                    self._last_sync = time.monotonic()
+                else:
+                    batch, self._queue = self._queue, []
                 for stored, waiter in batch:
                     await self._deliver(stored)
                     if not waiter.done():
                         waiter.set_result(stored)
+
+    def _write_and_sync(self, pending: list[tuple[int, bytes | None, bytes]]
+                        ) -> tuple[str, OSError] | None:
+        """(In a thread) write the pending entries, whole or not at all, then fsync."""
+        if pending:
+            try:
+                self._log.append(b"".join(data for _, _, data in pending))
+            except OSError as exc:
+                return "write", exc
+            self._refusing = False
+        try:
+            self._log.sync()
+        except OSError as exc:
+            return "fsync", exc
+        return None
+
+    def _unwind(self, pending: list[tuple[int, bytes | None, bytes]],
+                batch: list[tuple[AuditEntry, asyncio.Future[AuditEntry]]],
+                exc: OSError) -> None:
+        """Entries that could not be written (disk full, say) are refused, with every entry
+        chained after them, and the chain goes back to the last one written: it stays whole
+        and takes the next append, as a refused write always did.  Runs without awaiting,
+        so no append interleaves."""
+        first, head = pending[0][0], pending[0][1]
+        self.last_error = f"write failed: {exc.strerror or exc}"
+        self._refusing = True
+        log.error("audit: %s", self.last_error)
+        waiting = batch + self._queue
+        refused = [(e, w) for e, w in waiting if (e.sequence or 0) >= first]
+        written = [(e, w) for e, w in waiting if (e.sequence or 0) < first]
+        self._queue = written  # written by a checkpoint already: delivered next turn
+        self._pending = []
+        self.stats["failures"] += len(refused)
+        self.stats["appended"] -= len(refused)
+        self._size, self._head = first - 1, head
+        while self._recent and (self._recent[-1].sequence or 0) >= first:
+            self._recent.pop()
+        for _, waiter in refused:
+            if not waiter.done():
+                waiter.set_exception(AuditStorageError(self.last_error))
+        if written:
+            self._wake.set()
 
     def _fail(self, batch: list[tuple[AuditEntry, asyncio.Future[AuditEntry]]],
               reason: str) -> None:
@@ -363,10 +422,17 @@ class AuditChain:
                                   ALGORITHM, public)
         raw = cid_raw(block)
         record = section(raw, block)
+        signed = (self._size, self._head)
         async with self._sync_lock:
+            if (self._size, self._head) != signed:  # unwound while signing: try again later
+                return None
+            pending, self._pending = self._pending, []  # the entries it covers come first
             try:  # whole or not at all (a partial write is cut back): like a refused append
-                await asyncio.to_thread(self._log.append, record)
+                await asyncio.to_thread(self._log.append,
+                                        b"".join(data for _, _, data in pending) + record)
             except OSError as exc:  # disk full: nothing changed, so retry later, unbroken
+                if pending:
+                    self._unwind(pending, [], exc)
                 self.stats["checkpoint_failures"] += 1
                 self.last_error = f"checkpoint write failed: {exc.strerror or exc}"
                 self._retry_at = time.monotonic() + min(60.0,
