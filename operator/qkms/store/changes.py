@@ -30,6 +30,7 @@ def parse_names(data: bytes) -> list[str]:
 class ChangeFeed:
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / FILE
+        self._where = str(self.path)  # os.stat on a str: the check runs on every key use
         self._mark: tuple[int, int] | None = None  # (inode, offset read up to)
         with contextlib.suppress(OSError):
             stat = os.stat(self.path)
@@ -60,7 +61,7 @@ class ChangeFeed:
         """Names changed since the last poll; ``RELOAD_ALL`` (None) if the feed restarted;
         [] when nothing changed (the usual case: one ``stat``)."""
         try:
-            stat = os.stat(self.path)
+            stat = os.stat(self._where)
         except OSError:
             return []
         mark = self._mark
