@@ -1,4 +1,5 @@
-"""Load: 10,000 sign requests at 64 concurrent against a real ``qkms serve`` process.
+"""Load: 10,000 sign requests at 64 concurrent against a real ``qkms serve`` process, with
+one process and with two data-plane workers.
 
 Zero errors, and the server's RSS at the end within 10% of its RSS after warm-up
 (a leak per request would show). Both figures are printed.
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.server.common import TOKENS
 from tests.server.conftest import EXTRA, tokens_file
@@ -61,7 +63,17 @@ async def wait_up(url: str, proc: subprocess.Popen) -> None:
     raise AssertionError("qkms serve did not come up")
 
 
-async def test_10000_signs_at_64_concurrent_no_errors_and_flat_rss(tmp_path) -> None:
+def serving_rss_kib(pid: int, workers: int) -> int:
+    """The RSS of what serves: the process itself, or its data-plane workers together."""
+    if workers == 1:
+        return rss_kib(pid)
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) == workers, children
+    return sum(rss_kib(int(child)) for child in children)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_10000_signs_at_64_concurrent_no_errors_and_flat_rss(tmp_path, workers) -> None:
     folder = tmp_path / "manifests"
     import shutil
 
@@ -69,7 +81,7 @@ async def test_10000_signs_at_64_concurrent_no_errors_and_flat_rss(tmp_path) -> 
     (folder / "extra.yaml").write_text(EXTRA)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "operator"),
-           "QKMS_DATA_DIR": str(tmp_path / "data")}
+           "QKMS_DATA_DIR": str(tmp_path / "data"), "QKMS_DATA_PLANE_WORKERS": str(workers)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "qkms", "serve", "--manifests", str(folder),
          "--listen", f"127.0.0.1:{port}", "--tokens", str(tokens_file(tmp_path / "t.yaml"))],
@@ -79,12 +91,13 @@ async def test_10000_signs_at_64_concurrent_no_errors_and_flat_rss(tmp_path) -> 
         await wait_up(base, proc)
         url = base + "/v1/keys/payments/user-service-signing:sign"
         assert await hammer(url, 2000, 64) == 0  # warm-up
-        warm = rss_kib(proc.pid)
+        warm = serving_rss_kib(proc.pid, workers)
         start = time.perf_counter()
         errors = await hammer(url, 10_000, 64)
         elapsed = time.perf_counter() - start
-        end = rss_kib(proc.pid)
-        print(f"\n10,000 signs at 64 concurrent: {errors} errors, {10_000 / elapsed:.0f} req/s; "
+        end = serving_rss_kib(proc.pid, workers)
+        print(f"\n10,000 signs at 64 concurrent, {workers} worker(s): {errors} errors, "
+              f"{10_000 / elapsed:.0f} req/s; "
               f"RSS after warm-up {warm / 1024:.1f} MiB, at the end {end / 1024:.1f} MiB "
               f"({(end - warm) / warm:+.1%})")
         assert errors == 0
