@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from qkms.k8s.main import PEERING
+from qkms.model.names import PEERING
 from tests.install.helpers import (
     CHART,
     CRDS,

@@ -28,6 +28,7 @@ from typing import Any
 
 from qkms.audit.chain import AuditChain
 from qkms.audit.entry import AuditEntry
+from qkms.model.names import AUDIT_ANNOTATION
 from qkms.service import AUDIT_KEY, KeyManagementService
 
 log = logging.getLogger("key-management:operator")
@@ -106,7 +107,7 @@ class Announcer:
                     if owner is not None:  # a key deleted since has nothing to announce on
                         await self.kube.post_event(
                             owner, "Normal", wanted.reason, wanted.message,
-                            {"qkms.io/audit-ref": wanted.cid},
+                            {AUDIT_ANNOTATION: wanted.cid},
                             name=event_name(wanted.name, wanted.reason, wanted.cid),
                             strict=True)
                         posted += 1

@@ -22,27 +22,33 @@ from typing import Any
 import kopf
 
 from qkms.errors import InvalidInputError
+from qkms.model.names import (
+    FINALIZER,
+    GROUP,
+    KEY_LABEL,
+    KOPF_PREFIX,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    VERSION,
+)
 from qkms.model.resources import parse_key_policy
 from qkms.reconcile.retries import Fault, retry_delay
 
 from .runtime import OperatorRuntime, ProjectionTarget
-from .storage import GROUP, VERSION
 
 MANAGED_KEYS = (GROUP, VERSION, "managedkeys")
 KEY_POLICIES = (GROUP, VERSION, "keypolicies")
 # A Kopf label filter: values are strings or kopf.PRESENT (Kopf does not export the type).
-PROJECTED: dict[str, Any] = {"app.kubernetes.io/managed-by": "qkms",
-                             "qkms.io/managed-key": kopf.PRESENT}
+PROJECTED: dict[str, Any] = {MANAGED_BY_LABEL: MANAGED_BY, KEY_LABEL: kopf.PRESENT}
 # The same filter as a server-side label selector: Kopf lists and watches only qkms's
 # projections, never every Secret and ConfigMap of the cluster (its labels= filter on a
 # handler is applied client-side, after the API has sent everything).
-PROJECTED_SELECTOR = "app.kubernetes.io/managed-by=qkms,qkms.io/managed-key"
+PROJECTED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY},{KEY_LABEL}"
 WATCHED_BY_LABEL = (("v1", "secrets"), ("v1", "configmaps"))
 # Lists are paged (limit/continue): a cluster with many ManagedKeys is read in chunks.
 LIST_CHUNK = 500
 RUNTIME: dict[str, OperatorRuntime] = {}
 BACKGROUND: list[asyncio.Task[None]] = []
-KOPF_PREFIX = "kopf.qkms.io"
 
 
 def runtime() -> OperatorRuntime:
@@ -51,7 +57,7 @@ def runtime() -> OperatorRuntime:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    settings.persistence.finalizer = "qkms.io/finalizer"
+    settings.persistence.finalizer = FINALIZER
     # Kopf's own annotations get a prefix of their own: Kopf leaves every annotation under
     # its storage prefix out of the diff, and the user's qkms.io/rotate must trigger updates.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(

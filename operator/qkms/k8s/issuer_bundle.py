@@ -28,12 +28,11 @@ from qkms.issuer import crl as icrl
 from qkms.issuer import x509 as ix
 from qkms.model.durations import parse_duration
 from qkms.model.issuers import ClusterKeyIssuer, KeyIssuer
+from qkms.model.names import GROUP, ISSUER_LABEL, MANAGED_BY, MANAGED_BY_LABEL, VERSION
 
 from .issuer_ca import ISSUER_ACTOR, IssuerState, _runtime, call, issuer_ref, now, stamp
-from .storage import GROUP, VERSION
 
 SUFFIX = "-ca-bundle"
-ISSUER_LABEL = "qkms.io/issuer"
 
 
 def config_map(issuer: KeyIssuer | ClusterKeyIssuer) -> tuple[str, str]:
@@ -132,7 +131,7 @@ async def _write(body: Any, namespace: str, name: str, data: dict[str, str],
     manifest: dict[str, Any] = {
         "apiVersion": "v1", "kind": "ConfigMap", "data": data, "metadata": {
             "name": name, "namespace": namespace, "ownerReferences": [owner],
-            "labels": {"app.kubernetes.io/managed-by": "qkms", ISSUER_LABEL: meta["name"]}}}
+            "labels": {MANAGED_BY_LABEL: MANAGED_BY, ISSUER_LABEL: meta["name"]}}}
     core = _runtime().kube.core
     if existing is None:
         await call(core.create_namespaced_config_map, namespace, manifest)

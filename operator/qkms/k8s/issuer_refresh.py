@@ -19,10 +19,10 @@ from kubernetes.client.exceptions import ApiException
 
 from qkms.errors import QkmsError
 from qkms.model.issuers import parse_issuer
+from qkms.model.names import GROUP, VERSION
 
 from .issuer_bundle import crl_validity, publish
 from .issuer_ca import IssuerState, NotReady, _runtime, call, issuer_state, now, stamp
-from .storage import GROUP, VERSION
 
 log = logging.getLogger("key-management:issuer")
 

@@ -42,6 +42,13 @@ from qkms.issuer import crl as icrl
 from qkms.issuer import x509 as ix
 from qkms.model.durations import parse_duration
 from qkms.model.issuers import ClusterKeyIssuer, KeyIssuer, parse_issuer
+from qkms.model.names import (
+    CERT_MANAGER_GROUP,
+    CERT_MANAGER_VERSION,
+    GROUP,
+    REVOKE_ANNOTATION,
+    VERSION,
+)
 
 from .issuer_ca import NotReady, _runtime, call, issuer_ref, key_service, now, stamp
 from .issuer_refresh import (
@@ -61,17 +68,14 @@ from .issuer_refresh import (
     _spawn,
     refresh,
 )
-from .storage import GROUP, VERSION
 
 log = logging.getLogger("key-management:issuer")
 
 KEY_ISSUERS = (GROUP, VERSION, "keyissuers")
 CLUSTER_KEY_ISSUERS = (GROUP, VERSION, "clusterkeyissuers")
 MANAGED_KEYS = (GROUP, VERSION, "managedkeys")
-CM_GROUP, CM_VERSION = "cert-manager.io", "v1"
-CERTIFICATE_REQUESTS = (CM_GROUP, CM_VERSION, "certificaterequests")
+CERTIFICATE_REQUESTS = (CERT_MANAGER_GROUP, CERT_MANAGER_VERSION, "certificaterequests")
 ISSUER_KINDS = {"KeyIssuer": "keyissuers", "ClusterKeyIssuer": "clusterkeyissuers"}
-REVOKE_ANNOTATION = "qkms.io/revoke"
 
 @kopf.on.resume(*KEY_ISSUERS)
 @kopf.on.create(*KEY_ISSUERS)
@@ -136,8 +140,8 @@ async def _patch_request(body: Mapping[str, Any], status: dict[str, Any]) -> Non
     meta = body["metadata"]
     kept = [c for t, c in _conditions(body).items() if t != "Ready"]
     status = {**status, "conditions": [*kept, *status.get("conditions", [])]}
-    await call(_runtime().kube.custom.patch_namespaced_custom_object_status, CM_GROUP,
-                CM_VERSION, meta["namespace"], "certificaterequests", meta["name"],
+    await call(_runtime().kube.custom.patch_namespaced_custom_object_status, CERT_MANAGER_GROUP,
+                CERT_MANAGER_VERSION, meta["namespace"], "certificaterequests", meta["name"],
                 {"status": status})
 
 
@@ -183,8 +187,8 @@ async def resume_requests(issuer_body: Mapping[str, Any]) -> None:
     """Sign the approved requests left Pending while the issuer was not ready."""
     meta = issuer_body["metadata"]
     try:
-        listing = await call(_runtime().kube.custom.list_cluster_custom_object, CM_GROUP,
-                              CM_VERSION, "certificaterequests")
+        listing = await call(_runtime().kube.custom.list_cluster_custom_object, CERT_MANAGER_GROUP,
+                              CERT_MANAGER_VERSION, "certificaterequests")
     except ApiException as exc:
         if exc.status == 404:  # cert-manager's CRDs are not installed
             return

@@ -15,7 +15,7 @@ import secrets
 
 import kopf
 
-PEERING = "qkms"
+from qkms.model.names import PEERING
 
 
 def peering_priority() -> int:

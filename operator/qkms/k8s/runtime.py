@@ -22,6 +22,7 @@ from typing import Any
 from qkms.config import Settings, listens_on_loopback
 from qkms.errors import InvalidInputError
 from qkms.model.enums import Environment
+from qkms.model.names import AUDIT_ANNOTATION
 from qkms.model.resources import KeyPolicy, ManagedKey, ManagedKeyStatus, parse_managed_key
 from qkms.reconcile import decisions
 from qkms.reconcile.reconciler import KeyReconciler, KubeEvent, Outcome
@@ -34,7 +35,6 @@ from .storage import Kube
 
 log = logging.getLogger("key-management:operator")
 
-AUDIT_ANNOTATION = "qkms.io/audit-ref"
 
 
 @dataclass(frozen=True)

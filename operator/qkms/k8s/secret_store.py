@@ -31,6 +31,13 @@ from kubernetes import client
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
+from qkms.model.names import (
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    RECORD_ANNOTATION,
+    RECORD_KIND_LABEL,
+    RECORD_SCOPE_LABEL,
+)
 from qkms.store.records import check_record_name
 
 from .storage import LIST_CHUNK, TIMEOUT
@@ -38,9 +45,6 @@ from .storage import LIST_CHUNK, TIMEOUT
 log = logging.getLogger("key-management:k8s")
 WATCH_SECONDS = 300  # each watch request; then it resumes from the last version seen
 
-KIND_LABEL = "qkms.io/record-kind"
-SCOPE_LABEL = "qkms.io/record-scope"
-ADDRESS_ANNOTATION = "qkms.io/record"
 KEK_SECRET = "qkms-master-key"  # noqa: S105 - the Secret's name, not its content
 BACKUP_KEY_SECRET = "qkms-backup-key"  # noqa: S105 - kept apart from the master key
 
@@ -100,7 +104,7 @@ class SecretRecordStore:
         self.core = core
         self.namespace = namespace
         self.scope = scope
-        self.selector = f"{SCOPE_LABEL}={scope}"
+        self.selector = f"{RECORD_SCOPE_LABEL}={scope}"
         self._lock = threading.Lock()
         self._records: dict[Address, tuple[int, bytes]] = {}
         self._gone: dict[Address, int] = {}  # deleted, at this version or before
@@ -124,10 +128,10 @@ class SecretRecordStore:
     # -- the mirror ------------------------------------------------------------------
     @staticmethod
     def _address(secret: Any) -> Address | None:
-        address = (secret.metadata.annotations or {}).get(ADDRESS_ANNOTATION, "")
+        address = (secret.metadata.annotations or {}).get(RECORD_ANNOTATION, "")
         kind, _, name = address.partition("/")
         labels = secret.metadata.labels or {}
-        return (kind, name) if kind and name and labels.get(KIND_LABEL) == kind else None
+        return (kind, name) if kind and name and labels.get(RECORD_KIND_LABEL) == kind else None
 
     def _remember(self, address: Address, version: int, data: bytes | None) -> None:
         """Take what the API says at `version` unless the mirror knows something newer."""
@@ -269,9 +273,9 @@ class SecretRecordStore:
         body: dict[str, Any] = {
             "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": {"name": secret_name(self.scope, kind, name), "namespace": self.namespace,
-                         "labels": {KIND_LABEL: kind, SCOPE_LABEL: self.scope,
-                                    "app.kubernetes.io/managed-by": "qkms"},
-                         "annotations": {ADDRESS_ANNOTATION: f"{kind}/{name}"}},
+                         "labels": {RECORD_KIND_LABEL: kind, RECORD_SCOPE_LABEL: self.scope,
+                                    MANAGED_BY_LABEL: MANAGED_BY},
+                         "annotations": {RECORD_ANNOTATION: f"{kind}/{name}"}},
             "data": {"record": base64.b64encode(data).decode()},
         }
         # Records are mostly written once (a new key or version): create first, and
@@ -314,7 +318,7 @@ def load_or_create_kek_secret(core: client.CoreV1Api, namespace: str,
     kek = secrets.token_bytes(32)
     body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": {"name": name, "namespace": namespace,
-                         "labels": {"app.kubernetes.io/managed-by": "qkms"}},
+                         "labels": {MANAGED_BY_LABEL: MANAGED_BY}},
             "data": {"master.key": base64.b64encode(kek).decode()}}
     try:
         core.create_namespaced_secret(namespace, body,  # type: ignore[arg-type]  # as in _put

@@ -21,12 +21,11 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from qkms.errors import InvalidInputError
+from qkms.model.names import AUDIT_PINS, GROUP, KEY_LABEL, MANAGED_BY_LABEL, VERSION
 from qkms.model.resources import KeyPolicy, parse_key_policy
-from qkms.reconcile.decisions import KEY_LABEL, MANAGED_BY_LABEL
 
 log = logging.getLogger("key-management:k8s")
 
-GROUP, VERSION = "qkms.io", "v1alpha1"
 TIMEOUT = 10  # seconds, for every API call
 CACHE_SECONDS = 3.0
 LIST_CHUNK = 500  # every list is paged (limit/continue): a big cluster is read in chunks
@@ -86,7 +85,6 @@ def _projected_for(existing: Any, owner: Mapping[str, Any]) -> bool:
     return labels.get(MANAGED_BY_LABEL) == "qkms" and labels.get(KEY_LABEL) == meta["name"]
 
 
-AUDIT_PINS = "qkms-audit-pins"
 """The ConfigMap (operator namespace) pinning each environment's audit checkpoint key."""
 
 

@@ -27,15 +27,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes.client.exceptions import ApiException
 
+from qkms.model.names import CA_CONFIGMAP, MANAGED_BY, MANAGED_BY_LABEL, SERVICE
+
 from .storage import TIMEOUT
 
 TLS_SECRET = "qkms-tls"  # noqa: S105 - the Secret's name
-CA_CONFIGMAP = "qkms-ca"
-SERVICE = "qkms"
 CA_YEARS = 10
 CERT_DAYS = 397
 RENEW_DAYS = 30
-LABELS = {"app.kubernetes.io/managed-by": "qkms", "app.kubernetes.io/part-of": "qkms"}
+LABELS = {MANAGED_BY_LABEL: MANAGED_BY, "app.kubernetes.io/part-of": "qkms"}
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:

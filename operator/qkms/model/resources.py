@@ -50,12 +50,7 @@ from . import schedules as lifecycle
 from .algorithms import ALGORITHMS, check_usage, resolve_algorithm
 from .durations import DURATION_PATTERN, parse_duration
 from .enums import Environment, ProviderType, RotationReason, Usage, VersionState
-
-GROUP = "qkms.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-ENVIRONMENT_LABEL = "qkms.io/environment"
-
+from .names import API_VERSION, ENVIRONMENT_LABEL, GROUP, VERSION  # noqa: F401 - exported
 
 # -- field types ----------------------------------------------------------------
 

@@ -15,8 +15,12 @@ from qkms.errors import EnvironmentMismatchError, InvalidInputError
 from qkms.model.algorithms import resolve_algorithm
 from qkms.model.enums import Environment, RotationReason, VersionState
 from qkms.model.keys import KeyRecord
-from qkms.model.resources import (
+from qkms.model.names import (
     ENVIRONMENT_LABEL,
+    ROTATE_ANNOTATION,
+    ROTATE_ID_ANNOTATION,
+)
+from qkms.model.resources import (
     Condition,
     ConditionType,
     KeyPolicy,
@@ -28,10 +32,6 @@ from qkms.model.resources import (
 )
 from qkms.model.schedules import effective_grace_period
 
-ROTATE_ANNOTATION = "qkms.io/rotate"
-ROTATE_ID_ANNOTATION = "qkms.io/rotate-id"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-KEY_LABEL = "qkms.io/managed-key"
 PQC_WARNING_WINDOW = timedelta(days=365)
 
 

@@ -27,6 +27,7 @@ from qkms.errors import (
 )
 from qkms.model.enums import VersionState
 from qkms.model.keys import KeyRecord
+from qkms.model.names import IMPORT_ANNOTATION
 from qkms.model.resources import DeletionPolicy, KeyPolicy, ManagedKey, ManagedKeyStatus
 from qkms.service import KeyManagementService
 
@@ -73,7 +74,6 @@ def _spec_message(exc: InvalidInputError) -> str:
     return f"{field}: {exc.reason}" if field else exc.message
 
 
-IMPORT_ANNOTATION = "qkms.io/import-allowed-for"  # on a Secret: ManagedKey names, comma-separated
 IMPORT_REFUSED = ("the Secret's data is not a key this ManagedKey can import: name the data "
                   "key with spec.importFrom.key (unless there is only one); it must hold a PEM "
                   "private key of spec.algorithm, or 32 raw bytes for a symmetric one")
