@@ -1101,6 +1101,8 @@ class KeyManagementService:
         close = getattr(self.audit, "close", None)
         if close is not None:
             await close()
+        if self.catalog.feed is not None:
+            self.catalog.feed.close()
 
     async def _record(self, operation: str, result: str, actor: Actor,
                       record: KeyRecord | None, version: KeyVersion | None, *,

@@ -2,12 +2,13 @@
 
 Every catalog write appends the key's name to ``<store>/changes`` (one short line, one
 ``O_APPEND`` write, after the record itself is in place).  Every other process over the
-same store (a data-plane worker, a replica, ``qkms keys revoke``) checks the file's size
-before each use of a key, one ``stat``, and re-reads the records named since its last
-look: a rotation or revocation through one process is honoured by the next request
-served by any other, well before the catalog TTL (the ceiling when the feed is
-missing).  The file is replaced by an empty one when it grows past ``LIMIT``; a reader
-that sees another inode or a shorter file re-reads every record.
+same store (a data-plane worker, a replica, ``qkms keys revoke``) checks the size of its
+open copy of the file before each use of a key, one ``fstat``, and re-reads the records
+named since its last look: a rotation or revocation through one process is honoured by
+the next request served by any other, well before the catalog TTL (the ceiling when the
+feed is missing).  When the file grows past ``LIMIT`` the writer appends ``RESTART`` and
+replaces it with an empty one; a reader that reads ``RESTART`` opens the new file and
+re-reads every record.
 """
 
 from __future__ import annotations
@@ -18,65 +19,79 @@ from pathlib import Path
 
 FILE = "changes"
 LIMIT = 1 << 20
+RESTART = "\x00restart"
 RELOAD_ALL = None
 
 
-def parse_names(data: bytes) -> list[str]:
-    """The names of the complete lines of ``data`` (a torn last line is left for later)."""
+def parse_names(data: bytes) -> tuple[list[str], bool]:
+    """(the names of the complete lines of ``data``, whether the feed restarted); a torn
+    last line is left for later."""
     text = data[: data.rfind(b"\n") + 1].decode("utf-8", "replace")
-    return [line for line in text.split("\n") if line]
+    names = [line for line in text.split("\n") if line]
+    return [n for n in names if n != RESTART], RESTART in names
 
 
 class ChangeFeed:
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / FILE
-        self._where = str(self.path)  # os.stat on a str: the check runs on every key use
-        self._mark: tuple[int, int] | None = None  # (inode, offset read up to)
+        self._fd: int | None = None
+        self._offset = 0
+        self._open(at_end=True)  # what came before is loaded already
+
+    def _open(self, *, at_end: bool) -> bool:
         with contextlib.suppress(OSError):
-            stat = os.stat(self.path)
-            self._mark = (stat.st_ino, stat.st_size)  # what came before is loaded already
+            fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o600)
+            if self._fd is not None:
+                os.close(self._fd)
+            self._fd = fd
+            self._offset = os.fstat(fd).st_size if at_end else 0
+            return True
+        return False
 
     def note(self, name: str) -> None:
         """Tell the other processes ``name``'s record changed (best effort: the TTL stays)."""
-        line = (name.replace("\n", " ") + "\n").encode()
+        self._append(name.replace("\n", " ").replace("\x00", " "))
+
+    def _append(self, line: str) -> int:
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, line)
+                os.write(fd, (line + "\n").encode())
                 size = os.fstat(fd).st_size
             finally:
                 os.close(fd)
-            if size > LIMIT:
-                self._restart()
+            if size > LIMIT and line != RESTART:
+                self._append(RESTART)  # readers of the old file learn it was replaced
+                fresh = self.path.with_name(f".{FILE}-{os.getpid()}")
+                fresh.write_bytes(b"")
+                os.chmod(fresh, 0o600)
+                os.replace(fresh, self.path)
+            return size
         except OSError:
-            pass
-
-    def _restart(self) -> None:
-        fresh = self.path.with_name(f".{FILE}-{os.getpid()}")
-        fresh.write_bytes(b"")
-        os.chmod(fresh, 0o600)
-        os.replace(fresh, self.path)
+            return 0
 
     def poll(self) -> list[str] | None:
         """Names changed since the last poll; ``RELOAD_ALL`` (None) if the feed restarted;
-        [] when nothing changed (the usual case: one ``stat``)."""
+        [] when nothing changed (the usual case: one ``fstat``)."""
+        if self._fd is None:
+            if not self._open(at_end=False):
+                return []
+        assert self._fd is not None
         try:
-            stat = os.stat(self._where)
+            size = os.fstat(self._fd).st_size
+            if size <= self._offset:
+                return []
+            data = os.pread(self._fd, size - self._offset, self._offset)
         except OSError:
             return []
-        mark = self._mark
-        if mark is not None and mark == (stat.st_ino, stat.st_size):
-            return []
-        if mark is None or mark[0] != stat.st_ino or stat.st_size < mark[1]:
-            start, restarted = 0, mark is not None
-        else:
-            start, restarted = mark[1], False
-        try:
-            with open(self.path, "rb") as handle:
-                handle.seek(start)
-                data = handle.read(stat.st_size - start)
-        except OSError:
-            return []
-        consumed = data.rfind(b"\n") + 1
-        self._mark = (stat.st_ino, start + consumed)
-        return RELOAD_ALL if restarted else parse_names(data)
+        self._offset += data.rfind(b"\n") + 1
+        names, restarted = parse_names(data)
+        if restarted:
+            self._open(at_end=False)
+            return RELOAD_ALL
+        return names
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
