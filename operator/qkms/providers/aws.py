@@ -42,14 +42,8 @@ import contextlib
 import hashlib
 import os
 import struct
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
-from botocore import exceptions as boto_errors
-from botocore.config import Config
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -59,21 +53,15 @@ from cryptography.hazmat.primitives.serialization import (
 
 from qkms.config import Settings
 from qkms.crypto import InvalidCiphertext, suite_for
-from qkms.errors import (
-    InvalidInputError,
-    KeyNotFoundError,
-    KeyStateError,
-    OperationNotAllowedError,
-    ProviderUnavailableError,
-    RecordCorruptError,
-)
+from qkms.errors import OperationNotAllowedError, ProviderUnavailableError, RecordCorruptError
 from qkms.model.algorithms import AlgorithmInfo
 from qkms.model.enums import Family, ProviderType
 from qkms.store.sealed import SealedStore
 
 from . import capabilities
+from .aws_client import AwsOptions, KmsCalls, Rejected
 from .base import Capability, CreatedKey, KeyHandle, ProviderHealth
-from .software import SoftwareKeys
+from .routing import NativeOrEnvelope
 
 # qkms algorithm -> (KeySpec, SigningAlgorithm); AES-256-GCM is SYMMETRIC_DEFAULT.
 SIGNING: dict[str, tuple[str, str]] = {
@@ -90,60 +78,6 @@ RSA_PKCS1V15 = "RSASSA_PKCS1_V1_5_SHA_256"  # RSA keys sign with either scheme
 PROBED = frozenset({"Ed25519", "ML-DSA-44", "ML-DSA-65", "ML-DSA-87"})
 RAW_LIMIT = 4096  # bytes KMS takes as a RAW message or an Encrypt plaintext
 DATA_KEY_MAGIC = b"qkms-dk1"  # neither AWS blobs (0x01...) nor moto's (a UUID) start so
-REJECTED = frozenset({"ValidationException", "UnsupportedOperationException"})
-THROTTLED = frozenset({"ThrottlingException", "TooManyRequestsException"})
-UNAVAILABLE = THROTTLED | frozenset({"KMSInternalException",
-                         "DependencyTimeoutException", "KeyUnavailableException",
-                         "ServiceUnavailableException", "LimitExceededException"})
-DENIED = frozenset({"AccessDeniedException", "UnrecognizedClientException",
-                    "InvalidClientTokenId", "ExpiredTokenException", "InvalidSignatureException",
-                    "IncompleteSignature", "MissingAuthenticationToken"})
-
-
-def _option(options: dict[str, str], *names: str) -> str | None:
-    """The first non-empty option: the KeyPolicy setting (``region``) before the operator's
-    environment (``AWS_REGION``), as the policy is the more specific of the two."""
-    return next((options[n] for n in names if options.get(n)), None)
-
-
-@dataclass(frozen=True)
-class AwsOptions:
-    region: str
-    endpoint: str | None = None
-    wrap_key: str = "alias/qkms/wrap"
-    timeout: float = 5.0
-    credentials: dict[str, str] = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def from_options(cls, options: dict[str, str]) -> AwsOptions:
-        """Environment names (``AWS_REGION``...) or KeyPolicy settings (``region``...);
-        credentials from the options when given, else from the standard AWS chain."""
-        region = _option(options, "region", "AWS_REGION", "AWS_DEFAULT_REGION")
-        if not region:
-            raise InvalidInputError("AWS_REGION", "is required for AWS_KMS")
-        try:
-            timeout = float(_option(options, "timeout", "AWS_KMS_TIMEOUT") or 5)
-        except ValueError:
-            raise InvalidInputError("AWS_KMS_TIMEOUT", "must be a number of seconds") from None
-        if timeout <= 0:
-            raise InvalidInputError("AWS_KMS_TIMEOUT", "must be positive")
-        credentials = {arg: value for arg, names in (
-            ("aws_access_key_id", ("accessKeyId", "AWS_ACCESS_KEY_ID")),
-            ("aws_secret_access_key", ("secretAccessKey", "AWS_SECRET_ACCESS_KEY")),
-            ("aws_session_token", ("sessionToken", "AWS_SESSION_TOKEN")),
-            ("profile_name", ("profile", "AWS_PROFILE")),
-        ) if (value := _option(options, *names))}
-        return cls(region=region,
-                   endpoint=_option(options, "endpoint", "endpointUrl", "AWS_ENDPOINT_URL_KMS",
-                                    "AWS_ENDPOINT_URL"),
-                   wrap_key=_option(options, "keyId", "kmsKeyId", "AWS_KMS_KEY_ID")
-                   or "alias/qkms/wrap",
-                   timeout=timeout, credentials=credentials)
-
-    @property
-    def address(self) -> str:
-        return self.endpoint or f"https://kms.{self.region}.amazonaws.com"
-
 
 def alias_for(key_id: str) -> str:
     return f"alias/qkms/{key_id}"
@@ -169,10 +103,6 @@ def public_raw(algorithm: AlgorithmInfo, der: bytes) -> bytes:
     return raw
 
 
-class _Rejected(Exception):
-    """The endpoint refused a request as invalid (a key spec it does not know, say)."""
-
-
 class KmsWrapper:
     """Envelope wrapping under ``AWS_KMS_KEY_ID``, the version's key ID in the context."""
 
@@ -192,90 +122,19 @@ class KmsWrapper:
             raise RecordCorruptError(f"material/{key_id}", "AWS KMS could not unwrap it") from None
 
 
-class AwsKmsProvider:
+class AwsKmsProvider(KmsCalls, NativeOrEnvelope):
+    """A KMS key per native version, the key's alias on the active one; envelope records
+    wrapped by ``KmsWrapper``; ``seal`` and ``unseal`` serve both."""
+
     type = ProviderType.AWS_KMS
+    NATIVE_REF = "kms_key"
 
     def __init__(self, options: AwsOptions, store: SealedStore,
                  cache_seconds: float = 60.0) -> None:
-        self.options = options
-        try:
-            session = boto3.session.Session(region_name=options.region, **options.credentials)
-        except boto_errors.ProfileNotFound:
-            raise InvalidInputError("AWS_PROFILE", "no such profile in the AWS config") from None
-        self.client = session.client("kms", endpoint_url=options.endpoint, config=Config(
-            connect_timeout=options.timeout, read_timeout=options.timeout,
-            retries={"total_max_attempts": 1},  # see call()
-            max_pool_connections=32, user_agent_extra="qkms"))
-        self.envelope = SoftwareKeys(store, KmsWrapper(self), Capability.ENVELOPE, cache_seconds)
+        KmsCalls.__init__(self, options)
+        NativeOrEnvelope.__init__(self, store, KmsWrapper(self), cache_seconds)
         self._wrapping_key: str | None = None
         self._wrap_lock = asyncio.Lock()
-
-    def capability(self, algorithm: AlgorithmInfo) -> Capability:
-        return capabilities.capability(self.type, algorithm)
-
-    # -- calls -------------------------------------------------------------------------
-    def unavailable(self, reason: str) -> ProviderUnavailableError:
-        return ProviderUnavailableError(f"{self.type.value} at {self.options.address}: {reason}")
-
-    async def call(self, fn: Callable[..., Any], *, key_id: str | None = None,
-                   bad_ciphertext: bool = False, rejectable: bool = False,
-                   tolerate: frozenset[str] = frozenset(), **kwargs: Any) -> Any:
-        """Run one boto3 call in a thread under the deadline, mapping failures to qkms errors.
-
-        ``key_id`` turns NotFound into ``KeyNotFoundError``; ``bad_ciphertext`` turns
-        InvalidCiphertext into the crypto layer's ``InvalidCiphertext``; ``rejectable``
-        raises ``_Rejected`` for a request the endpoint refuses as invalid; error codes in
-        ``tolerate`` return None.  A throttled request (never executed) is retried once if
-        the deadline allows; botocore's own retries are off, as their back-off would hide
-        a refused connection behind the deadline.
-        """
-        timeout = self.options.timeout
-        deadline = time.monotonic() + timeout
-        for attempt in range(2):
-            try:
-                async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
-                    return await asyncio.to_thread(fn, **kwargs)
-            except boto_errors.ClientError as exc:
-                error = exc.response.get("Error", {})
-                code = str(error.get("Code", "Unknown"))
-                if code in tolerate:
-                    return None
-                if code in THROTTLED and attempt == 0 and deadline - time.monotonic() > 0.5:
-                    await asyncio.sleep(0.2)
-                    continue
-                status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-                raise self._translate(code, str(error.get("Message", ""))[:200], status,
-                                      key_id, bad_ciphertext, rejectable) from None
-            except (TimeoutError, boto_errors.ReadTimeoutError, boto_errors.ConnectTimeoutError):
-                raise self.unavailable(f"no answer within {timeout:g}s") from None
-            except boto_errors.NoCredentialsError:
-                raise self.unavailable("no AWS credentials found") from None
-            except (boto_errors.ConnectionError, boto_errors.HTTPClientError) as exc:
-                refused = "refused" in str(exc).lower() or isinstance(
-                    exc, boto_errors.EndpointConnectionError)
-                raise self.unavailable("connection refused" if refused
-                                       else "connection failed") from None
-            except boto_errors.BotoCoreError as exc:
-                raise self.unavailable(type(exc).__name__) from None
-        raise self.unavailable("throttled")
-
-    def _translate(self, code: str, message: str, status: int, key_id: str | None,
-                   bad_ciphertext: bool, rejectable: bool) -> Exception:
-        if code in DENIED:
-            return self.unavailable(f"access denied ({code}): check the credentials and "
-                                    "the key policy")
-        if code in UNAVAILABLE or status >= 500:
-            return self.unavailable(f"{code}: {message}" if message else code)
-        if code == "NotFoundException" and key_id:
-            return KeyNotFoundError(key_id)
-        if code == "InvalidCiphertextException" and bad_ciphertext:
-            return InvalidCiphertext(code)
-        if code in ("DisabledException", "KMSInvalidStateException") and key_id:
-            return KeyStateError(f"Key version not usable: {key_id} is disabled or pending "
-                                 "deletion in AWS KMS")
-        if code in REJECTED and rejectable:
-            return _Rejected(f"{code}: {message}")
-        return self.unavailable(f"request refused: {code}: {message}")
 
     # -- sealing (native AES-256-GCM and envelope wrapping) ---------------------------------
     async def seal(self, kms_key: str, plaintext: bytes, context: dict[str, str]) -> bytes:
@@ -345,35 +204,39 @@ class AwsKmsProvider:
         return created
 
     # -- creation ------------------------------------------------------------------------
-    async def create(self, key_id: str, algorithm: AlgorithmInfo) -> CreatedKey:
-        return await self._create(key_id, algorithm, alias_for(key_id), new_alias=True)
+    def _probing(self, algorithm: AlgorithmInfo) -> bool:
+        """Not yet tried natively in this process (ML-DSA, Ed25519)."""
+        return algorithm.name in PROBED and (self.type, algorithm.name) not in capabilities.PROBED
 
-    async def new_version(self, previous: KeyHandle, key_id: str,
-                          algorithm: AlgorithmInfo) -> CreatedKey:
-        """A new KMS key (or envelope record); the key's alias moves to it."""
-        alias = previous.ref.get("alias") or alias_for(previous.key_id)
-        return await self._create(key_id, algorithm, alias, new_alias=False)
+    def tries_native(self, algorithm: AlgorithmInfo) -> bool:
+        return super().tries_native(algorithm) or self._probing(algorithm)
 
-    async def _create(self, key_id: str, algorithm: AlgorithmInfo, alias: str, *,
-                      new_alias: bool) -> CreatedKey:
-        mode = self.capability(algorithm)
-        probing = (algorithm.name in PROBED
-                   and (self.type, algorithm.name) not in capabilities.PROBED)
-        if mode is Capability.NATIVE or probing:
-            try:
-                created = await self._create_native(key_id, algorithm, alias, new_alias)
-            except _Rejected:
-                if not probing:
-                    raise self.unavailable(f"the endpoint refused a {algorithm.name} key") \
-                        from None
-                capabilities.PROBED[(self.type, algorithm.name)] = Capability.ENVELOPE
-            else:
-                if probing:
-                    capabilities.PROBED[(self.type, algorithm.name)] = Capability.NATIVE
-                return created
-        created = await self.envelope.create(key_id, algorithm)
-        return CreatedKey(ref={**created.ref, "alias": alias}, public_key=created.public_key,
-                          mode=created.mode)
+    @staticmethod
+    def _alias(key_id: str, previous: KeyHandle | None) -> str:
+        """A new key's alias, or the one the key has had since its first version."""
+        if previous is None:
+            return alias_for(key_id)
+        return previous.ref.get("alias") or alias_for(previous.key_id)
+
+    def envelope_ref(self, key_id: str, previous: KeyHandle | None) -> dict[str, Any]:
+        return {"alias": self._alias(key_id, previous)}
+
+    async def native_create(self, key_id: str, algorithm: AlgorithmInfo,
+                            previous: KeyHandle | None) -> CreatedKey | None:
+        """A new KMS key; a new key's alias is created, a rotation moves it.  An algorithm
+        tried for the first time that the endpoint refuses becomes envelope (None)."""
+        probing = self._probing(algorithm)
+        try:
+            created = await self._create_native(key_id, algorithm,
+                                                self._alias(key_id, previous), previous is None)
+        except Rejected:
+            if not probing:
+                raise self.unavailable(f"the endpoint refused a {algorithm.name} key") from None
+            capabilities.PROBED[(self.type, algorithm.name)] = Capability.ENVELOPE
+            return None
+        if probing:
+            capabilities.PROBED[(self.type, algorithm.name)] = Capability.NATIVE
+        return created
 
     async def _create_native(self, key_id: str, algorithm: AlgorithmInfo, alias: str,
                              new_alias: bool) -> CreatedKey:
@@ -412,11 +275,9 @@ class AwsKmsProvider:
         await self.call(self.client.create_alias, AliasName=alias, TargetKeyId=arn)
 
     # -- operations ----------------------------------------------------------------------
-    async def sign(self, key: KeyHandle, data: bytes, *, prehashed: bool = False,
-                   pkcs1v15: bool = False) -> bytes:
-        arn = key.ref.get("kms_key")
-        if arn is None:
-            return await self.envelope.sign(key, data, prehashed=prehashed, pkcs1v15=pkcs1v15)
+    async def native_sign(self, key: KeyHandle, data: bytes, *, prehashed: bool,
+                          pkcs1v15: bool) -> bytes:
+        arn = key.ref["kms_key"]
         name = key.algorithm.name
         message, kind = data, "RAW"
         if prehashed:  # ECDSA only: a 32-byte digest signed as given
@@ -440,29 +301,16 @@ class AwsKmsProvider:
     def _context(aad: bytes) -> dict[str, str]:
         return {"qkms:aad": base64.b64encode(aad).decode()}
 
-    async def encrypt(self, key: KeyHandle, plaintext: bytes, aad: bytes) -> bytes:
-        arn = key.ref.get("kms_key")
-        if arn is None:
-            return await self.envelope.encrypt(key, plaintext, aad)
-        return await self.seal(arn, plaintext, self._context(aad))
+    async def native_encrypt(self, key: KeyHandle, plaintext: bytes, aad: bytes) -> bytes:
+        return await self.seal(key.ref["kms_key"], plaintext, self._context(aad))
 
-    async def decrypt(self, key: KeyHandle, ciphertext: bytes, aad: bytes) -> bytes:
-        arn = key.ref.get("kms_key")
-        if arn is None:
-            return await self.envelope.decrypt(key, ciphertext, aad)
+    async def native_decrypt(self, key: KeyHandle, ciphertext: bytes, aad: bytes) -> bytes:
         if not key.algorithm.symmetric:
-            raise OperationNotAllowedError(
-                f"{key.key_id} is a native {key.algorithm.name} KMS key: KMS RSA keys sign or "
-                "decrypt, not both, and KMS OAEP takes no label while qkms binds the version "
-                "and context as one; use an envelope algorithm for RSA encryption on AWS_KMS")
-        return await self.unseal(ciphertext, self._context(aad), kms_key=arn, key_id=key.key_id)
-
-    async def decapsulate(self, key: KeyHandle, ciphertext: bytes) -> bytes:
-        return await self.envelope.decapsulate(key, ciphertext)  # KEMs are envelope keys
-
-    async def derive(self, key: KeyHandle, info: bytes, length: int,
-                     salt: bytes | None) -> bytes:
-        return await self.envelope.derive(key, info, length, salt)  # so is HKDF
+            raise self.sign_only(key, "KMS key", "KMS RSA keys sign or decrypt, not both, and "
+                                 "KMS OAEP takes no label while qkms binds the version and "
+                                 "context as one")
+        return await self.unseal(ciphertext, self._context(aad), kms_key=key.ref["kms_key"],
+                                 key_id=key.key_id)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def _schedule_deletion(self, arn: str, days: int) -> None:
@@ -470,53 +318,42 @@ class AwsKmsProvider:
                         PendingWindowInDays=min(max(days, 7), 30),
                         tolerate=frozenset({"KMSInvalidStateException", "NotFoundException"}))
 
-    async def schedule_destroy(self, key: KeyHandle, days: int) -> None:
-        arn = key.ref.get("kms_key")
-        if arn is not None:  # an envelope record stays until destroy()
-            await self._schedule_deletion(arn, days)
+    async def native_schedule_destroy(self, key: KeyHandle, days: int) -> None:
+        await self._schedule_deletion(key.ref["kms_key"], days)
 
-    async def cancel_destroy(self, key: KeyHandle) -> None:
+    async def native_cancel_destroy(self, key: KeyHandle) -> None:
         """Cancel the deletion; a cancelled KMS key comes back disabled, so re-enable it
         unless qkms had retired it."""
-        arn = key.ref.get("kms_key")
-        if arn is None:
-            return
+        arn = key.ref["kms_key"]
         await self.call(self.client.cancel_key_deletion, KeyId=arn, key_id=key.key_id,
                         tolerate=frozenset({"KMSInvalidStateException"}))
         tags = await self.call(self.client.list_resource_tags, KeyId=arn, key_id=key.key_id)
         if not any(t["TagKey"] == "qkms:retired" for t in tags.get("Tags", [])):
             await self.call(self.client.enable_key, KeyId=arn, key_id=key.key_id)
 
-    async def retire(self, key: KeyHandle) -> None:
-        arn = key.ref.get("kms_key")
-        if arn is None:
-            self.envelope.forget(key.key_id)
-            return
+    async def native_retire(self, key: KeyHandle) -> None:
+        arn = key.ref["kms_key"]
         await self.call(self.client.tag_resource, KeyId=arn,
                         Tags=[{"TagKey": "qkms:retired", "TagValue": "true"}],
                         tolerate=frozenset({"NotFoundException", "KMSInvalidStateException"}))
         await self.call(self.client.disable_key, KeyId=arn,
                         tolerate=frozenset({"NotFoundException", "KMSInvalidStateException"}))
 
-    async def destroy(self, key: KeyHandle) -> None:
-        """Envelope: delete the record.  Native: AWS deletes the key when its window ends;
-        make sure that deletion is under way (re-scheduling it with the minimum window if
-        someone cancelled it out of band)."""
-        arn = key.ref.get("kms_key")
-        if arn is None:
-            await self.envelope.destroy(key)
-            return
+    async def native_destroy(self, key: KeyHandle) -> None:
+        """AWS deletes the key when its window ends; make sure that deletion is under way
+        (re-scheduling it with the minimum window if someone cancelled it out of band)."""
+        arn = key.ref["kms_key"]
         answer = await self.call(self.client.describe_key, KeyId=arn,
                                  tolerate=frozenset({"NotFoundException"}))
         if answer is not None and answer["KeyMetadata"].get("KeyState") != "PendingDeletion":
             await self._schedule_deletion(arn, 7)
 
-    async def leftovers(self, key_id: str, algorithm: AlgorithmInfo,
-                        previous: KeyHandle | None) -> list[KeyHandle]:
-        """Envelope material for ``key_id``, and every KMS key tagged ``qkms:key_id`` with it
-        (CreateKey sets the tag, so a key whose alias never moved is found too). KMS has no
-        search by tag: the account's keys are listed, once per unresolved intent."""
-        found = await self.envelope.leftovers(key_id, algorithm)
+    async def native_leftovers(self, key_id: str, algorithm: AlgorithmInfo,
+                               previous: KeyHandle | None) -> list[KeyHandle]:
+        """Every KMS key tagged ``qkms:key_id`` with ``key_id`` (CreateKey sets the tag, so
+        a key whose alias never moved is found too). KMS has no search by tag: the
+        account's keys are listed, once per unresolved intent."""
+        found: list[KeyHandle] = []
         wanted = {"TagKey": "qkms:key_id", "TagValue": key_id}
         marker: dict[str, Any] = {}
         while True:
@@ -530,9 +367,6 @@ class AwsKmsProvider:
             if not page.get("Truncated"):
                 return found
             marker = {"Marker": page["NextMarker"]}
-
-    def forget(self, key_id: str) -> None:
-        self.envelope.forget(key_id)
 
     async def health(self) -> ProviderHealth:
         detail: dict[str, Any] = {"endpoint": self.options.address,

@@ -43,17 +43,9 @@ import asyncio
 import hashlib
 import os
 import struct
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from azure.core.credentials import AccessToken
-from azure.core.exceptions import (
-    AzureError,
-    ClientAuthenticationError,
-    HttpResponseError,
-    ResourceNotFoundError,
-)
+from azure.core.exceptions import ResourceNotFoundError
 from azure.keyvault.keys import KeyClient
 from azure.keyvault.keys.crypto import (
     CryptographyClient,
@@ -80,11 +72,10 @@ from qkms.model.algorithms import AlgorithmInfo
 from qkms.model.enums import ProviderType
 from qkms.store.sealed import SealedStore
 
+from .azure_client import KeyVaultCalls, credential_for, flag, option
+from .azure_client import StaticTokenCredential as StaticTokenCredential  # for callers
 from .base import Capability, CreatedKey, KeyHandle, ProviderHealth
-from .capabilities import capability
-from .software import SoftwareKeys
-
-T = TypeVar("T")
+from .routing import NativeOrEnvelope
 
 # algorithm -> (key type, size or curve, signature algorithm)
 _NATIVE: dict[str, tuple[str, int | str, SignatureAlgorithm]] = {
@@ -94,23 +85,7 @@ _NATIVE: dict[str, tuple[str, int | str, SignatureAlgorithm]] = {
     "ECDSA-secp256k1": ("EC", "P-256K", SignatureAlgorithm.es256_k),
 }
 _OPS = {"RSA": ["sign", "verify", "encrypt", "decrypt"], "EC": ["sign", "verify"]}
-_CLIENTS_MAX = 1024
 _WRAP_FORMAT = 1
-
-
-def _option(options: dict[str, str], env: str, setting: str) -> str | None:
-    """A KeyPolicy setting (camelCase) wins over the environment variable."""
-    value = options.get(setting) or options.get(env)
-    return value.strip() if isinstance(value, str) and value.strip() else None
-
-
-def _flag(options: dict[str, str], env: str, setting: str, default: bool) -> bool:
-    value = _option(options, env, setting)
-    if value is None:
-        return default
-    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-        raise InvalidInputError(env, f"{value!r} is not a boolean (true/false)")
-    return value.lower() in ("true", "1", "yes")
 
 
 def azure_name(key_id: str) -> str:
@@ -118,21 +93,9 @@ def azure_name(key_id: str) -> str:
     return key_id.replace("_", "-")
 
 
-class StaticTokenCredential:
-    """A bearer token issued elsewhere, used as is (tests, or a token a sidecar refreshes)."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken(self._token, int(time.time()) + 3600)
-
-    def __repr__(self) -> str:
-        return "StaticTokenCredential(<redacted>)"
-
-
-class AzureKeyVaultProvider:
+class AzureKeyVaultProvider(KeyVaultCalls, NativeOrEnvelope):
     type = ProviderType.AZURE_KEY_VAULT
+    NATIVE_REF = "name"
 
     def __init__(self, client: KeyClient, store: SealedStore, *, wrap_name: str = "qkms-wrap",
                  timeout: float = 10.0, purge: bool = False, hardware: bool = False,
@@ -143,64 +106,18 @@ class AzureKeyVaultProvider:
         self.timeout = timeout
         self.purge = purge
         self.hardware = hardware  # RSA-HSM / EC-HSM keys (Premium vaults)
-        self.envelope = SoftwareKeys(store, AzureWrapper(self), Capability.ENVELOPE, cache_seconds)
+        super().__init__(store, AzureWrapper(self), cache_seconds)
         self._crypto: dict[tuple[str, str], CryptographyClient] = {}
 
-    def capability(self, algorithm: AlgorithmInfo) -> Capability:
-        return capability(self.type, algorithm)
-
-    def unavailable(self, reason: str) -> ProviderUnavailableError:
-        return ProviderUnavailableError(f"AZURE_KEY_VAULT at {self.vault_url}: {reason}")
-
-    async def call(self, fn: Callable[[], T], *, key_id: str | None = None,
-                   bad_input: bool = False) -> T:
-        """``fn()`` in a worker thread within the timeout, its errors made qkms errors.
-
-        A 404 is a missing key (when the call is about one); with ``bad_input`` a 400
-        means the ciphertext was refused; everything else (no connection, timeouts,
-        401/403, 429, 5xx) means the vault cannot serve us.
-        """
-        try:
-            async with asyncio.timeout(self.timeout):  # cheaper than wait_for: no extra task
-                return await asyncio.to_thread(fn)
-        except TimeoutError:
-            raise self.unavailable(f"no answer within {self.timeout:g}s") from None
-        except ResourceNotFoundError:
-            if key_id is not None:
-                raise KeyNotFoundError(key_id) from None
-            raise self.unavailable("not found (404)") from None
-        except ClientAuthenticationError as exc:
-            raise self.unavailable(f"authentication failed ({_status(exc)})") from None
-        except HttpResponseError as exc:
-            if bad_input and exc.status_code == 400:
-                raise InvalidCiphertext("Key Vault refused the ciphertext") from None
-            raise self.unavailable(_status(exc)) from None
-        except AzureError as exc:
-            raise self.unavailable(f"cannot reach the vault ({type(exc).__name__})") from None
-
-    def crypto(self, name: str, version: str) -> CryptographyClient:
-        """A CryptographyClient per key version, sharing the KeyClient's connection pool."""
-        client = self._crypto.get((name, version))
-        if client is None:
-            if len(self._crypto) >= _CLIENTS_MAX:
-                self._crypto.clear()
-            client = self.client.get_cryptography_client(name, key_version=version)
-            self._crypto[(name, version)] = client
-        return client
-
     # -- creation ----------------------------------------------------------------------
-    async def create(self, key_id: str, algorithm: AlgorithmInfo) -> CreatedKey:
-        if self.capability(algorithm) is not Capability.NATIVE:
-            return await self.envelope.create(key_id, algorithm)
-        return await self._create_native(azure_name(key_id), key_id, algorithm.name)
-
-    async def new_version(self, previous: KeyHandle, key_id: str,
-                          algorithm: AlgorithmInfo) -> CreatedKey:
-        """Same algorithm: a new version of the same Key Vault key; else a new key."""
-        if self.capability(algorithm) is not Capability.NATIVE:
-            return await self.envelope.create(key_id, algorithm)
-        same = "name" in previous.ref and previous.algorithm.name == algorithm.name
-        name = previous.ref["name"] if same else azure_name(key_id)
+    async def native_create(self, key_id: str, algorithm: AlgorithmInfo,
+                            previous: KeyHandle | None) -> CreatedKey:
+        """Same algorithm as ``previous``: a new version of the same Key Vault key; else a
+        new key."""
+        name = azure_name(key_id)
+        if (previous is not None and self.is_native(previous)
+                and previous.algorithm.name == algorithm.name):
+            name = previous.ref["name"]
         return await self._create_native(name, key_id, algorithm.name)
 
     async def _create_native(self, name: str, key_id: str, algorithm: str) -> CreatedKey:
@@ -213,14 +130,8 @@ class AzureKeyVaultProvider:
                           public_key=_public_bytes(key.key), mode=Capability.NATIVE)
 
     # -- operations --------------------------------------------------------------------
-    @staticmethod
-    def _native(key: KeyHandle) -> bool:
-        return "name" in key.ref
-
-    async def sign(self, key: KeyHandle, data: bytes, *, prehashed: bool = False,
-                   pkcs1v15: bool = False) -> bytes:
-        if not self._native(key):
-            return await self.envelope.sign(key, data, prehashed=prehashed, pkcs1v15=pkcs1v15)
+    async def native_sign(self, key: KeyHandle, data: bytes, *, prehashed: bool,
+                          pkcs1v15: bool) -> bytes:
         client = self.crypto(key.ref["name"], key.ref["version"])
         algorithm = _NATIVE[key.algorithm.name][2]
         if pkcs1v15:  # RSA only: RS256 is RSASSA-PKCS1-v1_5 over the SHA-256 digest
@@ -234,12 +145,7 @@ class AzureKeyVaultProvider:
         return encode_dss_signature(int.from_bytes(signature[:half], "big"),
                                     int.from_bytes(signature[half:], "big"))
 
-    async def encrypt(self, key: KeyHandle, plaintext: bytes, aad: bytes) -> bytes:
-        return await self.envelope.encrypt(key, plaintext, aad)  # AEAD keys are envelope here
-
-    async def decrypt(self, key: KeyHandle, ciphertext: bytes, aad: bytes) -> bytes:
-        if not self._native(key):
-            return await self.envelope.decrypt(key, ciphertext, aad)
+    async def native_decrypt(self, key: KeyHandle, ciphertext: bytes, aad: bytes) -> bytes:
         if aad:
             raise OperationNotAllowedError(
                 "AZURE_KEY_VAULT RSA-OAEP-256 takes no OAEP label, so it cannot decrypt a "
@@ -249,13 +155,6 @@ class AzureKeyVaultProvider:
                                                         ciphertext),
                                  key_id=key.key_id, bad_input=True)
         return result.plaintext
-
-    async def decapsulate(self, key: KeyHandle, ciphertext: bytes) -> bytes:
-        return await self.envelope.decapsulate(key, ciphertext)
-
-    async def derive(self, key: KeyHandle, info: bytes, length: int,
-                     salt: bytes | None) -> bytes:
-        return await self.envelope.derive(key, info, length, salt)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def _mark(self, key: KeyHandle, enabled: bool, state: str) -> bool:
@@ -269,25 +168,20 @@ class AzureKeyVaultProvider:
             return False
         return True
 
-    async def schedule_destroy(self, key: KeyHandle, days: int) -> None:
+    async def native_schedule_destroy(self, key: KeyHandle, days: int) -> None:
         """Disable the version now; the service destroys it when the window ends."""
-        if self._native(key):
-            await self._mark(key, False, "pending-deletion")
+        await self._mark(key, False, "pending-deletion")
 
-    async def cancel_destroy(self, key: KeyHandle) -> None:
-        if self._native(key):
-            await self._mark(key, True, "active")
+    async def native_cancel_destroy(self, key: KeyHandle) -> None:
+        await self._mark(key, True, "active")
 
-    async def destroy(self, key: KeyHandle) -> None:
+    async def native_destroy(self, key: KeyHandle) -> None:
         """Disable the version for good; delete the Key Vault key with its last version.
 
         Idempotent, so a retry after a partial failure finishes the job: a key that is
         already deleted is only purged (when purging is on).
         """
         self.forget(key.key_id)
-        if not self._native(key):
-            await self.envelope.destroy(key)
-            return
         name = key.ref["name"]
         if await self._mark(key, False, "destroyed"):
             def delete_when_all_destroyed() -> bool:
@@ -309,13 +203,13 @@ class AzureKeyVaultProvider:
             except KeyNotFoundError:
                 pass  # purged already, or never soft-deleted
 
-    async def leftovers(self, key_id: str, algorithm: AlgorithmInfo,
-                        previous: KeyHandle | None) -> list[KeyHandle]:
-        """Envelope material for ``key_id``, and the Key Vault versions tagged with it: of
-        the key a create names after it, or of the old version's key for a rotation."""
-        found = await self.envelope.leftovers(key_id, algorithm)
+    async def native_leftovers(self, key_id: str, algorithm: AlgorithmInfo,
+                               previous: KeyHandle | None) -> list[KeyHandle]:
+        """The Key Vault versions tagged with ``key_id``: of the key a create names after
+        it, or of the old version's key for a rotation."""
+        found: list[KeyHandle] = []
         names = {azure_name(key_id)}
-        if previous is not None and self._native(previous):
+        if previous is not None and self.is_native(previous):
             names.add(previous.ref["name"])
         for name in sorted(names):
             def versions_of(name: str = name) -> list[Any]:
@@ -327,13 +221,6 @@ class AzureKeyVaultProvider:
             found += [KeyHandle(key_id, algorithm, {"name": name, "version": v.version})
                       for v in versions if (v.tags or {}).get("qkms-key-id") == key_id]
         return found
-
-    async def retire(self, key: KeyHandle) -> None:
-        """The service refuses retired versions; nothing to change in the vault."""
-        self.forget(key.key_id)
-
-    def forget(self, key_id: str) -> None:
-        self.envelope.forget(key_id)
 
     async def health(self) -> ProviderHealth:
         detail: dict[str, Any] = {"vault": self.vault_url, "wrap_key": self.wrap_name}
@@ -427,14 +314,6 @@ def _tags(key_id: str, state: str) -> dict[str, str]:
     return {"managed-by": "qkms", "qkms-key-id": key_id, "qkms-state": state}
 
 
-def _status(exc: AzureError) -> str:
-    """``HTTP 503 ServiceUnavailable``: status and Key Vault error code, nothing else."""
-    code = getattr(getattr(exc, "error", None), "code", None)
-    status = getattr(exc, "status_code", None)
-    return " ".join(str(p) for p in (f"HTTP {status}" if status else None, code) if p) \
-        or type(exc).__name__
-
-
 def _public_bytes(jwk: Any) -> bytes:
     """A JWK from Key Vault in the suites' encodings: RSA DER SPKI, EC SEC 1 point."""
     if jwk.n is not None:
@@ -444,44 +323,30 @@ def _public_bytes(jwk: Any) -> bytes:
     return b"\x04" + bytes(jwk.x).rjust(32, b"\x00") + bytes(jwk.y).rjust(32, b"\x00")
 
 
-def _credential(options: dict[str, str]) -> Any:
-    token = options.get("AZURE_ACCESS_TOKEN")
-    if token:
-        return StaticTokenCredential(token)
-    tenant = _option(options, "AZURE_TENANT_ID", "tenantId")
-    client_id = _option(options, "AZURE_CLIENT_ID", "clientId")
-    secret = options.get("AZURE_CLIENT_SECRET")
-    if tenant and client_id and secret:
-        from azure.identity import ClientSecretCredential
-        return ClientSecretCredential(tenant, client_id, secret)
-    from azure.identity import DefaultAzureCredential
-    return DefaultAzureCredential(exclude_interactive_browser_credential=True)
-
-
 def build(settings: Settings, sealed: SealedStore) -> AzureKeyVaultProvider:
     options = settings.provider_options
-    vault_url = _option(options, "AZURE_VAULT_URL", "vaultUrl")
+    vault_url = option(options, "AZURE_VAULT_URL", "vaultUrl")
     if vault_url is None:
         raise InvalidInputError("AZURE_VAULT_URL", "is required (https://NAME.vault.azure.net)")
     try:
-        timeout = float(_option(options, "AZURE_TIMEOUT", "timeoutSeconds") or "10")
-        retries = int(_option(options, "AZURE_RETRIES", "retries") or "2")
+        timeout = float(option(options, "AZURE_TIMEOUT", "timeoutSeconds") or "10")
+        retries = int(option(options, "AZURE_RETRIES", "retries") or "2")
     except ValueError:
         raise InvalidInputError("AZURE_TIMEOUT", "timeout and retries must be numbers") from None
     transport: dict[str, Any] = {
         "connection_timeout": min(timeout, 5.0), "read_timeout": timeout,
         "retry_total": retries, "retry_backoff_factor": 0.2, "retry_backoff_max": 2,
-        "verify_challenge_resource": _flag(options, "AZURE_VERIFY_CHALLENGE_RESOURCE",
+        "verify_challenge_resource": flag(options, "AZURE_VERIFY_CHALLENGE_RESOURCE",
                                            "verifyChallengeResource", True),
-        "api_version": _option(options, "AZURE_API_VERSION", "apiVersion") or "7.5",
+        "api_version": option(options, "AZURE_API_VERSION", "apiVersion") or "7.5",
     }
-    ca_bundle = _option(options, "AZURE_CA_BUNDLE", "caBundle")
+    ca_bundle = option(options, "AZURE_CA_BUNDLE", "caBundle")
     if ca_bundle:
         transport["connection_verify"] = ca_bundle
-    client = KeyClient(vault_url, _credential(options), **transport)
+    client = KeyClient(vault_url, credential_for(options), **transport)
     return AzureKeyVaultProvider(
-        client, sealed, wrap_name=_option(options, "AZURE_WRAP_KEY_NAME", "wrapKeyName")
+        client, sealed, wrap_name=option(options, "AZURE_WRAP_KEY_NAME", "wrapKeyName")
         or "qkms-wrap", timeout=timeout,
-        purge=_flag(options, "AZURE_PURGE_ON_DESTROY", "purgeOnDestroy", False),
-        hardware=_flag(options, "AZURE_HSM_KEYS", "hsmKeys", False),
+        purge=flag(options, "AZURE_PURGE_ON_DESTROY", "purgeOnDestroy", False),
+        hardware=flag(options, "AZURE_HSM_KEYS", "hsmKeys", False),
         cache_seconds=settings.key_cache_seconds)

@@ -54,10 +54,9 @@ from qkms.model.enums import ProviderType
 from qkms.store.sealed import SealedStore
 
 from .base import Capability, CreatedKey, KeyHandle, ProviderHealth
-from .capabilities import capability
 from .pkcs11_token import Token
+from .routing import NativeOrEnvelope
 from .rsa_oaep import oaep_decode
-from .software import SoftwareKeys
 
 T = TypeVar("T")
 
@@ -81,19 +80,17 @@ def _option(options: dict[str, str], env: str, setting: str) -> str | None:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
-class HsmProvider:
+class HsmProvider(NativeOrEnvelope):
     type = ProviderType.HSM
+    NATIVE_REF = "label"
 
     def __init__(self, token: Token, store: SealedStore, *, wrap_label: str = "qkms-wrap",
                  timeout: float = 10.0, cache_seconds: float = 60.0) -> None:
         self.token = token
         self.wrap_label = wrap_label
         self.timeout = timeout
-        self.envelope = SoftwareKeys(store, HsmWrapper(self), Capability.ENVELOPE, cache_seconds)
+        super().__init__(store, HsmWrapper(self), cache_seconds)
         self._raw_oaep = False  # set once the token refuses OAEP-SHA256 with a label
-
-    def capability(self, algorithm: AlgorithmInfo) -> Capability:
-        return capability(self.type, algorithm)
 
     async def run(self, fn: Callable[[Any], T]) -> T:
         """``fn(session)`` in a worker thread, on the shared session, within the timeout."""
@@ -128,16 +125,11 @@ class HsmProvider:
         _ = key[Attribute.LABEL]
 
     # -- creation ----------------------------------------------------------------------
-    async def create(self, key_id: str, algorithm: AlgorithmInfo) -> CreatedKey:
-        if self.capability(algorithm) is not Capability.NATIVE:
-            return await self.envelope.create(key_id, algorithm)
+    async def native_create(self, key_id: str, algorithm: AlgorithmInfo,
+                            previous: KeyHandle | None) -> CreatedKey:
+        """A new token key under the version's key ID, for a new key and a rotation alike."""
         public = await self.run(lambda session: self._generate(session, key_id, algorithm.name))
         return CreatedKey(ref={"label": key_id}, public_key=public, mode=Capability.NATIVE)
-
-    async def new_version(self, previous: KeyHandle, key_id: str,
-                          algorithm: AlgorithmInfo) -> CreatedKey:
-        """A new token key (or envelope record) under the new version's key ID."""
-        return await self.create(key_id, algorithm)
 
     def _generate(self, session: Any, key_id: str, name: str) -> bytes | None:
         common: dict[str, Any] = {"id": key_id.encode(), "label": key_id, "store": True}
@@ -170,14 +162,8 @@ class HsmProvider:
             raise
 
     # -- operations --------------------------------------------------------------------
-    @staticmethod
-    def _native(key: KeyHandle) -> bool:
-        return "label" in key.ref
-
-    async def sign(self, key: KeyHandle, data: bytes, *, prehashed: bool = False,
-                   pkcs1v15: bool = False) -> bytes:
-        if not self._native(key):
-            return await self.envelope.sign(key, data, prehashed=prehashed, pkcs1v15=pkcs1v15)
+    async def native_sign(self, key: KeyHandle, data: bytes, *, prehashed: bool,
+                          pkcs1v15: bool) -> bytes:
         name = key.algorithm.name
 
         def sign(session: Any) -> bytes:
@@ -195,15 +181,11 @@ class HsmProvider:
                                 mechanism_param=_PSS)
         return await self.run(sign)
 
-    async def encrypt(self, key: KeyHandle, plaintext: bytes, aad: bytes) -> bytes:
-        if not self._native(key):
-            return await self.envelope.encrypt(key, plaintext, aad)
+    async def native_encrypt(self, key: KeyHandle, plaintext: bytes, aad: bytes) -> bytes:
         return await self.run(lambda s: self._seal(self._object(s, key.key_id, _SECRET),
                                                    plaintext, aad))
 
-    async def decrypt(self, key: KeyHandle, ciphertext: bytes, aad: bytes) -> bytes:
-        if not self._native(key):
-            return await self.envelope.decrypt(key, ciphertext, aad)
+    async def native_decrypt(self, key: KeyHandle, ciphertext: bytes, aad: bytes) -> bytes:
         if key.algorithm.symmetric:
             return await self.run(lambda s: self._open(self._object(s, key.key_id, _SECRET),
                                                        ciphertext, aad))
@@ -250,13 +232,6 @@ class HsmProvider:
             raise InvalidCiphertext("RSA-OAEP decryption failed") from None
         return oaep_decode(encoded, aad, size)
 
-    async def decapsulate(self, key: KeyHandle, ciphertext: bytes) -> bytes:
-        return await self.envelope.decapsulate(key, ciphertext)  # KEMs are never native here
-
-    async def derive(self, key: KeyHandle, info: bytes, length: int,
-                     salt: bytes | None) -> bytes:
-        return await self.envelope.derive(key, info, length, salt)  # HKDF is envelope
-
     # -- lifecycle ---------------------------------------------------------------------
     def _delete(self, session: Any, label: str) -> None:
         for obj in list(session.get_objects({Attribute.LABEL: label})):
@@ -264,34 +239,22 @@ class HsmProvider:
         for kind in (_SECRET, _PRIVATE, _PUBLIC):
             self.token.objects.pop((label, kind), None)
 
-    async def destroy(self, key: KeyHandle) -> None:
-        """Delete the version's token objects (idempotent), or its envelope record."""
-        if self._native(key):
-            await self.run(lambda session: self._delete(session, key.key_id))
-        else:
-            await self.envelope.destroy(key)
+    async def native_destroy(self, key: KeyHandle) -> None:
+        """Delete the version's token objects (idempotent)."""
+        await self.run(lambda session: self._delete(session, key.key_id))
 
-    async def leftovers(self, key_id: str, algorithm: AlgorithmInfo,
-                        previous: KeyHandle | None) -> list[KeyHandle]:
-        """Envelope material for ``key_id``, and the token objects labelled with it."""
-        found = await self.envelope.leftovers(key_id, algorithm)
+    async def native_leftovers(self, key_id: str, algorithm: AlgorithmInfo,
+                               previous: KeyHandle | None) -> list[KeyHandle]:
+        """The token objects labelled with ``key_id``."""
         if await self.run(lambda session: any(
                 True for _ in session.get_objects({Attribute.LABEL: key_id}))):
-            found.append(KeyHandle(key_id, algorithm, {"label": key_id}))
-        return found
+            return [KeyHandle(key_id, algorithm, {"label": key_id})]
+        return []
 
-    async def schedule_destroy(self, key: KeyHandle, days: int) -> None:
-        """Nothing on the token: PKCS#11 has no deletion window; ``destroy`` deletes."""
-
-    async def cancel_destroy(self, key: KeyHandle) -> None:
-        """Nothing to undo."""
-
-    async def retire(self, key: KeyHandle) -> None:
-        """The service refuses retired versions; only cached handles and material go."""
-        self.forget(key.key_id)
-
+    # PKCS#11 has no deletion window (``destroy`` deletes at its end) and no minimum
+    # version: the service refuses retired versions; ``retire`` drops cached handles.
     def forget(self, key_id: str) -> None:
-        self.envelope.forget(key_id)
+        super().forget(key_id)
         for kind in (_SECRET, _PRIVATE, _PUBLIC):
             self.token.objects.pop((key_id, kind), None)
 

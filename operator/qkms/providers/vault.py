@@ -36,15 +36,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import builtins
 import contextlib
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import hvac
-import requests
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     PublicFormat,
@@ -54,21 +49,14 @@ from hvac import exceptions as vault_errors
 
 from qkms.config import Settings
 from qkms.crypto import InvalidCiphertext, suite_for
-from qkms.errors import (
-    InvalidInputError,
-    KeyNotFoundError,
-    KeyStateError,
-    OperationNotAllowedError,
-    ProviderUnavailableError,
-    RecordCorruptError,
-)
+from qkms.errors import ProviderUnavailableError, RecordCorruptError
 from qkms.model.algorithms import AlgorithmInfo
 from qkms.model.enums import Family, ProviderType
 from qkms.store.sealed import SealedStore
 
-from . import capabilities
 from .base import Capability, CreatedKey, KeyHandle, ProviderHealth
-from .software import SoftwareKeys
+from .routing import NativeOrEnvelope
+from .vault_client import TransitCalls, VaultOptions
 
 # qkms algorithm -> transit key type (hvac validates types client-side and does not know
 # ML-DSA, so requests go through the generic read/write calls).
@@ -81,73 +69,9 @@ TRANSIT_TYPES: dict[str, str] = {
 STATE = "vault-transit"  # sealed record kind: spent and destroyed versions per transit key
 
 
-def _option(options: dict[str, str], env: str, setting: str) -> str | None:
-    """A KeyPolicy setting (``address``) wins over the operator's environment
-    (``VAULT_ADDR``): the registry merges both into the options, and the policy is the
-    more specific of the two."""
-    return options.get(setting) or options.get(env) or None
-
-
-def _seconds(text: str, name: str) -> float:
-    try:
-        value = float(text.strip().removesuffix("s"))
-    except ValueError:
-        raise InvalidInputError(name, f"{text!r} is not a number of seconds") from None
-    if value <= 0:
-        raise InvalidInputError(name, "must be positive")
-    return value
-
-
-@dataclass(frozen=True)
-class VaultOptions:
-    address: str
-    token: str = field(repr=False)
-    mount: str = "transit"
-    wrap_key: str = "qkms-wrap"
-    timeout: float = 5.0
-    namespace: str | None = None
-    verify: bool | str = True
-
-    @classmethod
-    def from_options(cls, options: dict[str, str]) -> VaultOptions:
-        """Environment names (``VAULT_ADDR``...) or KeyPolicy settings (``address``...)."""
-        address = _option(options, "VAULT_ADDR", "address")
-        token = _option(options, "VAULT_TOKEN", "token")
-        if not address:
-            raise InvalidInputError("VAULT_ADDR", "is required for HASHICORP_VAULT")
-        if not token:
-            raise InvalidInputError("VAULT_TOKEN", "is required for HASHICORP_VAULT "
-                                    "(from the environment or the credentials Secret)")
-        verify: bool | str = _option(options, "VAULT_CACERT", "caCert") or True
-        if (_option(options, "VAULT_SKIP_VERIFY", "skipVerify") or "").lower() in ("1", "true"):
-            verify = False
-        return cls(
-            address=address.rstrip("/"), token=token,
-            mount=(_option(options, "VAULT_MOUNT_PATH", "mountPath") or "transit").strip("/"),
-            wrap_key=_option(options, "VAULT_WRAP_KEY", "wrapKey") or "qkms-wrap",
-            timeout=_seconds(_option(options, "VAULT_CLIENT_TIMEOUT", "timeout") or "5",
-                             "VAULT_CLIENT_TIMEOUT"),
-            namespace=_option(options, "VAULT_NAMESPACE", "namespace"), verify=verify)
-
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def _vault_reason(exc: vault_errors.VaultError) -> str:
-    """The first line of Vault's first error, without hvac's method and URL suffix."""
-    text = " ".join(str(e) for e in (exc.errors or [])) or type(exc).__name__
-    lines = [line.strip(" *\t") for line in text.splitlines()]
-    lines = [line for line in lines if line and not line.endswith("error occurred:")]
-    return (lines[0] if lines else text)[:200]
-
-
-def _network_reason(exc: requests.RequestException, timeout: float) -> str:
-    if isinstance(exc, requests.Timeout):
-        return f"no answer within {timeout:g}s"
-    if isinstance(exc, requests.ConnectionError):
-        return "connection refused" if "refused" in str(exc).lower() else "connection failed"
-    return type(exc).__name__
 
 
 def public_raw(algorithm: AlgorithmInfo, text: str) -> bytes:
@@ -215,71 +139,22 @@ class TransitWrapper:
         return base64.b64decode(answer["data"]["plaintext"])
 
 
-class VaultProvider:
-    type = ProviderType.HASHICORP_VAULT  # so `builtins.type` in annotations below
+class VaultProvider(TransitCalls, NativeOrEnvelope):
+    """A transit key per native key and a transit version per qkms version, fenced as the
+    lifecycle goes (``_fence_encryption``, ``_spend_locked``); envelope records wrapped by
+    ``TransitWrapper``."""
+
+    type = ProviderType.HASHICORP_VAULT
+    NATIVE_REF = "transit_key"
 
     def __init__(self, options: VaultOptions, store: SealedStore,
                  cache_seconds: float = 60.0) -> None:
-        self.options = options
+        TransitCalls.__init__(self, options)
+        NativeOrEnvelope.__init__(self, store, TransitWrapper(self), cache_seconds)
         self.store = store
-        self.client = hvac.Client(url=options.address, token=options.token,
-                                  timeout=options.timeout, verify=options.verify,
-                                  namespace=options.namespace)
-        self.envelope = SoftwareKeys(store, TransitWrapper(self), Capability.ENVELOPE,
-                                     cache_seconds)
         self._locks: dict[str, asyncio.Lock] = {}
         self._fenced: dict[str, int] = {}  # transit key -> min_encryption_version seen
         self._wrap_ready = False
-
-    def capability(self, algorithm: AlgorithmInfo) -> Capability:
-        return capabilities.capability(self.type, algorithm)
-
-    # -- calls -------------------------------------------------------------------------
-    def unavailable(self, reason: str) -> ProviderUnavailableError:
-        return ProviderUnavailableError(f"{self.type.value} at {self.options.address}: {reason}")
-
-    async def call(self, fn: Callable[..., Any], *args: Any, key_id: str | None = None,
-                   bad_request: builtins.type[Exception] | None = None,
-                   tolerate: Callable[[vault_errors.VaultError], bool] | None = None,
-                   **kwargs: Any) -> Any:
-        """Run one hvac call in a thread under the deadline, mapping failures to qkms errors.
-
-        ``key_id`` turns "not found" into ``KeyNotFoundError``; ``bad_request`` is raised
-        for other 400 answers (a failed decryption, say); ``tolerate`` returns None instead
-        of raising for the errors it accepts.
-        """
-        try:
-            async with asyncio.timeout(self.options.timeout):  # no extra task, unlike wait_for
-                return await asyncio.to_thread(fn, *args, **kwargs)
-        except TimeoutError:
-            raise self.unavailable(f"no answer within {self.options.timeout:g}s") from None
-        except requests.RequestException as exc:
-            raise self.unavailable(_network_reason(exc, self.options.timeout)) from None
-        except vault_errors.VaultError as exc:
-            if tolerate is not None and tolerate(exc):
-                return None
-            raise self._translate(exc, key_id, bad_request) from None
-
-    def _translate(self, exc: vault_errors.VaultError, key_id: str | None,
-                   bad_request: builtins.type[Exception] | None) -> Exception:
-        reason = _vault_reason(exc)
-        if "soft-deleted" in reason:  # a 400 or a 500, depending on the endpoint
-            return KeyStateError(f"Key version not usable: {key_id} is pending deletion "
-                                 "(soft-deleted in Vault)")
-        if isinstance(exc, vault_errors.Forbidden | vault_errors.Unauthorized):
-            return self.unavailable("permission denied: check the token and its policy")
-        if isinstance(exc, vault_errors.InvalidPath | vault_errors.InvalidRequest):
-            if "no handler for route" in reason:
-                return self.unavailable(f"no transit engine at {self.options.mount!r}")
-            if key_id and (isinstance(exc, vault_errors.InvalidPath) or "not found" in reason):
-                return KeyNotFoundError(key_id)
-            if "less than the minimum" in reason:
-                return KeyStateError(f"Key version not usable: Vault no longer allows {key_id} "
-                                     f"to sign or encrypt ({reason})")
-            if bad_request is not None and isinstance(exc, vault_errors.InvalidRequest):
-                return bad_request(reason)
-            return self.unavailable(f"request refused: {reason}")
-        return self.unavailable(f"{reason}")
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
@@ -302,9 +177,13 @@ class VaultProvider:
         self._wrap_ready = True
 
     # -- creation ------------------------------------------------------------------------
-    async def create(self, key_id: str, algorithm: AlgorithmInfo) -> CreatedKey:
-        if self.capability(algorithm) is not Capability.NATIVE:
-            return await self.envelope.create(key_id, algorithm)
+    async def native_create(self, key_id: str, algorithm: AlgorithmInfo,
+                            previous: KeyHandle | None) -> CreatedKey:
+        """The next version of ``previous``'s transit key when it has the same algorithm
+        (a transit rotation); otherwise a new transit key named ``key_id``."""
+        if (previous is not None and self.is_native(previous)
+                and previous.algorithm.name == algorithm.name):
+            return await self._rotate(previous, algorithm)
         mount = self.options.mount
         answer = await self.call(self.client.write_data, f"{mount}/keys/{key_id}",
                                  data={"type": TRANSIT_TYPES[algorithm.name],
@@ -323,13 +202,8 @@ class VaultProvider:
         return CreatedKey(ref=self._ref(mount, key_id, 1), public_key=public,
                           mode=Capability.NATIVE)
 
-    async def new_version(self, previous: KeyHandle, key_id: str,
-                          algorithm: AlgorithmInfo) -> CreatedKey:
-        """Same algorithm on a transit key: rotate it; otherwise a new key (or envelope)."""
+    async def _rotate(self, previous: KeyHandle, algorithm: AlgorithmInfo) -> CreatedKey:
         ref = previous.ref
-        if ("transit_key" not in ref or previous.algorithm.name != algorithm.name
-                or self.capability(algorithm) is not Capability.NATIVE):
-            return await self.create(key_id, algorithm)
         mount, name = ref["mount"], ref["transit_key"]
         async with self._lock(name):
             answer = await self.call(self.client.write_data, f"{mount}/keys/{name}/rotate",
@@ -356,10 +230,8 @@ class VaultProvider:
 
     # -- operations ----------------------------------------------------------------------
     @staticmethod
-    def _native(key: KeyHandle) -> tuple[str, str, int] | None:
+    def _native(key: KeyHandle) -> tuple[str, str, int]:
         ref = key.ref
-        if "transit_key" not in ref:
-            return None
         return ref["mount"], ref["transit_key"], int(ref["transit_version"])
 
     async def _fence_encryption(self, mount: str, name: str, version: int) -> None:
@@ -378,12 +250,9 @@ class VaultProvider:
                 current = version
             self._fenced[name] = current
 
-    async def sign(self, key: KeyHandle, data: bytes, *, prehashed: bool = False,
-                   pkcs1v15: bool = False) -> bytes:
-        native = self._native(key)
-        if native is None:
-            return await self.envelope.sign(key, data, prehashed=prehashed, pkcs1v15=pkcs1v15)
-        mount, name, version = native
+    async def native_sign(self, key: KeyHandle, data: bytes, *, prehashed: bool,
+                          pkcs1v15: bool) -> bytes:
+        mount, name, version = self._native(key)
         await self._fence_encryption(mount, name, version)
         extra = {"prehashed": True} if prehashed else {}  # ECDSA: the input is the digest
         answer = await self.call(self.client.write_data, f"{mount}/sign/{name}", data={
@@ -392,27 +261,19 @@ class VaultProvider:
             **extra}, key_id=key.key_id)
         return _unprefix(answer["data"]["signature"], version)
 
-    async def encrypt(self, key: KeyHandle, plaintext: bytes, aad: bytes) -> bytes:
-        native = self._native(key)
-        if native is None:
-            return await self.envelope.encrypt(key, plaintext, aad)
-        mount, name, version = native
+    async def native_encrypt(self, key: KeyHandle, plaintext: bytes, aad: bytes) -> bytes:
+        mount, name, version = self._native(key)
         await self._fence_encryption(mount, name, version)
         answer = await self.call(self.client.write_data, f"{mount}/encrypt/{name}", data={
             "plaintext": _b64(plaintext), "associated_data": _b64(aad),
             "key_version": version}, key_id=key.key_id)
         return answer["data"]["ciphertext"].encode()  # "vault:vN:..." is the provider ciphertext
 
-    async def decrypt(self, key: KeyHandle, ciphertext: bytes, aad: bytes) -> bytes:
-        native = self._native(key)
-        if native is None:
-            return await self.envelope.decrypt(key, ciphertext, aad)
+    async def native_decrypt(self, key: KeyHandle, ciphertext: bytes, aad: bytes) -> bytes:
         if not key.algorithm.symmetric:
-            raise OperationNotAllowedError(
-                f"{key.key_id} is a native {key.algorithm.name} transit key: transit RSA "
-                "decryption takes no OAEP label, and qkms binds the version and context as "
-                "one; use an envelope algorithm for RSA encryption on HASHICORP_VAULT")
-        mount, name, version = native
+            raise self.sign_only(key, "transit key", "transit RSA decryption takes no OAEP "
+                                 "label, and qkms binds the version and context as one")
+        mount, name, version = self._native(key)
         text = ciphertext.decode("ascii", "replace")
         _unprefix(text, version)  # a ciphertext of another transit version is refused here
         answer = await self.call(self.client.write_data, f"{mount}/decrypt/{name}", data={
@@ -420,27 +281,14 @@ class VaultProvider:
             key_id=key.key_id, bad_request=InvalidCiphertext)
         return base64.b64decode(answer["data"]["plaintext"])
 
-    async def decapsulate(self, key: KeyHandle, ciphertext: bytes) -> bytes:
-        return await self.envelope.decapsulate(key, ciphertext)  # KEMs are envelope keys
-
-    async def derive(self, key: KeyHandle, info: bytes, length: int,
-                     salt: bytes | None) -> bytes:
-        return await self.envelope.derive(key, info, length, salt)  # so is HKDF
-
     # -- lifecycle -----------------------------------------------------------------------
-    async def retire(self, key: KeyHandle) -> None:
+    async def native_retire(self, key: KeyHandle) -> None:
         native = self._native(key)
-        if native is None:
-            self.envelope.forget(key.key_id)
-            return
         async with self._lock(native[1]):
             await self._spend_locked(*native, destroyed=False)
 
-    async def destroy(self, key: KeyHandle) -> None:
+    async def native_destroy(self, key: KeyHandle) -> None:
         native = self._native(key)
-        if native is None:
-            await self.envelope.destroy(key)
-            return
         async with self._lock(native[1]):
             await self._spend_locked(*native, destroyed=True)
 
@@ -473,17 +321,16 @@ class VaultProvider:
                 change["min_encryption_version"] = floor
             await self.call(self.client.write_data, f"{mount}/keys/{name}/config", data=change)
 
-    async def leftovers(self, key_id: str, algorithm: AlgorithmInfo,
-                        previous: KeyHandle | None) -> list[KeyHandle]:
-        """Envelope material for ``key_id``; the transit key a create names ``key_id``; and
-        for a rotation, the versions of the old version's transit key after it."""
-        found = await self.envelope.leftovers(key_id, algorithm)
+    async def native_leftovers(self, key_id: str, algorithm: AlgorithmInfo,
+                               previous: KeyHandle | None) -> list[KeyHandle]:
+        """The transit key a create names ``key_id``; and for a rotation, the versions of
+        the old version's transit key after it."""
+        found: list[KeyHandle] = []
         mount = self.options.mount
         if await self._read_key(mount, key_id) is not None:
             found.append(KeyHandle(key_id, algorithm, self._ref(mount, key_id, 1)))
-        native = self._native(previous) if previous is not None else None
-        if native is not None:
-            mount, name, version = native
+        if previous is not None and self.is_native(previous):
+            mount, name, version = self._native(previous)
             info = await self._read_key(mount, name)
             latest = int(info["latest_version"]) if info else 0
             found += [KeyHandle(key_id, algorithm, self._ref(mount, name, number))
@@ -504,23 +351,16 @@ class VaultProvider:
         """HashiCorp Vault has no soft delete (OpenBao does); restoring twice is harmless."""
         return isinstance(exc, vault_errors.InvalidPath | vault_errors.UnexpectedError)
 
-    async def schedule_destroy(self, key: KeyHandle, days: int) -> None:
+    async def native_schedule_destroy(self, key: KeyHandle, days: int) -> None:
         """Soft-delete the transit key where the server has soft delete (OpenBao)."""
-        native = self._native(key)
-        if native is not None:
-            mount, name, _ = native
-            await self.call(self.client.delete, f"{mount}/keys/{name}/soft-delete",
-                            tolerate=self._unsupported)
+        mount, name, _ = self._native(key)
+        await self.call(self.client.delete, f"{mount}/keys/{name}/soft-delete",
+                        tolerate=self._unsupported)
 
-    async def cancel_destroy(self, key: KeyHandle) -> None:
-        native = self._native(key)
-        if native is not None:
-            mount, name, _ = native
-            await self.call(self.client.write_data, f"{mount}/keys/{name}/soft-delete-restore",
-                            tolerate=self._unsupported)
-
-    def forget(self, key_id: str) -> None:
-        self.envelope.forget(key_id)
+    async def native_cancel_destroy(self, key: KeyHandle) -> None:
+        mount, name, _ = self._native(key)
+        await self.call(self.client.write_data, f"{mount}/keys/{name}/soft-delete-restore",
+                        tolerate=self._unsupported)
 
     async def health(self) -> ProviderHealth:
         detail: dict[str, Any] = {"address": self.options.address, "mount": self.options.mount}
