@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from qkms.k8s.handlers import PROJECTED_SELECTOR
+from qkms.k8s.projections import PROJECTED_SELECTOR
 from tests.install.helpers import NAMESPACE, ROOT, find, manifest_objects
 from tests.install.pods import (
     APP_NS,

@@ -30,7 +30,8 @@ from qkms.model.durations import parse_duration
 from qkms.model.issuers import ClusterKeyIssuer, KeyIssuer
 from qkms.model.names import GROUP, ISSUER_LABEL, MANAGED_BY, MANAGED_BY_LABEL, VERSION
 
-from .issuer_ca import ISSUER_ACTOR, IssuerState, _runtime, call, issuer_ref, now, stamp
+from .issuer_ca import ISSUER_ACTOR, IssuerState, call, issuer_ref, now, stamp
+from .runtime import current
 
 SUFFIX = "-ca-bundle"
 
@@ -88,7 +89,7 @@ async def publish(body: Any, issuer: KeyIssuer | ClusterKeyIssuer,
     """Write the ConfigMap (``state`` None: the key is revoked, the bundle is emptied and
     the last CRL kept); returns the status fields that describe it."""
     namespace, name = config_map(issuer)
-    core = _runtime().kube.core
+    core = current().kube.core
     try:
         existing = await call(core.read_namespaced_config_map, name, namespace)
     except ApiException as exc:
@@ -132,7 +133,7 @@ async def _write(body: Any, namespace: str, name: str, data: dict[str, str],
         "apiVersion": "v1", "kind": "ConfigMap", "data": data, "metadata": {
             "name": name, "namespace": namespace, "ownerReferences": [owner],
             "labels": {MANAGED_BY_LABEL: MANAGED_BY, ISSUER_LABEL: meta["name"]}}}
-    core = _runtime().kube.core
+    core = current().kube.core
     if existing is None:
         await call(core.create_namespaced_config_map, namespace, manifest)
         return

@@ -35,6 +35,8 @@ from qkms.model.durations import parse_duration
 from qkms.model.enums import VersionState
 from qkms.model.issuers import ClusterKeyIssuer, KeyIssuer, parse_issuer
 
+from .runtime import current
+
 ISSUER_ACTOR = {"type": "SERVICE", "id": "qkms-issuer"}
 HISTORY = 8  # earlier CA certificates and bridges kept at most
 
@@ -46,11 +48,6 @@ class NotReady(Exception):
     def __init__(self, reason: str, message: str, *, retry: bool = False) -> None:
         super().__init__(message)
         self.reason, self.retry = reason, retry
-
-
-def _runtime() -> Any:
-    from .handlers import runtime
-    return runtime()
 
 
 def now() -> datetime:
@@ -146,7 +143,7 @@ async def issuer_state(body: Mapping[str, Any]) -> IssuerState:
         issuer = parse_issuer(body)
     except InvalidInputError as exc:
         raise NotReady("InvalidSpec", str(exc)) from None
-    runtime = _runtime()
+    runtime = current()
     ref = issuer.spec.key_ref
     namespace = ref.namespace or issuer.namespace
     if namespace is None:  # a body without metadata.namespace: no cluster sends one
@@ -302,7 +299,7 @@ async def _secret_ca(issuer: KeyIssuer | ClusterKeyIssuer, key_namespace: str) -
     assert secret is not None
     namespace = secret.namespace or key_namespace
     try:
-        data = await _runtime().kube.secret_bytes(namespace, secret.name)
+        data = await current().kube.secret_bytes(namespace, secret.name)
     except LookupError:
         raise NotReady("CASecretNotFound", f"Secret {namespace}/{secret.name} does not exist",
                        retry=True) from None
@@ -319,7 +316,7 @@ async def key_service(body: Mapping[str, Any]) -> tuple[str, Any] | None:
     except (InvalidInputError, KeyError, AttributeError):
         return None
     namespace = issuer.spec.key_ref.namespace or issuer.namespace
-    runtime = _runtime()
+    runtime = current()
     environment = await runtime.environment(namespace) if namespace else None
     if environment is None:
         return None

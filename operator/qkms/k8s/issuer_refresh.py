@@ -22,7 +22,8 @@ from qkms.model.issuers import parse_issuer
 from qkms.model.names import GROUP, VERSION
 
 from .issuer_bundle import crl_validity, publish
-from .issuer_ca import IssuerState, NotReady, _runtime, call, issuer_state, now, stamp
+from .issuer_ca import IssuerState, NotReady, call, issuer_state, now, stamp
+from .runtime import current
 
 log = logging.getLogger("key-management:issuer")
 
@@ -192,7 +193,7 @@ def _schedule_retry(ident: Ident) -> None:
         old.cancel()
     TIMERS[ident] = _spawn(_later(ident, RETRY_SECONDS))
 async def _issuer_body(namespace: str, ref: Mapping[str, Any]) -> dict[str, Any] | None:
-    custom = _runtime().kube.custom
+    custom = current().kube.custom
     try:
         if ref["kind"] == "ClusterKeyIssuer":
             return dict(await call(custom.get_cluster_custom_object, GROUP, VERSION,
@@ -207,7 +208,7 @@ async def _issuer_body(namespace: str, ref: Mapping[str, Any]) -> dict[str, Any]
 
 async def _patch_issuer(issuer_body: Mapping[str, Any], status: dict[str, Any]) -> None:
     meta = issuer_body["metadata"]
-    custom = _runtime().kube.custom
+    custom = current().kube.custom
     if issuer_body["kind"] == "ClusterKeyIssuer":
         await call(custom.patch_cluster_custom_object_status, GROUP, VERSION,
                     "clusterkeyissuers", meta["name"], {"status": status})

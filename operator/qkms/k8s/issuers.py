@@ -50,7 +50,7 @@ from qkms.model.names import (
     VERSION,
 )
 
-from .issuer_ca import NotReady, _runtime, call, issuer_ref, key_service, now, stamp
+from .issuer_ca import NotReady, call, issuer_ref, key_service, now, stamp
 from .issuer_refresh import (
     ISSUER_LOCKS,
     KEY_ISSUERS_OF,
@@ -68,12 +68,13 @@ from .issuer_refresh import (
     _spawn,
     refresh,
 )
+from .keys import MANAGED_KEYS
+from .runtime import current
 
 log = logging.getLogger("key-management:issuer")
 
 KEY_ISSUERS = (GROUP, VERSION, "keyissuers")
 CLUSTER_KEY_ISSUERS = (GROUP, VERSION, "clusterkeyissuers")
-MANAGED_KEYS = (GROUP, VERSION, "managedkeys")
 CERTIFICATE_REQUESTS = (CERT_MANAGER_GROUP, CERT_MANAGER_VERSION, "certificaterequests")
 ISSUER_KINDS = {"KeyIssuer": "keyissuers", "ClusterKeyIssuer": "clusterkeyissuers"}
 
@@ -140,7 +141,7 @@ async def _patch_request(body: Mapping[str, Any], status: dict[str, Any]) -> Non
     meta = body["metadata"]
     kept = [c for t, c in _conditions(body).items() if t != "Ready"]
     status = {**status, "conditions": [*kept, *status.get("conditions", [])]}
-    await call(_runtime().kube.custom.patch_namespaced_custom_object_status, CERT_MANAGER_GROUP,
+    await call(current().kube.custom.patch_namespaced_custom_object_status, CERT_MANAGER_GROUP,
                 CERT_MANAGER_VERSION, meta["namespace"], "certificaterequests", meta["name"],
                 {"status": status})
 
@@ -187,7 +188,7 @@ async def resume_requests(issuer_body: Mapping[str, Any]) -> None:
     """Sign the approved requests left Pending while the issuer was not ready."""
     meta = issuer_body["metadata"]
     try:
-        listing = await call(_runtime().kube.custom.list_cluster_custom_object, CERT_MANAGER_GROUP,
+        listing = await call(current().kube.custom.list_cluster_custom_object, CERT_MANAGER_GROUP,
                               CERT_MANAGER_VERSION, "certificaterequests")
     except ApiException as exc:
         if exc.status == 404:  # cert-manager's CRDs are not installed

@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from qkms.config import Settings, listens_on_loopback
+from qkms.config import Settings
 from qkms.errors import InvalidInputError
 from qkms.model.enums import Environment
 from qkms.model.names import AUDIT_ANNOTATION
@@ -34,6 +33,22 @@ from .secret_store import SecretRecordStore, load_or_create_kek_secret
 from .storage import Kube
 
 log = logging.getLogger("key-management:operator")
+
+_CURRENT: list[OperatorRuntime] = []  # the process's one runtime, made at Kopf's startup
+
+
+def current() -> OperatorRuntime:
+    """The runtime every handler works through (``handlers.startup`` makes it once)."""
+    return _CURRENT[0]
+
+
+def install(runtime: OperatorRuntime) -> OperatorRuntime:
+    _CURRENT[:] = [runtime]
+    return runtime
+
+
+def installed() -> bool:
+    return bool(_CURRENT)
 
 
 
@@ -81,53 +96,6 @@ class OperatorRuntime:
         return cls(settings, kube or Kube(),
                    namespace=os.environ.get("QKMS_NAMESPACE", "qkms-system"),
                    state=os.environ.get("QKMS_STATE", "secrets"))
-
-    async def start_api(self) -> None:
-        """Every replica serves the data plane; only reconciliation is single-active."""
-        listen = os.environ.get("QKMS_API_LISTEN", "0.0.0.0:8443")  # noqa: S104 - in a pod
-        if not listen:
-            return
-        from qkms.server.app import start_data_plane
-        from qkms.server.auth import KubeAuth
-
-        # Tokens must be minted for qkms (a projected ServiceAccount token with this
-        # audience): a token for the API server, or for anything else, is refused.
-        audiences = [a.strip() for a in os.environ.get("QKMS_AUDIENCES", "qkms")
-                     .split(",") if a.strip()]
-        auth = KubeAuth(self.kube.api, ttl=float(os.environ.get("QKMS_AUTH_CACHE_SECONDS", "10")),
-                        audiences=audiences)
-        tls = await self._tls(listen)
-        self.api_runner = await start_data_plane(self, self.registry, auth, auth, listen, tls)
-
-    async def _tls(self, listen: str) -> tuple[Path, Path, Path | None] | None:
-        """The data plane's certificate: files (``QKMS_TLS_CERT``/``KEY``, cert-manager's),
-        else ``QKMS_TLS=auto`` (the manifests' default: qkms's own CA, qkms/k8s/tls.py).
-        Plain HTTP only on loopback (``QKMS_TLS=off``, or unset there)."""
-        cert = os.environ.get("QKMS_TLS_CERT")
-        client_ca = (Path(os.environ["QKMS_TLS_CLIENT_CA"])
-                     if os.environ.get("QKMS_TLS_CLIENT_CA") else None)
-        if cert:
-            return Path(cert), Path(os.environ["QKMS_TLS_KEY"]), client_ca
-        mode = os.environ.get("QKMS_TLS", "").strip().lower() or \
-            ("off" if listens_on_loopback(listen) else "auto")
-        if mode == "off":
-            if not listens_on_loopback(listen):
-                raise InvalidInputError("QKMS_TLS", f"plain HTTP only on loopback, not on "
-                                                    f"{listen}: use auto or certificate files")
-            return None
-        if mode != "auto":
-            raise InvalidInputError("QKMS_TLS", f"{mode!r}: auto or off")
-        from . import tls
-
-        files = await asyncio.to_thread(tls.load_or_create_tls, self.kube.core, self.namespace)
-        self.ca_pem = files["ca.crt"]
-        await self.publish_ca(self.namespace)
-        folder = Path(tempfile.mkdtemp(prefix="qkms-tls-"))  # 0700, on the pod's /tmp
-        for name in ("tls.crt", "tls.key"):
-            path = folder / name
-            path.touch(mode=0o600)
-            path.write_bytes(files[name])
-        return folder / "tls.crt", folder / "tls.key", client_ca
 
     async def publish_ca(self, namespace: str) -> None:
         """The ConfigMap qkms-ca (the data plane's CA) in `namespace`, once per run."""
@@ -196,21 +164,6 @@ class OperatorRuntime:
                           "ConfigMap %s/qkms-audit-pins: the audit log may have been "
                           "rebuilt; the pin is kept", environment, self.namespace)
             self.pinned[environment] = public
-
-    async def backup(self, policy: KeyPolicy) -> str:
-        """One scheduled backup of the policy's environment onto the data volume, pruning
-        those past ``backupPolicy.retentionPeriod``; the backup key lives in its own Secret."""
-        from qkms import backup
-
-        from .secret_store import BACKUP_KEY_SECRET
-
-        service = await self.service(policy.spec.environment)
-        key = await asyncio.to_thread(load_or_create_kek_secret, self.kube.core, self.namespace,
-                                      BACKUP_KEY_SECRET)
-        path, pruned = await backup.scheduled(service, self.registry.settings.data_dir /
-                                              "backups", key,
-                                              policy.spec.backup_policy.retention_period)
-        return f"wrote {path.name}, pruned {len(pruned)}"
 
     def next_delay(self, ident: tuple[str, str]) -> float:
         """Seconds until the key of (namespace, name) next needs attention."""
