@@ -64,6 +64,7 @@ from qkms.model.keys import KeyMetadata, KeyRecord, KeyVersion
 from qkms.model.schedules import effective_grace_period
 from qkms.providers import build_provider
 from qkms.providers.base import CreatedKey, KeyHandle, Provider
+from qkms.providers.software import in_batch
 from qkms.signing import NO_OPTIONS, SignOptions
 from qkms.signing import sign as sign_with_options
 from qkms.signing import verify as verify_with_options
@@ -278,7 +279,8 @@ class KeyManagementService:
         return known if known is not None and known.revision >= record.revision else record
 
     def _lookup(self, text: str, *, by_key_id: bool) -> KeyRecord | None:
-        self.catalog.follow()  # what another process (a worker, the CLI) wrote: at once
+        if not in_batch():  # a batch follows once, at its start (``precheck``)
+            self.catalog.follow()  # what another process (a worker, the CLI) wrote: at once
         name = self.catalog.name_for_key_id(text) if by_key_id else text
         record = self.catalog.get_fresh(name, self.settings.catalog_ttl) if name else None
         if record is None and time.monotonic() - self._last_reload > 1.0:

@@ -243,6 +243,11 @@ def batch_scope() -> Iterator[None]:
         _BATCH.reset(token)
 
 
+def in_batch() -> bool:
+    """Whether a batch is being served (``batch_scope``) in this context."""
+    return _BATCH.get() is not None
+
+
 async def run_crypto(function: Callable[..., T], *args: Any) -> T:
     """``function(*args)``: in the crypto pool inside a batch, inline otherwise (a single
     operation costs less than the hop to a thread)."""
