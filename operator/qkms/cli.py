@@ -604,7 +604,7 @@ async def _cluster_keys() -> tuple[Any, Any, Any]:
     from urllib3.exceptions import HTTPError
 
     from qkms.k8s.storage import Kube
-    from qkms.model.resources import parse_managed_key
+    from qkms.model.managed_key import parse_managed_key
 
     try:
         kube = Kube()

@@ -28,14 +28,9 @@ import yaml
 from qkms.config import Settings
 from qkms.errors import InvalidInputError, QkmsError
 from qkms.model.enums import Environment
-from qkms.model.resources import (
-    ENVIRONMENT_LABEL,
-    KeyPolicy,
-    ManagedKey,
-    ManagedKeyStatus,
-    parse_key_policy,
-    parse_managed_key,
-)
+from qkms.model.managed_key import ManagedKey, ManagedKeyStatus, parse_managed_key
+from qkms.model.names import ENVIRONMENT_LABEL
+from qkms.model.policy import KeyPolicy, parse_key_policy
 from qkms.reconcile.reconciler import KeyReconciler, Outcome
 from qkms.reconcile.registry import ServiceRegistry
 from qkms.service import KeyManagementService

@@ -15,7 +15,7 @@ from qkms.audit.chain import AuditChain
 from qkms.audit.encoding import encode
 from qkms.audit.entry import Actor, AuditEntry
 from qkms.audit.reports import ReportError, build, render
-from qkms.model.resources import parse_key_policy
+from qkms.model.policy import parse_key_policy
 from tests.audit.helpers import AuditKey, make_entry, segment_records, write_segment
 
 SCRIPT = yaml.safe_load((Path(__file__).parent / "fixtures/report_history.yaml").read_text())

@@ -34,9 +34,9 @@ from qkms.k8s.crds import (
     write_crds,
 )
 from qkms.model.algorithms import ALGORITHMS
+from qkms.model.base import DELETION_WINDOW_PATTERN
 from qkms.model.durations import DURATION_PATTERN as CRD_DURATION_PATTERN
 from qkms.model.enums import Usage
-from qkms.model.resources import DELETION_WINDOW_PATTERN
 
 # An independent statement of the grammar, with lookahead (which RE2 lacks).
 DURATION_PATTERN = (

@@ -16,22 +16,17 @@ import pytest
 import yaml
 
 from qkms import errors, lifecycle
+from qkms.model.base import Condition, ConditionStatus, field_path, get_condition, set_condition
 from qkms.model.enums import Environment, RotationReason, Usage
-from qkms.model.resources import (
-    Condition,
-    ConditionStatus,
+from qkms.model.managed_key import ManagedKeySpec, parse_managed_key
+from qkms.model.policy import (
     KeyPolicySpec,
-    ManagedKeySpec,
     PQCPolicy,
     PreferredAlgorithms,
     RotationSchedule,
     credential_like,
-    field_path,
-    get_condition,
     parse_key_policy,
-    parse_managed_key,
     preferred_algorithm,
-    set_condition,
 )
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "resources"
@@ -364,7 +359,7 @@ def test_condition_serialises_as_kubernetes_expects() -> None:
 
 
 def test_token_label_is_a_name_not_a_credential() -> None:
-    from qkms.model.resources import credential_like
+    from qkms.model.policy import credential_like
 
     assert not credential_like("tokenLabel")
     assert credential_like("token") and credential_like("hsmPin")

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from qkms.config import Settings
-from qkms.model.resources import parse_key_policy, parse_managed_key
+from qkms.model.managed_key import parse_managed_key
+from qkms.model.policy import parse_key_policy
 from qkms.reconcile.reconciler import KeyReconciler
 from qkms.reconcile.registry import ServiceRegistry
 

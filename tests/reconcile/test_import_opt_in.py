@@ -7,7 +7,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from qkms.config import Settings
-from qkms.model.resources import parse_managed_key
+from qkms.model.managed_key import parse_managed_key
 from qkms.reconcile.reconciler import KeyReconciler
 from qkms.reconcile.registry import ServiceRegistry
 

@@ -7,7 +7,7 @@ import json
 from eth_keys import keys as eth_keys
 
 from qkms.config import Settings
-from qkms.model.resources import parse_managed_key
+from qkms.model.managed_key import parse_managed_key
 from qkms.reconcile.reconciler import KeyReconciler
 from qkms.reconcile.registry import ServiceRegistry
 

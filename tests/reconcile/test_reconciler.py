@@ -9,7 +9,7 @@ import pytest
 from qkms.config import Settings
 from qkms.errors import ProviderUnavailableError
 from qkms.model.enums import Environment, VersionState
-from qkms.model.resources import parse_managed_key
+from qkms.model.managed_key import parse_managed_key
 from qkms.reconcile.reconciler import KeyReconciler
 from qkms.reconcile.registry import ServiceRegistry
 
@@ -154,7 +154,7 @@ async def test_provider_outage_is_degraded_and_retryable(reconciler) -> None:
 
 async def test_policy_credentials_come_from_the_secret_reference(tmp_path, clock) -> None:
     """credentialsSecretRef's data reaches the provider settings; settings never inline it."""
-    from qkms.model.resources import parse_key_policy
+    from qkms.model.policy import parse_key_policy
 
     policy = parse_key_policy({"apiVersion": "qkms.io/v1alpha1", "kind": "KeyPolicy",
                                "metadata": {"name": "dev"},
@@ -180,7 +180,7 @@ async def test_policy_credentials_come_from_the_secret_reference(tmp_path, clock
 async def test_a_policy_change_keeps_one_audit_log_writer(tmp_path, clock) -> None:
     """Rebuilding an environment's service (a KeyPolicy arrived) must not open a second
     writer on the same audit log: entries keep being stored, with CIDs."""
-    from qkms.model.resources import parse_key_policy
+    from qkms.model.policy import parse_key_policy
 
     registry = ServiceRegistry(Settings(data_dir=tmp_path), clock=clock)
     reconciler = KeyReconciler(registry, clock=clock)

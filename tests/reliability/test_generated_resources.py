@@ -43,7 +43,8 @@ from qkms.errors import InvalidInputError
 from qkms.k8s.runtime import _shell
 from qkms.model.algorithms import ALGORITHMS
 from qkms.model.enums import Usage
-from qkms.model.resources import KeyPolicy, parse_key_policy, parse_managed_key
+from qkms.model.managed_key import parse_managed_key
+from qkms.model.policy import KeyPolicy, parse_key_policy
 from qkms.reconcile.reconciler import KeyReconciler, Outcome
 from qkms.reconcile.registry import ServiceRegistry
 from tests.support.kubeclient import KubeClient, KubeError, eventually

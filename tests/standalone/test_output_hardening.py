@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from qkms.config import Settings
-from qkms.model.resources import parse_managed_key
+from qkms.model.managed_key import parse_managed_key
 from qkms.standalone import Standalone, load_manifests
 
 ROOT = Path(__file__).resolve().parents[2]

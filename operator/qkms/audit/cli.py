@@ -148,7 +148,7 @@ def _policy(path: Path | None) -> Any:
         return None
     import yaml
 
-    from qkms.model.resources import parse_key_policy
+    from qkms.model.policy import parse_key_policy
 
     try:
         documents = list(yaml.safe_load_all(path.read_text()))

@@ -12,7 +12,7 @@ import kopf
 
 from qkms import backup
 from qkms.errors import InvalidInputError
-from qkms.model.resources import KeyPolicy, parse_key_policy
+from qkms.model.policy import KeyPolicy, parse_key_policy
 
 from .policies import KEY_POLICIES
 from .runtime import OperatorRuntime, current

@@ -1,5 +1,5 @@
 """The qkms CRDs (KeyPolicy, ManagedKey, KeyIssuer, ClusterKeyIssuer), generated from
-``qkms.model.resources`` and ``qkms.model.issuers``.
+``qkms.model.policy``, ``qkms.model.managed_key`` and ``qkms.model.issuers``.
 
 The OpenAPI schemas come from the same pydantic models the operator validates
 with, turned into the structural form the API server demands ($refs inlined,
@@ -30,19 +30,12 @@ import yaml
 from pydantic import BaseModel
 
 from qkms.model.algorithms import algorithms_for_usage
+from qkms.model.base import DELETION_WINDOW_PATTERN
 from qkms.model.enums import Usage
 from qkms.model.issuers import ClusterKeyIssuer, KeyIssuer, KeyIssuerSpec, KeyIssuerStatus
-from qkms.model.resources import (
-    DELETION_WINDOW_PATTERN,
-    GROUP,
-    VERSION,
-    KeyPolicy,
-    KeyPolicySpec,
-    KeyPolicyStatus,
-    ManagedKey,
-    ManagedKeySpec,
-    ManagedKeyStatus,
-)
+from qkms.model.managed_key import ManagedKey, ManagedKeySpec, ManagedKeyStatus
+from qkms.model.names import GROUP, VERSION
+from qkms.model.policy import KeyPolicy, KeyPolicySpec, KeyPolicyStatus
 
 Schema = dict[str, Any]
 
@@ -340,7 +333,7 @@ class _Dumper(yaml.SafeDumper):
 
 
 def render_crd(kind: Kind) -> str:
-    header = ["Generated from qkms.model.resources by `qkms crds --write crds/`: do not edit.",
+    header = ["Generated from qkms.model by `qkms crds --write crds/`: do not edit.",
               *kind.notes]
     body = yaml.dump(crd(kind), Dumper=_Dumper, sort_keys=False, width=100,
                      default_flow_style=False, allow_unicode=True)

@@ -10,7 +10,7 @@ import kopf
 
 from qkms.errors import InvalidInputError
 from qkms.model.names import GROUP, VERSION
-from qkms.model.resources import parse_key_policy
+from qkms.model.policy import parse_key_policy
 
 from .runtime import current
 

@@ -21,8 +21,9 @@ from typing import Any
 from qkms.config import Settings
 from qkms.errors import InvalidInputError
 from qkms.model.enums import Environment
+from qkms.model.managed_key import ManagedKey, ManagedKeyStatus, parse_managed_key
 from qkms.model.names import AUDIT_ANNOTATION
-from qkms.model.resources import KeyPolicy, ManagedKey, ManagedKeyStatus, parse_managed_key
+from qkms.model.policy import KeyPolicy
 from qkms.reconcile import decisions
 from qkms.reconcile.reconciler import KeyReconciler, KubeEvent, Outcome
 from qkms.reconcile.registry import ServiceRegistry

@@ -22,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from qkms.errors import InvalidInputError
 from qkms.model.names import AUDIT_PINS, GROUP, KEY_LABEL, MANAGED_BY_LABEL, VERSION
-from qkms.model.resources import KeyPolicy, parse_key_policy
+from qkms.model.policy import KeyPolicy, parse_key_policy
 
 log = logging.getLogger("key-management:k8s")
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, Field, StringConstraints, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .resources import (
+from .base import (
     Condition,
     DnsName,
     IsoDuration,

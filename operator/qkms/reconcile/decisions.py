@@ -13,23 +13,16 @@ from qkms import lifecycle
 from qkms.crypto import ethereum
 from qkms.errors import EnvironmentMismatchError, InvalidInputError
 from qkms.model.algorithms import resolve_algorithm
+from qkms.model.base import Condition, ConditionType, set_condition
 from qkms.model.enums import Environment, RotationReason, VersionState
 from qkms.model.keys import KeyRecord
+from qkms.model.managed_key import KeyVersionStatus, ManagedKey, ManagedKeyStatus, ProjectionFormat
 from qkms.model.names import (
     ENVIRONMENT_LABEL,
     ROTATE_ANNOTATION,
     ROTATE_ID_ANNOTATION,
 )
-from qkms.model.resources import (
-    Condition,
-    ConditionType,
-    KeyPolicy,
-    KeyVersionStatus,
-    ManagedKey,
-    ManagedKeyStatus,
-    ProjectionFormat,
-    set_condition,
-)
+from qkms.model.policy import KeyPolicy
 from qkms.model.schedules import effective_grace_period
 
 PQC_WARNING_WINDOW = timedelta(days=365)
@@ -138,7 +131,7 @@ def desired_key(mk: ManagedKey, environment: Environment,
     elif policy is not None:
         algorithm = policy.spec.preferred_algorithm(usage)
     else:
-        from qkms.model.resources import preferred_algorithm
+        from qkms.model.policy import preferred_algorithm
 
         algorithm = preferred_algorithm(usage)
     schedule = mk.spec.rotation_schedule or (

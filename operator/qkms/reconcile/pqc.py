@@ -14,7 +14,8 @@ from datetime import datetime
 
 from qkms.errors import QkmsError
 from qkms.model.algorithms import resolve_algorithm
-from qkms.model.resources import KeyPolicy, ManagedKey
+from qkms.model.managed_key import ManagedKey
+from qkms.model.policy import KeyPolicy
 
 from . import decisions
 

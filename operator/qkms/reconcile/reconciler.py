@@ -27,8 +27,9 @@ from qkms.errors import (
 )
 from qkms.model.enums import VersionState
 from qkms.model.keys import KeyRecord
+from qkms.model.managed_key import DeletionPolicy, ManagedKey, ManagedKeyStatus
 from qkms.model.names import IMPORT_ANNOTATION
-from qkms.model.resources import DeletionPolicy, KeyPolicy, ManagedKey, ManagedKeyStatus
+from qkms.model.policy import KeyPolicy
 from qkms.service import KeyManagementService
 
 from . import decisions

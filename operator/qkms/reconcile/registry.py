@@ -17,7 +17,7 @@ from typing import Any
 
 from qkms.config import Settings
 from qkms.model.enums import Environment
-from qkms.model.resources import KeyPolicy
+from qkms.model.policy import KeyPolicy
 from qkms.service import KeyManagementService
 from qkms.store.records import RecordStore
 
