@@ -12,13 +12,17 @@ ML-DSA-65 sign and a 100-item batch sign.  The machine runs all three servers an
 so absolute figures mean little: the ratios within one run are the figures.
 
 ``QKMS_BENCH_SECONDS`` (10) and ``QKMS_BENCH_WARMUP`` (2) change the durations;
-``QKMS_BENCH_OPS=ed25519,batch`` runs a subset; ``QKMS_DATA_PLANE_WORKERS`` is passed on.
+``QKMS_BENCH_OPS=ed25519,batch`` runs a subset; ``QKMS_BENCH_ROUNDS=3`` measures the three
+sides in turn three times and reports each side's median round (on a machine shared with
+other work, a burst of it then lands on one round of each side, not on one side's only
+figure); ``QKMS_DATA_PLANE_WORKERS`` is passed on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import os
 import secrets
 import shutil
@@ -41,6 +45,7 @@ from . import wrk
 ROOT = Path(__file__).resolve().parents[2]
 DURATION = float(os.environ.get("QKMS_BENCH_SECONDS", "10"))
 WARMUP = float(os.environ.get("QKMS_BENCH_WARMUP", "2"))
+ROUNDS = max(1, int(os.environ.get("QKMS_BENCH_ROUNDS", "1")))
 CONNECTIONS = 32
 PAYLOAD = base64.b64encode(os.urandom(1024)).decode()
 BAO_AUDIT = """\
@@ -156,10 +161,26 @@ def script(folder: Path, name: str, headers: dict[str, str], body: dict) -> Path
     return path
 
 
-def measure(url: str, lua: Path) -> wrk.Figures:
-    if WARMUP > 0:
+def measure(url: str, lua: Path, *, warm: bool = True) -> wrk.Figures:
+    if warm and WARMUP > 0:
         wrk.run(url, lua, seconds=WARMUP, connections=CONNECTIONS)
     return wrk.run(url, lua, seconds=DURATION, connections=CONNECTIONS)
+
+
+def median_round(rounds: list[wrk.Figures]) -> wrk.Figures:
+    """The round with the median throughput (its latencies with it), with every round's
+    errors: none may hide in another round."""
+    middle = sorted(rounds, key=lambda f: f.rps)[len(rounds) // 2]
+    return dataclasses.replace(middle, errors=sum(f.errors for f in rounds))
+
+
+def rounds(sides: list[tuple[str, Path]]) -> list[wrk.Figures]:
+    """Each side measured ``ROUNDS`` times, in turn; each side's median round."""
+    seen: list[list[wrk.Figures]] = [[] for _ in sides]
+    for number in range(ROUNDS):
+        for index, (url, lua) in enumerate(sides):
+            seen[index].append(measure(url, lua, warm=number == 0))
+    return [median_round(figures) for figures in seen]
 
 
 def line(label: str, f: wrk.Figures) -> str:
@@ -190,15 +211,16 @@ def run_all(selected: list[str]) -> dict[str, tuple[wrk.Figures, ...]]:
         procs.append(qkms)
         workers = os.environ.get("QKMS_DATA_PLANE_WORKERS", "default")
         print(f"== data plane: qkms serve (workers: {workers}) vs OpenBao transit, wrk "
-              f"{CONNECTIONS} connections, 1 KiB, {DURATION:g} s after {WARMUP:g} s warm-up ==")
+              f"{CONNECTIONS} connections, 1 KiB, {DURATION:g} s after {WARMUP:g} s warm-up"
+              + (f", median of {ROUNDS} rounds" if ROUNDS > 1 else "") + " ==")
         for key in selected:
             op = OPS[key]
-            ours = measure(qkms_url + op.qkms_path,
-                           script(tmp, f"qkms-{key}", {"Authorization": f"Bearer {token}"},
-                                  op.qkms_body))
+            ours_lua = script(tmp, f"qkms-{key}", {"Authorization": f"Bearer {token}"},
+                              op.qkms_body)
             bao_lua = script(tmp, f"bao-{key}", {"X-Vault-Token": "root"}, op.bao_body)
-            audited = measure(audited_url + op.bao_path, bao_lua)
-            bare = measure(bare_url + op.bao_path, bao_lua)
+            ours, audited, bare = rounds([(qkms_url + op.qkms_path, ours_lua),
+                                          (audited_url + op.bao_path, bao_lua),
+                                          (bare_url + op.bao_path, bao_lua)])
             results[key] = (ours, audited, bare)
             print(op.name)
             print(line("qkms", ours))
