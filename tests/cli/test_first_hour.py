@@ -259,8 +259,10 @@ def test_metrics_totals_equal_the_chains_entries_by_operation(qkms, tmp_path) ->
         "tokens:\n  - serviceAccount: payments/checkout\n    token: t0ken\n"
         "grants:\n  - serviceAccount: payments/checkout\n    namespace: payments\n"
         "    verbs: [sign, verify, metrics]\n")  # metrics: per-key metrics and health detail
+    # One process: its metrics count every entry (with workers, a scrape sees one worker's)
     proc = subprocess.Popen([*command(), "serve", "--listen", f"127.0.0.1:{port}",
-                             "--tokens", "tokens.yaml"], cwd=qkms.cwd, env=environ(tmp_path),
+                             "--tokens", "tokens.yaml"], cwd=qkms.cwd,
+                            env=environ(tmp_path, QKMS_DATA_PLANE_WORKERS="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = []
