@@ -274,7 +274,9 @@ async def test_failed_fsync_refuses_until_reopened_then_everything_works(
           f"{'verified' if result.ok else 'FAILED'} ({result.entries} entries); "
           f"entries refused to callers but kept in the log: {logged_but_refused}")
     assert refused["sign"] == "Audit event storage failed: fsync failed: No space left on device"
-    assert refused["create"].startswith("Key store write failed: material/")
+    # A create's first store write is its intent (store/intents.py): refused before the
+    # provider makes anything.
+    assert refused["create"].startswith("Key store write failed: intents/")
     assert refused["create"].endswith("No space left on device")
     assert "until reopened" in still.value.message or "fsync failed" in still.value.message
     assert health == "unhealthy"
@@ -293,14 +295,15 @@ async def test_a_catalog_write_refused_after_the_audit_entry_is_withdrawn_and_cl
 
     svc = KeyManagementService(Settings(data_dir=tmp_path / "data"))
     key = await svc.create_key(usage="SIGNING", algorithm="Ed25519", owner="app", name="kept")
-    real_put = FileRecordStore.put
+    real_write = FileRecordStore._write
 
-    def full_for_keys(store: FileRecordStore, kind: str, name: str, data: bytes) -> None:
+    def full_for_keys(store: FileRecordStore, kind: str, name: str, data: bytes, *,
+                      exclusive: bool) -> bool:  # a new record (create) or a changed one (put)
         if kind == "keys":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_put(store, kind, name, data)
+        return real_write(store, kind, name, data, exclusive=exclusive)
 
-    monkeypatch.setattr(FileRecordStore, "put", full_for_keys)
+    monkeypatch.setattr(FileRecordStore, "_write", full_for_keys)
     refused = {}
     for what, call in (("create", lambda: svc.create_key(usage="SIGNING", algorithm="Ed25519",
                                                          owner="app", name="new")),
