@@ -26,7 +26,7 @@ from qkms.errors import IntegrityError, InvalidInputError
 from qkms.model.keys import KeyRecord
 from qkms.providers.software import MATERIAL
 from qkms.service import KeyManagementService
-from qkms.store.sealing import kek_id, load_or_create_kek
+from qkms.store.kek import kek_id, load_or_create_kek
 
 FORMAT = "qkms-backup/1"
 

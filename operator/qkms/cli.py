@@ -582,7 +582,7 @@ async def crds(args: argparse.Namespace) -> None:
 async def pqc_status(args: argparse.Namespace) -> None:
     from datetime import UTC
 
-    from qkms.reconcile.pqc import pqc_status as report
+    from qkms.reconcile.pqc_report import pqc_status as report
 
     if args.manifests:
         from qkms.standalone import load_manifests
@@ -603,7 +603,7 @@ async def _cluster_keys() -> tuple[Any, Any, Any]:
     from kubernetes.config import ConfigException
     from urllib3.exceptions import HTTPError
 
-    from qkms.k8s.storage import Kube
+    from qkms.k8s.kube_api import Kube
     from qkms.model.managed_key import parse_managed_key
 
     try:

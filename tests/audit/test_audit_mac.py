@@ -7,9 +7,9 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 
 from qkms.audit.mac import AuditMac
+from qkms.store.kek import Sealer
 from qkms.store.records import MemoryRecordStore
 from qkms.store.sealed import SealedStore
-from qkms.store.sealing import Sealer
 
 
 def test_digests_are_keyed_rotated_and_kept_for_the_retention_period() -> None:

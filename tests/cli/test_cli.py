@@ -99,9 +99,9 @@ def plant_intent(data_dir: Path) -> None:
 
     from qkms.config import Settings
     from qkms.store.intents import Intent, IntentLog
+    from qkms.store.kek import Sealer, load_or_create_kek
     from qkms.store.records import FileRecordStore
     from qkms.store.sealed import SealedStore
-    from qkms.store.sealing import Sealer, load_or_create_kek
 
     settings = Settings(data_dir=data_dir).scoped()
     sealed = SealedStore(FileRecordStore(settings.data_dir / "store"),

@@ -28,8 +28,8 @@ from kubernetes import config as k8s_config
 
 from qkms.config import Settings
 from qkms.errors import KeyNotFoundError
+from qkms.k8s.kube_api import Kube
 from qkms.k8s.runtime import OperatorRuntime
-from qkms.k8s.storage import Kube
 from qkms.model.enums import Environment
 from tests.support.controlplane import write_kubeconfig
 

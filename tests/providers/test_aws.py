@@ -236,9 +236,9 @@ async def test_native_rsa_keys_sign_only_a_known_gap(svc):
 async def test_ed25519_native_refuses_messages_over_the_raw_limit(tmp_path):
     """Where KMS holds Ed25519 natively, its plain Ed25519 takes at most 4096 bytes."""
     from qkms.providers.base import KeyHandle
+    from qkms.store.kek import Sealer
     from qkms.store.records import MemoryRecordStore
     from qkms.store.sealed import SealedStore
-    from qkms.store.sealing import Sealer
     provider = aws.AwsKmsProvider(aws.AwsOptions(region="us-east-1"),
                                   SealedStore(MemoryRecordStore(), Sealer(bytes(32))))
     handle = KeyHandle("key_dev_0123456789abcdef", resolve_algorithm("Ed25519"),
@@ -279,9 +279,9 @@ async def test_a_missing_wrapping_key_is_unavailable_and_credentials_never_show(
     ("SomethingNew", 503, "SomethingNew"),
 ])
 def test_refusals_and_server_errors_are_unavailable(aws_options, code, status, expected):
+    from qkms.store.kek import Sealer
     from qkms.store.records import MemoryRecordStore
     from qkms.store.sealed import SealedStore
-    from qkms.store.sealing import Sealer
     provider = aws.AwsKmsProvider(aws.AwsOptions.from_options(aws_options),
                                   SealedStore(MemoryRecordStore(), Sealer(bytes(32))))
     error = provider._translate(code, "", status, "key_dev_0123456789abcdef", False, False)

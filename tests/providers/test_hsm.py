@@ -239,7 +239,7 @@ def test_a_wrong_pin_is_a_clear_error_that_does_not_show_it(softhsm):
         from qkms.providers.hsm import build
         from qkms.store.records import FileRecordStore
         from qkms.store.sealed import SealedStore
-        from qkms.store.sealing import Sealer
+        from qkms.store.kek import Sealer
         settings = Settings(provider_options={{"HSM_LIBRARY": {softhsm.library!r},
             "HSM_SLOT": {softhsm.label!r}, "HSM_PIN": "wrong-pin-0000"}})
         sealed = SealedStore(FileRecordStore({str(softhsm.conf.parent / "pin-test")!r}),

@@ -16,9 +16,9 @@ from qkms.providers import MODULES
 from qkms.providers.base import Capability, CreatedKey, KeyHandle, ProviderHealth
 from qkms.providers.routing import NativeOrEnvelope
 from qkms.providers.software import KekWrapper
+from qkms.store.kek import Sealer
 from qkms.store.records import MemoryRecordStore
 from qkms.store.sealed import SealedStore
-from qkms.store.sealing import Sealer
 
 NATIVE = resolve_algorithm("ECDSA-P256")  # native on HASHICORP_VAULT (capabilities.NATIVE)
 ENVELOPE = resolve_algorithm("ECDSA-secp256k1")  # envelope there

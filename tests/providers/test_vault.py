@@ -351,9 +351,9 @@ async def test_a_revoked_whole_key_is_refused_even_though_vault_keeps_its_latest
 
 
 def test_capability_of_the_provider_is_the_table(vault_options, tmp_path):
+    from qkms.store.kek import Sealer
     from qkms.store.records import MemoryRecordStore
     from qkms.store.sealed import SealedStore
-    from qkms.store.sealing import Sealer
     provider = vault.VaultProvider(vault.VaultOptions.from_options(vault_options),
                                    SealedStore(MemoryRecordStore(), Sealer(bytes(32))))
     for algorithm in ALGORITHMS:

@@ -57,9 +57,9 @@ from qkms.server.app import start_data_plane
 from qkms.server.auth import TokensFile
 from qkms.service import KeyManagementService
 from qkms.standalone import Standalone
+from qkms.store.kek import Sealer, parse_kek
 from qkms.store.records import FileRecordStore
 from qkms.store.sealed import SealedStore
-from qkms.store.sealing import Sealer, parse_kek
 from tests.support.server_process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -124,7 +124,7 @@ def log_environment(root: Path) -> str | None:
 def read_kube_pin(kubeconfig: Path, environment: str,
                   namespace: str = "qkms-system") -> bytes | None:
     """The checkpoint key the operator pinned for `environment` in its ConfigMap
-    ``qkms-audit-pins`` (see k8s/storage.py), or None when none is pinned."""
+    ``qkms-audit-pins`` (see k8s/kube_api.py), or None when none is pinned."""
     try:
         from kubernetes import client, config
         from kubernetes.client.exceptions import ApiException

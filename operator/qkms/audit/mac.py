@@ -141,10 +141,10 @@ def keyring_near(audit_folder: Path, kek_file: Path | None = None) -> AuditMac:
     """The MAC keyring of the store beside an audit folder (``<env>/audit[/<writer>]`` next
     to ``<env>/store``), opened read-only with its master key (found near it if not given)."""
     from qkms.errors import InvalidInputError
+    from qkms.store.kek import Sealer, load_or_create_kek
     from qkms.store.layout import find_kek, sealed_under
     from qkms.store.records import SUFFIX, FileRecordStore
     from qkms.store.sealed import SealedStore
-    from qkms.store.sealing import Sealer, load_or_create_kek
 
     folder = audit_folder.resolve()
     store = next((p / "store" for p in (folder.parent, folder.parent.parent)

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qkms.errors import AuditStorageError
-from qkms.store.sealing import private_dirs
+from qkms.store.kek import private_dirs
 
 from .encoding import CID_LENGTH, CID_PREFIX, read_varint
 

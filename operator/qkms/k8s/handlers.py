@@ -22,9 +22,9 @@ import kopf
 from qkms.model.names import FINALIZER, KOPF_PREFIX
 
 from . import dataplane
+from .kube_api import LIST_CHUNK
 from .projections import PROJECTED_SELECTOR, WATCHED_BY_LABEL
 from .runtime import OperatorRuntime, current, install, installed
-from .storage import LIST_CHUNK
 
 BACKGROUND: list[asyncio.Task[None]] = []
 log = logging.getLogger("key-management:operator")

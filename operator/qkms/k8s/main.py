@@ -29,7 +29,7 @@ async def run_operator(*, standalone: bool, namespaces: list[str],
     the chart's watchNamespaces, where alone its Roles grant access). Either way one
     ClusterKopfPeering elects the reconciler (see handlers.startup)."""
     from qkms.k8s import handlers  # noqa: F401 - registers the handlers
-    from qkms.k8s.storage import WATCH_ENV, watch_namespaces
+    from qkms.k8s.kube_api import WATCH_ENV, watch_namespaces
 
     if namespaces:
         os.environ[WATCH_ENV] = ",".join(namespaces)  # the runtime lists keys there alone

@@ -30,8 +30,8 @@ from qkms.reconcile.registry import ServiceRegistry
 from qkms.service import KeyManagementService
 
 from .announcer import Announcer, event_name
+from .kube_api import Kube
 from .secret_store import SecretRecordStore, load_or_create_kek_secret
-from .storage import Kube
 
 log = logging.getLogger("key-management:operator")
 

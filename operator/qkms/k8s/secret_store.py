@@ -40,7 +40,7 @@ from qkms.model.names import (
 )
 from qkms.store.records import check_record_name
 
-from .storage import LIST_CHUNK, TIMEOUT
+from .kube_api import LIST_CHUNK, TIMEOUT
 
 log = logging.getLogger("key-management:k8s")
 WATCH_SECONDS = 300  # each watch request; then it resumes from the last version seen

@@ -29,7 +29,7 @@ from kubernetes.client.exceptions import ApiException
 
 from qkms.model.names import CA_CONFIGMAP, MANAGED_BY, MANAGED_BY_LABEL, SERVICE
 
-from .storage import TIMEOUT
+from .kube_api import TIMEOUT
 
 TLS_SECRET = "qkms-tls"  # noqa: S105 - the Secret's name
 CA_YEARS = 10

@@ -41,10 +41,10 @@ from qkms.providers.software import in_batch
 from qkms.store.catalog import Catalog
 from qkms.store.changes import ChangeFeed
 from qkms.store.intents import IntentLog
+from qkms.store.kek import Sealer, load_or_create_kek
 from qkms.store.layout import check_kek
 from qkms.store.records import FileRecordStore, RecordStore
 from qkms.store.sealed import SealedStore
-from qkms.store.sealing import Sealer, load_or_create_kek
 
 from .inputs import (
     AUDIT_KEY,

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from qkms.errors import KekMismatchError, QkmsError
 
+from .kek import MAGIC, MAGICS, kek_id, parse_kek
 from .records import SUFFIX
-from .sealing import MAGIC, MAGICS, kek_id, parse_kek
 
 NEW_STORE_HINT = "run `qkms serve` or `qkms keys create`"
 

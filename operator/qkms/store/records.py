@@ -42,7 +42,7 @@ class FileRecordStore:
     0600 (``mkstemp``) and folders 0700."""
 
     def __init__(self, root: Path | str) -> None:
-        from .sealing import private_dirs
+        from .kek import private_dirs
 
         self.root = Path(root)
         private_dirs(self.root)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from qkms.config import Settings
 
+from .kek import Sealer, load_or_create_kek, parse_kek
 from .layout import check_kek
 from .records import FileRecordStore
 from .sealed import SealedStore
-from .sealing import Sealer, load_or_create_kek, parse_kek
 
 
 def _write_kek(path: Path, kek: bytes) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 
 from qkms.errors import RecordCorruptError, RecordExistsError, StorageError
 
+from .kek import Sealer
 from .records import RecordStore
-from .sealing import Sealer
 
 
 class SealedStore:
