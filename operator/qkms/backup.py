@@ -24,7 +24,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from qkms.errors import IntegrityError, InvalidInputError
 from qkms.model.keys import KeyRecord
-from qkms.providers.software import MATERIAL
 from qkms.service import KeyManagementService
 from qkms.store.kek import kek_id, load_or_create_kek
 
@@ -42,18 +41,11 @@ def backup_key(path: Path) -> bytes:
 
 def create(service: KeyManagementService, key: bytes) -> dict[str, Any]:
     """Build the backup document for every key of the service's environment."""
-    records = [r for r in service.catalog.all() if r.environment is service.environment]
-    material: dict[str, Any] = {}
-    native: list[dict[str, str]] = []
-    for record in records:
-        for version in record.versions:
-            mode = version.provider_ref.get("mode")
-            stored = service.sealed.get_json(MATERIAL, version.key_id)
-            if stored is not None:
-                material[version.key_id] = stored
-            elif mode == "native":
-                native.append({"key_id": version.key_id, "provider": version.provider.value,
-                               "ref": json.dumps(version.provider_ref, sort_keys=True)})
+    records, material = service.export_records()
+    native = [{"key_id": version.key_id, "provider": version.provider.value,
+               "ref": json.dumps(version.provider_ref, sort_keys=True)}
+              for record in records for version in record.versions
+              if version.key_id not in material and version.provider_ref.get("mode") == "native"]
     payload = {"keys": [json.loads(r.model_dump_json()) for r in records],
                "material": material, "native": native}
     header = {"format": FORMAT, "created": datetime.now(UTC).isoformat(),
@@ -91,14 +83,11 @@ async def restore(service: KeyManagementService, document: Any, key: bytes) -> i
                                           f"{service.environment.value}")
     if service.user_records():
         raise InvalidInputError("store", "restore needs an empty store; this one has keys")
-    for key_id, stored in payload["material"].items():
-        service.sealed.put_json(MATERIAL, key_id, stored)
-    for raw in payload["keys"]:  # each at a generation above any the audit chain remembers
-        service.catalog.put(KeyRecord.model_validate(raw))
-    service.catalog.load()
-    await service._record("RESTORE", "success", service_actor(), None, None,
-                          details={"keys": str(len(payload["keys"])),
-                                   "created": header["created"]})
+    service.restore_records([KeyRecord.model_validate(raw) for raw in payload["keys"]],
+                            payload["material"])
+    await service.audit_store_event("RESTORE", service_actor(),
+                                    {"keys": str(len(payload["keys"])),
+                                     "created": header["created"]})
     return len(payload["keys"])
 
 

@@ -82,18 +82,12 @@ async def run_checks(env: dict[str, str] | None = None, manifests: Path | None =
         service = KeyManagementService(settings)
     except (QkmsError, OSError) as exc:
         return [*checks, Check("store", False, str(exc))]
-    rolled_back = service.catalog.rolled_back
-    corrupt = sorted(r for r in service.catalog.corrupt
-                     if r not in {e.record for e in rolled_back.values()})
-    problems = [f"rolled back: {name} (generation {exc.found}, the audit chain says "
-                f"{exc.expected} or later)" for name, exc in sorted(rolled_back.items())]
-    if corrupt:
-        problems.insert(0, f"corrupt records: {', '.join(corrupt)}")
-    own = len(service.catalog.all()) - len(service.user_records())  # the checkpoint key
+    problems = service.store_problems()
+    own = len(service.records()) - len(service.user_records())  # the checkpoint key
     checks.append(Check("store", not problems,
                         "; ".join(problems) if problems
                         else f"{len(service.user_records())} keys readable in "
-                             f"{service.sealed.records.describe()}"
+                             f"{service.describe_store()}"
                              + (f" (and {own} of qkms's own)" if own else "")))
     stale = service.unresolved_intents()
     checks.append(Check("intents", not stale,
@@ -104,7 +98,7 @@ async def run_checks(env: dict[str, str] | None = None, manifests: Path | None =
     detail = ", ".join(f"{k}={v}" for k, v in report.items() if k != "status")
     checks.append(Check("provider", report["status"] != "unhealthy",
                         f"{report['status']} ({detail})"))
-    checks.append(check_audit(settings, keys=len(service.catalog.all())))
+    checks.append(check_audit(settings, keys=len(service.records())))
     return checks
 
 

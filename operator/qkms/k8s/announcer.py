@@ -93,7 +93,7 @@ class Announcer:
             for entry in due(chain.recent(1000), self.cursor.get(id(chain), 0), now,
                              self.since):
                 wanted = announcement(entry)
-                if wanted is not None and service.catalog.name_for_key_id(
+                if wanted is not None and service.name_of_key_id(
                         entry.key_id or "") != entry.key_name:
                     # Not in the catalog: a creation still being written (its intent is
                     # open: wait for it), or one the store refused (withdrawn: skip).

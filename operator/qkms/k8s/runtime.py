@@ -169,7 +169,7 @@ class OperatorRuntime:
     def next_delay(self, ident: tuple[str, str]) -> float:
         """Seconds until the key of (namespace, name) next needs attention."""
         for service in self.registry.all():
-            record = service.catalog.get(f"{ident[0]}/{ident[1]}")
+            record = service.record_of(f"{ident[0]}/{ident[1]}")
             if record is not None:
                 return decisions.requeue_after(record, self.reconciler.clock())
         return 30.0

@@ -58,7 +58,7 @@ class Outcome:
 
 
 def _audit_ref(service: KeyManagementService, name: str) -> str:
-    entry = service.last_audit.get(name)
+    entry = service.last_audit_of(name)
     if entry is None:
         return ""
     return f" [audit #{entry.sequence}{' cid ' + entry.cid if entry.cid else ''}]"
@@ -141,7 +141,7 @@ class KeyReconciler:
                                                                             False)
             reason = "ProviderUnavailable" if retryable else "RotationFailed"
             events.append(KubeEvent("Warning", reason, exc.message))
-            current = service.catalog.get(desired.name)
+            current = service.record_of(desired.name)
             status = (decisions.build_status(mk, current, now, policy=policy,
                                              degraded=exc.message)
                       if current else decisions.failed_status(mk, reason, exc.message, now))
@@ -150,7 +150,7 @@ class KeyReconciler:
 
     def _outcome(self, service: KeyManagementService, mk: ManagedKey, record: KeyRecord,
                  policy: KeyPolicy | None, events: list[KubeEvent], now: datetime) -> Outcome:
-        audit = service.last_audit.get(record.name)
+        audit = service.last_audit_of(record.name)
         status = decisions.build_status(mk, record, now, policy=policy,
                                         audit_cid=audit.cid if audit else None)
         was_warned = any(c.type == "PQCMigration" and c.status == "True"
@@ -181,7 +181,7 @@ class KeyReconciler:
         """Create the key, or adopt the one a previous attempt (or resource) created."""
         # The catalog is read whole when the service starts, and only the active replica
         # creates keys, so the cached view is the truth here: no read per new key.
-        record = service.catalog.get(desired.name)
+        record = service.record_of(desired.name)
         if record is not None:
             return record
         common: dict[str, Any] = {
@@ -209,7 +209,7 @@ class KeyReconciler:
                     raise
                 raise InvalidInputError("spec.importFrom", IMPORT_REFUSED) from None
         verb = "created" if source is None else f"imported from Secret {source.secret_name} as"
-        entry = service.last_audit.get(desired.name)
+        entry = service.last_audit_of(desired.name)
         events.append(KubeEvent("Normal", "KeyCreated",
                                 f"{verb} {meta.key_id} ({meta.algorithm}) in "
                                 f"{meta.provider.value}{_audit_ref(service, desired.name)}",
@@ -274,7 +274,7 @@ class KeyReconciler:
             service, policy, desired = await self.locate(mk, namespace_labels, policies)
         except QkmsError as exc:
             return f"nothing to clean up: {exc.message}"
-        record = service.catalog.get(desired.name)
+        record = service.record_of(desired.name)
         if record is None:
             return "no key was created"
         if mk.spec.deletion_policy is DeletionPolicy.DELETE:

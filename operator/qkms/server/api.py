@@ -274,7 +274,7 @@ class DataPlane:
         key_id = item.get("key_id")
         if key_id is None:
             return
-        name = service.catalog.name_for_key_id(key_id)
+        name = service.name_of_key_id(key_id)
         if name != key:
             raise InvalidInputError(f"{where}key_id", f"is not a version of {key}")
 

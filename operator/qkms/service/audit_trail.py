@@ -105,6 +105,12 @@ class AuditTrail(ServiceCore):
         await self._record_failure(str(operation).upper()[:32], exc, Actor.parse(actor),
                                    name=key_name, details=details)
 
+    async def audit_store_event(self, operation: str, actor: Any,
+                                details: dict[str, str]) -> AuditEntry:
+        """Audit a change to the whole store (a restore from backup)."""
+        return await self._record(operation, "success", Actor.parse(actor), None, None,
+                                  details=details)
+
     async def audit_key_event(self, operation: str, key_name: str, actor: Any, *,
                               result: str = "success", key_id: str | None = None,
                               reason: str | None = None,

@@ -37,7 +37,7 @@ from qkms.model.enums import Usage, VersionState
 from qkms.model.keys import KeyMetadata, KeyRecord, KeyVersion
 from qkms.providers import build_provider
 from qkms.providers.base import KeyHandle, Provider
-from qkms.providers.software import in_batch
+from qkms.providers.software import MATERIAL, in_batch
 from qkms.store.catalog import Catalog
 from qkms.store.changes import ChangeFeed
 from qkms.store.intents import IntentLog
@@ -263,6 +263,54 @@ class ServiceCore:
         record = self.catalog.get(AUDIT_KEY)
         version = lifecycle.active_version(record) if record else None
         return version.public_key if version else None
+
+    # -- reading the catalog: what callers see, instead of reaching into it ----------
+    def record_of(self, name: str) -> KeyRecord | None:
+        return self.catalog.get(name)
+
+    def records(self) -> list[KeyRecord]:
+        """Every record this service holds, qkms's own included."""
+        return self.catalog.all()
+
+    def name_of_key_id(self, key_id: str) -> str | None:
+        return self.catalog.name_for_key_id(key_id)
+
+    def last_audit_of(self, name: str) -> AuditEntry | None:
+        """The newest audit entry about the key (for Events and status)."""
+        return self.last_audit.get(name)
+
+    def store_problems(self) -> list[str]:
+        """What is wrong with the stored records: corrupt ones, and ones rolled back."""
+        rolled_back = self.catalog.rolled_back
+        corrupt = sorted(r for r in self.catalog.corrupt
+                         if r not in {e.record for e in rolled_back.values()})
+        problems = [f"rolled back: {name} (generation {exc.found}, the audit chain says "
+                    f"{exc.expected} or later)" for name, exc in sorted(rolled_back.items())]
+        return ([f"corrupt records: {', '.join(corrupt)}"] if corrupt else []) + problems
+
+    def describe_store(self) -> str:
+        return self.sealed.records.describe()
+
+    # -- whole records, for backups -----------------------------------------------
+    def export_records(self) -> tuple[list[KeyRecord], dict[str, Any]]:
+        """This environment's records, and the stored (sealed-at-rest, wrapped) material of
+        each version that has some; native versions have none here."""
+        records = [r for r in self.catalog.all() if r.environment is self.environment]
+        material = {}
+        for version in (v for r in records for v in r.versions):
+            stored = self.sealed.get_json(MATERIAL, version.key_id)
+            if stored is not None:
+                material[version.key_id] = stored
+        return records, material
+
+    def restore_records(self, records: list[KeyRecord], material: dict[str, Any]) -> None:
+        """Write a backup's material and records into this (empty) store; each record at a
+        generation above any the audit chain remembers."""
+        for key_id, stored in material.items():
+            self.sealed.put_json(MATERIAL, key_id, stored)
+        for record in records:
+            self.catalog.put(record)
+        self.catalog.load()
 
     def user_records(self) -> list[KeyRecord]:
         """This environment's keys, without qkms's own (the audit checkpoint key)."""
