@@ -126,7 +126,7 @@ def test_copy_sources_exist_and_are_in_the_build_context() -> None:
             prefix = source.rstrip("/")
             assert any(f == prefix or f.startswith(prefix + "/") for f in context), \
                 f"COPY {source}: excluded by .dockerignore"
-    assert "operator/qkms/cli.py" in context and "pyproject.toml" in context
+    assert "operator/qkms/cli/__init__.py" in context and "pyproject.toml" in context
     # Every symlink in the context points at something that is in it too.
     for link in [f for f in context if (ROOT / f).is_symlink()]:
         target = (ROOT / link).resolve().relative_to(ROOT).as_posix()
@@ -181,7 +181,7 @@ def test_the_build_context_builds_the_package(clean_checkout: Path, tmp_path: Pa
         info = next(n for n in names if n.endswith(".dist-info/METADATA"))
         metadata = archive.read(info).decode()
         entry_points = archive.read(info.replace("METADATA", "entry_points.txt")).decode()
-    assert {"qkms/cli.py", "qkms/k8s/main.py", "qkms/k8s/handlers.py"} <= names
+    assert {"qkms/cli/__init__.py", "qkms/k8s/main.py", "qkms/k8s/handlers.py"} <= names
     assert any(n.startswith("qkms/examples/") and n.endswith(".yaml") for n in names)
     assert re.search(r"^qkms = qkms\.cli:main$", entry_points, re.M)
     for extra in EXTRAS:

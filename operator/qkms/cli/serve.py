@@ -1,0 +1,210 @@
+"""``qkms serve``: the standalone reconciler and the data plane, in worker processes that
+share one port (SO_REUSEPORT)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+from qkms.config import Settings, listens_on_loopback
+from qkms.errors import InvalidInputError, QkmsError
+
+from .common import (
+    OPENED,
+    command,
+    settings_from,
+)
+
+
+@command("serve")
+async def serve(args: argparse.Namespace) -> None:
+    import signal
+
+    from qkms.standalone import BUNDLED_EXAMPLES, Standalone
+
+    settings = settings_from(args)
+    folder = args.manifests or BUNDLED_EXAMPLES
+    if not folder.is_dir():
+        raise InvalidInputError("--manifests", f"{folder} is not a folder")
+    if args.worker_fd is not None:
+        return await _serve_worker(args, settings, folder)
+    serving = bool(args.listen) and not args.once
+    workers = _worker_count() if serving else 1
+    for flag, path in (("--tokens", args.tokens), ("--tls-cert", args.tls_cert),
+                       ("--tls-key", args.tls_key), ("--tls-client-ca", args.tls_client_ca)):
+        if path is not None and not path.is_file():
+            raise InvalidInputError(flag, f"{path} is not a file")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise InvalidInputError("--tls-key", "give --tls-cert and --tls-key together")
+    if serving and not args.tls_cert and not listens_on_loopback(args.listen):
+        raise InvalidInputError("--listen", f"plain HTTP only on loopback, not {args.listen}: "
+                                            "give --tls-cert and --tls-key to listen there")
+    auth = _standalone_auth(args) if serving else None
+    # a busy port fails before any key is made
+    sock = _listen_socket(args.listen, reuseport=workers > 1) if serving else None
+    if args.manifests is None:
+        print(f"qkms serve: no --manifests given; serving the bundled examples in {folder}")
+    out = args.out or settings.data_dir / "projections"
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    runner = Standalone(settings, folder, out, say=lambda line: print(line, flush=True))
+    metrics = None
+    if serving:  # count every audited operation from the first reconcile, as the chain does
+        from qkms.server.metrics import Metrics
+
+        metrics = Metrics()
+        runner.registry.on_new.append(metrics.attach)
+    api = pool = None
+    task = asyncio.create_task(runner.run(stop, poll=args.poll, once=args.once))
+    try:
+        if sock is not None:
+            ready = asyncio.create_task(runner.ready.wait())
+            await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if runner.ready.is_set() and workers > 1:  # keys exist: the workers may start
+                pool = _start_workers(args, sock, workers)
+                sock = None  # the first worker has it
+                watcher = asyncio.create_task(pool.watch(stop))
+            elif runner.ready.is_set():  # keys exist before the first request can arrive
+                api = await _standalone_api(args, runner, auth, sock, metrics)
+        await task
+    finally:
+        if pool is not None:
+            stop.set()
+            await watcher
+            await pool.stop()
+        if api is not None:
+            await api.cleanup()
+        elif sock is not None:
+            sock.close()
+        OPENED.extend(runner.registry.all())  # closed by run_command: final checkpoints
+    print("qkms serve: stopped", flush=True)
+
+
+def _worker_count() -> int:
+    from qkms.server.workers import worker_count
+
+    try:
+        return worker_count(os.environ, os.cpu_count())
+    except ValueError as exc:
+        raise InvalidInputError("QKMS_DATA_PLANE_WORKERS", str(exc)) from None
+
+
+def _start_workers(args: argparse.Namespace, sock: Any, count: int) -> Any:
+    """``count`` data-plane worker processes on ``sock``'s port (SO_REUSEPORT)."""
+    from qkms.server.workers import WorkerPool, worker_command
+
+    host, port = sock.getsockname()[:2]
+    pool = WorkerPool(worker_command(args.argv), host, port, count)
+    pool.start(sock)
+    print(f"qkms serve: data plane on {'https' if args.tls_cert else 'http'}://{args.listen} "
+          f"({count} worker processes)", flush=True)
+    return pool
+
+
+async def _serve_worker(args: argparse.Namespace, settings: Settings, folder: Path) -> None:
+    """One data-plane worker of ``qkms serve`` (started by it with ``--worker-fd``)."""
+    import signal
+    import socket
+
+    from qkms.server.metrics import Metrics
+    from qkms.standalone import ManifestDirectory, serve_worker
+
+    sock = socket.socket(fileno=args.worker_fd)
+    sock.setblocking(False)
+    auth = _standalone_auth(args)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    directory = ManifestDirectory(settings, folder, say=lambda line: None)
+    metrics = Metrics()
+    directory.registry.on_new.append(metrics.attach)
+    try:
+        await serve_worker(directory, lambda: _standalone_api(args, directory, auth, sock,
+                                                               metrics, quiet=True),
+                           stop, poll=args.poll)
+    finally:
+        OPENED.extend(directory.registry.all())  # closed by run_command: final checkpoints
+
+
+def _listen_socket(listen: str, *, reuseport: bool = False) -> Any:
+    """Bind ``HOST:PORT`` now, so a busy port is reported before any key is made;
+    ``reuseport``: with SO_REUSEPORT, for the data-plane workers to share the port."""
+    import socket
+
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise InvalidInputError("--listen", f"{listen!r} is not HOST:PORT")
+    host, port = host.strip("[]") or "0.0.0.0", int(port_text)  # noqa: S104 - as asked
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise InvalidInputError("--listen", f"cannot listen on {listen}: {exc.strerror or exc}"
+                                ) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise QkmsError(f"port {port} is in use; use --listen HOST:PORT "
+                            f"(e.g. --listen 127.0.0.1:{port + 1})") from None
+        raise QkmsError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _standalone_auth(args: argparse.Namespace) -> Any:
+    """Read the tokens file and the TLS files before any key is made: a mistake in them
+    is reported first, not after reconciling."""
+    import ssl
+
+    import yaml
+
+    from qkms.server.app import tls_context
+    from qkms.server.auth import TokensFile
+
+    if args.tls_cert:
+        try:
+            tls_context(args.tls_cert, args.tls_key, args.tls_client_ca)
+        except (ssl.SSLError, ValueError) as exc:
+            raise InvalidInputError("--tls-cert", f"cannot load the certificate, key or CA: "
+                                                  f"{exc}") from None
+    if not args.tokens:
+        return None
+    try:
+        return TokensFile(args.tokens)
+    except InvalidInputError as exc:
+        raise InvalidInputError("--tokens", f"{args.tokens}: {exc}") from None
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise InvalidInputError("--tokens", f"{args.tokens} is not a tokens file: "
+                                            f"{type(exc).__name__}") from None
+
+
+async def _standalone_api(args: argparse.Namespace, runner: Any, auth: Any, sock: Any,
+                          metrics: Any, *, quiet: bool = False) -> Any:
+    from qkms.server.app import start_data_plane
+    from qkms.server.auth import TokensFile
+
+    if auth is None:
+        auth = TokensFile.empty()
+        if not quiet:
+            print("qkms serve: no --tokens file: key operations will answer 401", flush=True)
+    tls = (args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    api = await start_data_plane(runner, runner.registry, auth, auth, args.listen, tls,
+                                 sock=sock, metrics=metrics, quiet=True)
+    if not quiet:
+        print(f"qkms serve: data plane on {'https' if tls else 'http'}://{args.listen}",
+              flush=True)
+    return api
