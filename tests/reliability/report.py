@@ -6,7 +6,7 @@
 The first runs ``pytest tests/reliability`` (output captured per test into a JUnit file),
 takes every line a test printed that starts with ``FIGURE``, ``leak scan`` or
 ``generated resources``, and rewrites the table between the ``figures:tests`` markers,
-with each line's test and outcome. ``--bench`` also runs ``python -m tests.bench.run
+with each line's test and outcome. ``--bench`` also runs ``python -m bench.run
 reliability``, which rewrites one ``figures:bench-<check>`` table per check itself (so
 running the bench alone keeps the README current too). Extra pytest arguments go after
 ``--``.
@@ -128,7 +128,7 @@ def run_tests(extra: list[str]) -> int:
 def run_bench() -> int:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         filter(None, [str(ROOT / "operator"), str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "tests.bench.run", "reliability"], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "bench.run", "reliability"], cwd=ROOT,
                           env=env).returncode
 
 
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bench", action="store_true",
-                        help="also run the long-running checks (tests/bench/bench_reliability)")
+                        help="also run the long-running checks (bench/bench_reliability)")
     parser.add_argument("pytest_args", nargs="*", help="after --: extra pytest arguments")
     args = parser.parse_args(argv)
     code = run_tests(args.pytest_args)

@@ -22,7 +22,7 @@ the API holds survives. Then:
 * ``qkms audit verify`` passes on each run's chain (``run-N/data/dev/audit``).
 
 Only the operator is killed, never a server, so the tests use the session's control plane
-(reset after each test); ``tests/bench/bench_reliability.py`` gives the scenario one of
+(reset after each test); ``bench/bench_reliability.py`` gives the scenario one of
 its own. The default run uses ``QKMS_RELIABILITY_CRASH_KEYS`` keys (100, as the issue asks:
 about 40 s on the real control plane; the OpenBao variant takes half as many); the bench
 runs 100 on a control plane of its own. The figure line says which. This module also
@@ -446,7 +446,7 @@ def assert_clean(figures: CrashFigures) -> None:
 async def test_kill_9_mid_rotation_local_dev(tmp_path: Path, control_plane: ControlPlane,
                                             kube: KubeClient) -> None:
     figures = await crash_mid_rotation(control_plane, tmp_path, CRASH_KEYS)
-    report(figures, "default run; 100 keys in tests/bench/bench_reliability.py"
+    report(figures, "default run; 100 keys in bench/bench_reliability.py"
            if CRASH_KEYS < 100 else "")
     assert_clean(figures)
 

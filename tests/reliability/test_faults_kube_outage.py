@@ -30,7 +30,7 @@ and named, never silent.
 
 ``QKMS_RELIABILITY_KUBE_OUTAGE_SECONDS`` sets the outage (8 s by default, so that the
 default run stays short) and ``QKMS_RELIABILITY_KUBE_OUTAGE_STEADY`` the keys made before it
-(6; 88 makes 100 keys in all); ``tests/bench/bench_reliability.py`` runs both faults with
+(6; 88 makes 100 keys in all); ``bench/bench_reliability.py`` runs both faults with
 30 s.
 """
 

@@ -3,7 +3,7 @@
 A real ``qkms serve`` process (standalone mode, data plane on 127.0.0.1) serves a dev
 KeyPolicy whose provider is the server under test; a paced loop of sign requests runs
 throughout. The outage lasts ``QKMS_RELIABILITY_OUTAGE_SECONDS`` (5 s here, 30 s in
-``tests/bench/bench_reliability.py``):
+``bench/bench_reliability.py``):
 
 * OpenBao (raft storage, static seal) is **stopped**: nothing listens, calls are refused;
   it comes back with its keys;

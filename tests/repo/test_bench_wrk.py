@@ -1,4 +1,4 @@
-"""The data-plane benchmark's reading of wrk's report and its Lua scripts (tests/bench/wrk.py):
+"""The data-plane benchmark's reading of wrk's report and its Lua scripts (bench/wrk.py):
 pure functions, checked without wrk."""
 
 from __future__ import annotations
@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from tests.bench.wrk import lua_script, parse
+from bench.wrk import lua_script, parse
 
 REPORT = """Running 10s test @ http://127.0.0.1:8200/v1/transit/sign/ed
   2 threads and 32 connections
