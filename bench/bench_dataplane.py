@@ -1,4 +1,4 @@
-"""qkms serve vs OpenBao transit, head to head: ``python -m tests.bench.run dataplane``.
+"""qkms serve vs OpenBao transit, head to head: ``python -m bench.run dataplane``.
 
 One external load generator (``wrk``, from Debian: ``apt-get install -y wrk``) drives
 both servers in this run with the same shape: a Lua script per operation, 32

@@ -1,7 +1,7 @@
 """The operator at scale: 1,000 Ed25519 ManagedKeys until all are Ready, on the real control
 plane (etcd + kube-apiserver + kube-controller-manager, tests/support/controlplane.py).
 
-In the same run, a bare Kopf operator that only patches status (tests/bench/bare_operator.py)
+In the same run, a bare Kopf operator that only patches status (bench/bare_operator.py)
 handles 1,000 objects; the figure is the ratio of the two times (target <= 1.5). Each side
 gets a fresh control plane of its own, and both log in as the same ServiceAccount,
 ``qkms-system/qkms`` with the RBAC qkms ships (the bare operator needs a subset of it), so
@@ -9,7 +9,7 @@ both pay the same authentication and authorization on every call. Then the qkms 
 peak RSS (target <= 250 MB) and its CPU while idle with 1,000 keys and their timers over
 ``QKMS_BENCH_IDLE_SECONDS`` (default 60; target <= 2% of one core).
 
-    python -m tests.bench.run operator       # QKMS_BENCH_KEYS (1000), QKMS_BENCH_IDLE_SECONDS
+    python -m bench.run operator       # QKMS_BENCH_KEYS (1000), QKMS_BENCH_IDLE_SECONDS
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ async def run_once(target: str, workdir: Path, env: dict[str, str],
 async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="qkms-bench-op-") as tmp:
         root = Path(tmp)
-        bare, bare_peak, _ = await run_once("tests.bench.bare_operator", root / "bare", {})
+        bare, bare_peak, _ = await run_once("bench.bare_operator", root / "bare", {})
         env = {"QKMS_NAMESPACE": OPERATOR_NAMESPACE, "QKMS_STATE": "secrets",
                "QKMS_DATA_DIR": "data", "QKMS_API_LISTEN": f"127.0.0.1:{free_port()}"}
         ours, peak, idle = await run_once("qkms.k8s.handlers", root / "qkms", env, IDLE)

@@ -1,6 +1,6 @@
 """The long-running reliability checks of ``tests/reliability`` (issue 7), one command:
 
-    python -m tests.bench.run reliability        # ~15 min on two cores
+    python -m bench.run reliability        # ~15 min on two cores
 
 1. crash mid-rotation at full size: 100 rotating keys on LOCAL_DEV, 50 on OpenBao, each
    on a control plane of its own (etcd + kube-apiserver + kube-controller-manager);

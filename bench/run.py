@@ -1,4 +1,4 @@
-"""Run the benchmarks: ``python -m tests.bench.run [engine ...]`` from the repo root.
+"""Run the benchmarks: ``python -m bench.run [engine ...]`` from the repo root.
 
 Each benchmark prints its figures as ratios against a reference measured in
 the same run; nothing here asserts an absolute time.
@@ -16,7 +16,7 @@ BENCHES = ["engine", "dataplane", "operator", "audit", "vault", "aws", "hsm", "a
 
 def main(names: list[str]) -> None:
     for name in names or BENCHES:
-        module = importlib.import_module(f"tests.bench.bench_{name}")
+        module = importlib.import_module(f"bench.bench_{name}")
         asyncio.run(module.main())
 
 
