@@ -50,6 +50,7 @@ from pathlib import Path
 
 from qkms.errors import AuditStorageError
 from qkms.store.kek import private_dirs
+from qkms.store.records import fsync_dir
 
 from .encoding import CID_LENGTH, CID_PREFIX, read_varint
 
@@ -186,13 +187,6 @@ def read_checkpoints(root: Path) -> tuple[list[Record], Damaged | None]:
     return found, None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def _write_private(path: Path, data: bytes) -> None:
     """Create (or overwrite) a log file with mode 0600, whatever the umask."""
@@ -279,7 +273,7 @@ class SegmentLog:
         if not paths:
             path = segment_path(self.root, 1)
             _write_private(path, MAGIC)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             paths = [(1, path)]
         self.number, path = paths[-1]
         data = path.read_bytes()
@@ -380,7 +374,7 @@ class SegmentLog:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         self._segment.close()
         self._segment = _AppendFile(final, len(MAGIC) + len(anchor))
         self.number = number

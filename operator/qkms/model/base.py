@@ -47,7 +47,6 @@ from .durations import DURATION_PATTERN, parse_duration
 # -- field types ----------------------------------------------------------------
 
 
-
 DELETION_WINDOW_PATTERN = r"^P([7-9]|[12][0-9]|30)D$"
 """The deletion window in the one form the CRD can range-check: whole days, 7 to 30.
 
@@ -146,7 +145,6 @@ def _section(model: type[BaseModel]) -> Any:
     return Field(default_factory=model, json_schema_extra={"default": {}})
 
 
-
 # -- conditions ------------------------------------------------------------------------
 
 class ConditionType(StrEnum):
@@ -210,7 +208,6 @@ def _conditions() -> Any:
     return Field(default_factory=list, json_schema_extra={
         "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"],
     })
-
 
 
 # -- whole resources -----------------------------------------------------------------

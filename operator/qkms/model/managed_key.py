@@ -196,14 +196,12 @@ class ManagedKeyStatus(_Status):
     conditions are authoritative."""
 
 
-
 class ManagedKey(_Resource):
     """A cryptographic key managed by qkms: created, rotated, projected and audited."""
 
     kind: Literal["ManagedKey"] = "ManagedKey"
     spec: ManagedKeySpec
     status: ManagedKeyStatus = Field(default_factory=ManagedKeyStatus)
-
 
 
 def parse_managed_key(body: Mapping[str, Any]) -> ManagedKey:

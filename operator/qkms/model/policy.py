@@ -270,7 +270,6 @@ class KeyPolicySpec(_Spec):
         return self.audit_policy.fails_closed(self.environment)
 
 
-
 class KeyPolicyStatus(_Status):
     """What the operator last observed of this policy."""
 
@@ -281,14 +280,12 @@ class KeyPolicyStatus(_Status):
     conditions: list[Condition] = _conditions()
 
 
-
 class KeyPolicy(_Resource):
     """A cluster-wide key policy for one environment (dev, staging or prod)."""
 
     kind: Literal["KeyPolicy"] = "KeyPolicy"
     spec: KeyPolicySpec
     status: KeyPolicyStatus = Field(default_factory=KeyPolicyStatus)
-
 
 
 def parse_key_policy(body: Mapping[str, Any]) -> KeyPolicy:
