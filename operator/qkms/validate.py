@@ -106,6 +106,7 @@ def check_audit(settings: Settings, keys: int) -> Check:
     """The chain ``qkms audit verify`` checks, read and verified (never opened for writing,
     so a running ``qkms serve`` keeps it)."""
     from qkms.audit.verify import verify_folder
+    from qkms.crypto import verify_signature
     from qkms.service import audit_folder
 
     if not settings.audit_enabled:
@@ -114,5 +115,5 @@ def check_audit(settings: Settings, keys: int) -> Check:
     if not (folder / "segments").is_dir():
         return Check("audit", keys == 0, f"no audit log in {folder}"
                      + (f", but the store holds {keys} keys" if keys else " yet"))
-    result = verify_folder(folder)
+    result = verify_folder(folder, check=verify_signature)
     return Check("audit", result.ok, f"{folder}: {result.summary()}")

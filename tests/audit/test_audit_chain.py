@@ -13,6 +13,7 @@ from qkms.audit.chain import AuditChain, options_from_env
 from qkms.audit.encoding import cid_raw, cid_str, decode, entry_prefix, is_entry, section
 from qkms.audit.store import MAGIC, segment_paths
 from qkms.audit.verify import verify_folder
+from qkms.crypto import verify_signature
 from qkms.errors import AuditStorageError
 from tests.audit.helpers import AuditKey, filled, make_entry, segment_records
 
@@ -42,7 +43,7 @@ async def test_concurrent_appends_never_fork_and_listeners_see_chain_order(tmp_p
         stored = await asyncio.gather(*(chain.append(make_entry(i)) for i in range(300)))
     assert sorted(e.sequence for e in stored) == list(range(1, 301))
     assert seen == list(range(1, 301))
-    result = verify_folder(tmp_path)
+    result = verify_folder(tmp_path, check=verify_signature)
     assert result.ok and result.entries == 300 and result.checkpoints == 6
 
 
@@ -95,7 +96,7 @@ async def test_signer_failure_keeps_entries_and_degrades_health(tmp_path):
         state["fail"] = False
         assert (await chain.checkpoint()).size == 3
         assert (await chain.health())["status"] == "healthy"
-    assert verify_folder(tmp_path).ok
+    assert verify_folder(tmp_path, check=verify_signature).ok
 
 
 async def test_a_signer_that_audits_is_refused_not_deadlocked(tmp_path):
@@ -118,7 +119,8 @@ async def test_a_signature_that_does_not_verify_is_not_written(tmp_path):
         signature, key_id, public = await key(data + b"x")
         return signature, key_id, public
 
-    async with AuditChain(tmp_path, signer=wrong, checkpoint_every=1) as chain:
+    async with AuditChain(tmp_path, signer=wrong, check=verify_signature,
+                          checkpoint_every=1) as chain:
         await chain.append(make_entry())
         assert chain.last_checkpoint is None and chain.stats["checkpoint_failures"] == 1
 
@@ -131,7 +133,7 @@ async def test_restart_resumes_the_chain(tmp_path):
         assert chain.recent(1)[0].cid == chain.head
         sixth = await chain.append(make_entry(5))
     assert sixth.sequence == 6
-    assert verify_folder(tmp_path).ok
+    assert verify_folder(tmp_path, check=verify_signature).ok
 
 
 async def test_one_writer_per_folder(tmp_path):
@@ -171,7 +173,7 @@ async def test_services_over_one_data_dir_in_one_process_share_the_writer(make_s
     made = await second.create_key(usage="SIGNING", algorithm="Ed25519", owner="o", name="three")
     await second.close()
     assert made.name == "three"
-    result = verify_folder(first.audit.root)
+    result = verify_folder(first.audit.root, check=verify_signature)
     assert result.ok
     names = [e.key_name for e in first.audit.recent() if e.operation == "CREATE"]
     assert names[-3:] == ["one", "two", "three"]
@@ -186,12 +188,13 @@ async def test_torn_write_is_cut_on_start_and_the_chain_resumes(tmp_path, garbag
         garbage = section(cid_raw(block), block)[:-2]
     with open(path, "ab") as handle:
         handle.write(garbage)
-    result = verify_folder(tmp_path)
+    result = verify_folder(tmp_path, check=verify_signature)
     assert result.ok and "torn write" in result.warnings[0]
     async with AuditChain(tmp_path) as chain:
         assert chain.size == 5 and chain.torn_bytes == len(garbage)
         assert (await chain.append(make_entry(5))).sequence == 6
-    assert verify_folder(tmp_path).ok and not verify_folder(tmp_path).warnings
+    verified = verify_folder(tmp_path, check=verify_signature)
+    assert verified.ok and not verified.warnings
     kept = list((tmp_path / "torn").iterdir())
     assert len(kept) == 1 and kept[0].read_bytes() == garbage
 
@@ -204,7 +207,7 @@ async def test_damage_before_the_tail_refuses_to_open(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(AuditStorageError, match="damaged"):
         await AuditChain(tmp_path).open()
-    finding = verify_folder(tmp_path).finding
+    finding = verify_folder(tmp_path, check=verify_signature).finding
     assert (finding.kind, finding.seq) == ("edited", 1)
 
 
@@ -230,7 +233,7 @@ async def test_a_failed_write_refuses_the_entry_and_keeps_the_chain_whole(tmp_pa
             await chain.append(make_entry(1))
         monkeypatch.setattr(os, "write", real_write)
         assert (await chain.append(make_entry(2))).sequence == 2
-    assert verify_folder(tmp_path).entries == 2
+    assert verify_folder(tmp_path, check=verify_signature).entries == 2
 
 
 async def test_a_failed_group_write_refuses_its_entries_and_keeps_the_chain_whole(
@@ -252,7 +255,7 @@ async def test_a_failed_group_write_refuses_its_entries_and_keeps_the_chain_whol
         monkeypatch.setattr(os, "write", real_write)
         assert (await chain.append(make_entry(3))).sequence == 2
         assert [e.sequence for e in chain.recent()] == [1, 2]
-    assert verify_folder(tmp_path).entries == 2
+    assert verify_folder(tmp_path, check=verify_signature).entries == 2
 
 
 async def test_a_failed_fsync_breaks_the_chain_until_reopened(tmp_path, monkeypatch):
@@ -282,13 +285,13 @@ async def test_segments_roll_at_checkpoints_and_each_starts_anchored(tmp_path):
     for number, _ in paths[1:]:
         first = segment_records(tmp_path, number)[0]
         assert not is_entry(first.block)  # a copy of the checkpoint that closed the last one
-    result = verify_folder(tmp_path)
+    result = verify_folder(tmp_path, check=verify_signature)
     assert result.ok and result.entries == 40
     async with AuditChain(tmp_path, signer=AuditKey(), checkpoint_every=5,
                           segment_bytes=3000) as chain:
         assert chain.size == 40
         await chain.append(make_entry(40))
-    assert verify_folder(tmp_path).entries == 41
+    assert verify_folder(tmp_path, check=verify_signature).entries == 41
 
 
 async def test_snapshot_and_health(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 
 from qkms.audit.cli import add_parser, run
 from qkms.audit.encoding import cid_str, decode, encode, is_entry
+from qkms.crypto import verify_signature
 from tests.audit.helpers import AuditKey, filled, make_entry, segment_records, write_segment
 
 
@@ -18,7 +19,7 @@ async def qkms_audit(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="qkms")
     parser.add_argument("--data-dir", type=Path)  # as the qkms command has it
     add_parser(parser.add_subparsers(dest="group", required=True))
-    return await run(parser.parse_args(list(argv)))
+    return await run(parser.parse_args(list(argv)), verify_signature)
 
 
 @pytest.fixture(autouse=True)

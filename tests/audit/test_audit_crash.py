@@ -15,6 +15,7 @@ import pytest
 from qkms.audit.chain import AuditChain
 from qkms.audit.encoding import cid_str
 from qkms.audit.verify import verify_folder
+from qkms.crypto import verify_signature
 from tests.audit.helpers import AuditKey, make_entry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,11 +55,12 @@ async def test_kill_9_loses_no_acknowledged_entry(tmp_path, sync):
     for _ in range(2):  # kill, restart from what is on disk, kill again
         acknowledged.update(run_and_kill(folder, sync, acks=1500))
         stored: dict[int, str] = {}
-        result = verify_folder(folder, on_entry=lambda s, c, _: stored.__setitem__(s, cid_str(c)))
+        result = verify_folder(folder, check=verify_signature,
+                               on_entry=lambda s, c, _: stored.__setitem__(s, cid_str(c)))
         assert result.ok, result.finding
         missing = {s: c for s, c in acknowledged.items() if stored.get(s) != c}
         assert not missing, f"{len(missing)} acknowledged entries lost, first {min(missing)}"
         async with AuditChain(folder) as chain:  # restart: resumes after the last entry
             assert chain.size == result.last_seq
             assert (await chain.append(make_entry(0))).sequence == result.last_seq + 1
-    assert verify_folder(folder).ok
+    assert verify_folder(folder, check=verify_signature).ok

@@ -29,6 +29,7 @@ from qkms.audit.chain import AuditChain
 from qkms.audit.encoding import cid_str, decode, is_entry, section
 from qkms.audit.store import CHECKPOINTS, MAGIC, iter_log
 from qkms.audit.verify import verify_folder
+from qkms.crypto import verify_signature
 from tests.audit.helpers import AuditKey, filled, make_entry, segment_records, write_segment
 from tests.support.server_process import free_port
 
@@ -187,7 +188,8 @@ def cut_back_to(folder: Path, size: int) -> None:
 async def test_truncation_to_an_earlier_checkpoint_is_caught_by_the_anchor(anchored):
     folder, node = anchored
     cut_back_to(folder, 20)
-    attack = verify_folder(folder)  # the attack: every signature still holds
+    # The attack: every signature still holds.
+    attack = verify_folder(folder, check=verify_signature)
     assert attack.ok and attack.last_seq == 20
     plain = qkms_verify(folder)
     assert plain.returncode == 0, plain.stderr
@@ -202,7 +204,8 @@ async def test_a_log_resigned_under_a_fresh_key_is_unanchored(anchored, tmp_path
     await filled(forged, 30, signer=AuditKey("intruder"), checkpoint_every=10)
     shutil.rmtree(folder)
     shutil.copytree(forged, folder)
-    assert verify_folder(folder).ok  # trust on first use accepts the intruder's key
+    # Trust on first use accepts the intruder's key.
+    assert verify_folder(folder, check=verify_signature).ok
     plain = qkms_verify(folder)
     assert plain.returncode == 0 and "checkpoint key is NOT pinned" in plain.stderr  # loudly
     caught = qkms_verify(folder, f"ipfs:{node.endpoint}")

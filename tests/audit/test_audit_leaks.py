@@ -13,6 +13,7 @@ from qkms.audit.chain import AuditChain
 from qkms.audit.reports import build, render
 from qkms.audit.search import Query, search
 from qkms.config import Settings
+from qkms.crypto import verify_signature
 from qkms.errors import QkmsError
 from qkms.providers import software
 from qkms.service import KeyManagementService
@@ -70,7 +71,7 @@ async def test_no_secret_reaches_any_audit_output(tmp_path, clock):
     haystacks["car"] = car.read_bytes()
     haystacks["search"] = "\n".join(json.dumps(e) for e in search(folder, Query())).encode()
     for standard in ("soc2", "gdpr"):
-        report = build(folder, standard)
+        report = build(folder, standard, check=verify_signature)
         for fmt in ("md", "json", "html"):
             haystacks[f"{standard}.{fmt}"] = render(report, fmt).encode()
     haystacks["events"] = "\n".join(events).encode()

@@ -15,6 +15,7 @@ from qkms.audit.chain import AuditChain
 from qkms.audit.encoding import encode
 from qkms.audit.entry import Actor, AuditEntry
 from qkms.audit.reports import ReportError, build, render
+from qkms.crypto import verify_signature
 from qkms.model.policy import parse_key_policy
 from tests.audit.helpers import AuditKey, make_entry, segment_records, write_segment
 
@@ -58,7 +59,7 @@ def period():
 
 
 async def test_soc2_figures(folder):
-    report = build(folder, "soc2", *period(), policy=policy())
+    report = build(folder, "soc2", *period(), policy=policy(), check=verify_signature)
     want = EXPECTED["soc2"]
     s = report["sections"]
     assert report["entries_in_period"] == EXPECTED["entries_in_period"]
@@ -78,7 +79,7 @@ async def test_soc2_figures(folder):
 
 
 async def test_gdpr_figures(folder):
-    report = build(folder, "gdpr", *period(), policy=policy())
+    report = build(folder, "gdpr", *period(), policy=policy(), check=verify_signature)
     want = EXPECTED["gdpr"]
     art30, art32 = report["sections"]["Art. 30"], report["sections"]["Art. 32"]
     assert [{k: g[k] for k in ("owner", "purpose", "environment", "keys")}
@@ -91,7 +92,7 @@ async def test_gdpr_figures(folder):
 
 
 async def test_reports_name_their_checkpoint_in_every_format(folder):
-    report = build(folder, "soc2", *period())
+    report = build(folder, "soc2", *period(), check=verify_signature)
     cid = report["built_from"]["checkpoint"]["cid"]
     assert report["built_from"]["checkpoint"]["size"] == len(history())
     for fmt in ("md", "json", "html"):
@@ -106,9 +107,9 @@ async def test_only_signed_entries_are_reported(folder):
     async with AuditChain(folder) as chain:  # no signer: these stay unsigned
         for i in range(3):
             await chain.append(make_entry(i))
-    report = build(folder, "soc2")
+    report = build(folder, "soc2", check=verify_signature)
     assert report["built_from"]["entries_excluded_unsigned"] == 3
-    assert build(folder, "soc2", allow_unsigned=True)["built_from"][
+    assert build(folder, "soc2", allow_unsigned=True, check=verify_signature)["built_from"][
         "entries_excluded_unsigned"] == 0
 
 
@@ -118,12 +119,13 @@ async def test_no_report_from_a_chain_that_does_not_verify(folder):
     records[2] = (records[2].cid, block)
     write_segment(folder, records)
     with pytest.raises(ReportError, match="does not verify: entry 3"):
-        build(folder, "gdpr")
+        build(folder, "gdpr", check=verify_signature)
 
 
 async def test_no_report_without_a_checkpoint(tmp_path):
     async with AuditChain(tmp_path) as chain:
         await chain.append(make_entry())
     with pytest.raises(ReportError, match="no signed checkpoint"):
-        build(tmp_path, "soc2")
-    assert build(tmp_path, "soc2", allow_unsigned=True)["built_from"]["checkpoint"] is None
+        build(tmp_path, "soc2", check=verify_signature)
+    built = build(tmp_path, "soc2", allow_unsigned=True, check=verify_signature)
+    assert built["built_from"]["checkpoint"] is None

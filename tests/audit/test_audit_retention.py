@@ -11,6 +11,7 @@ from qkms.audit.retention import cutoff_for, prune
 from qkms.audit.search import Query, search
 from qkms.audit.store import segment_paths
 from qkms.audit.verify import verify_folder
+from qkms.crypto import verify_signature
 from tests.audit.helpers import START, AuditKey, make_entry
 
 HOUR = timedelta(hours=1)
@@ -30,7 +31,7 @@ async def test_prune_keeps_a_verifiable_anchored_suffix(tmp_path):
     result = prune(tmp_path, START + 30 * HOUR)
     assert result.removed and result.entries_removed > 0
     assert len(segment_paths(tmp_path)) == before - len(result.removed)
-    verified = verify_folder(tmp_path)
+    verified = verify_folder(tmp_path, check=verify_signature)
     assert verified.ok, verified.finding
     assert verified.anchor is not None and verified.anchor.cid_text == result.anchor
     assert verified.first_seq == result.first_seq_kept == result.entries_removed + 1
@@ -49,12 +50,12 @@ async def test_the_writer_goes_on_after_a_prune_and_exports_still_verify(tmp_pat
                           segment_bytes=2500) as chain:
         assert chain.size == 60
         await chain.append(make_entry(60, time=START + 60 * HOUR))
-    assert verify_folder(tmp_path).ok
+    assert verify_folder(tmp_path, check=verify_signature).ok
     car = tmp_path / "pruned.car"
     with open(car, "wb") as out:
         export_car(tmp_path, out)
-    assert verify_car(car).ok
-    assert build(tmp_path, "soc2")["built_from"]["checkpoint"]["size"] == 61
+    assert verify_car(car, check=verify_signature).ok
+    assert build(tmp_path, "soc2", check=verify_signature)["built_from"]["checkpoint"]["size"] == 61
 
 
 async def test_dry_run_and_nothing_old_enough(tmp_path):

@@ -14,6 +14,7 @@ from qkms.audit import encoding
 from qkms.audit.encoding import cid_raw, cid_str, decode, encode, is_entry
 from qkms.audit.store import CHECKPOINTS, Record
 from qkms.audit.verify import verify_folder
+from qkms.crypto import verify_signature
 from tests.audit.helpers import AuditKey, filled, make_entry, segment_records, write_segment
 
 K = 15  # the entry tampered with
@@ -30,11 +31,11 @@ def entries(folder) -> dict[int, Record]:
 
 
 def test_untouched_chain_verifies(chain_dir):
-    result = verify_folder(chain_dir)
+    result = verify_folder(chain_dir, check=verify_signature)
     assert result.ok, result.finding
     assert (result.entries, result.first_seq, result.last_seq, result.checkpoints) == (30, 1, 30, 3)
     assert result.last_checkpoint.size == 30 and result.unsigned == 0
-    assert verify_folder(chain_dir, deep=True).ok
+    assert verify_folder(chain_dir, deep=True, check=verify_signature).ok
 
 
 def _tamper(folder, seq: int, change, *, readdress: bool) -> tuple[bytes, bytes]:
@@ -74,7 +75,7 @@ FIELDS = {
 async def test_field_edited_in_place(chain_dir, field):
     """The bytes changed but the record keeps the old CID: the block no longer hashes to it."""
     old, _ = _tamper(chain_dir, K, FIELDS[field], readdress=False)
-    finding = verify_folder(chain_dir).finding
+    finding = verify_folder(chain_dir, check=verify_signature).finding
     assert (finding.kind, finding.seq, finding.cid) == ("edited", K, cid_str(old)), finding
 
 
@@ -82,14 +83,14 @@ async def test_field_edited_in_place(chain_dir, field):
 async def test_field_edited_and_readdressed(chain_dir, field):
     """The attacker also recomputed the CID: the next entry's link gives it away."""
     _, new = _tamper(chain_dir, K, FIELDS[field], readdress=True)
-    finding = verify_folder(chain_dir).finding
+    finding = verify_folder(chain_dir, check=verify_signature).finding
     assert (finding.kind, finding.seq, finding.cid) == ("edited", K, cid_str(new)), finding
     assert "re-addressed" in finding.detail
 
 
 async def test_sequence_number_edited_and_readdressed(chain_dir):
     _tamper(chain_dir, K, FIELDS["seq"], readdress=True)
-    finding = verify_folder(chain_dir).finding
+    finding = verify_folder(chain_dir, check=verify_signature).finding
     assert (finding.kind, finding.seq) == ("missing", K), finding
 
 
@@ -110,7 +111,7 @@ async def test_edit_relinked_up_to_a_checkpoint_is_caught_by_its_signature(chain
             records[i] = (cid_raw(block), block)
         prev = records[i][0] if isinstance(records[i], tuple) else records[i].cid
     write_segment(chain_dir, records)
-    finding = verify_folder(chain_dir).finding
+    finding = verify_folder(chain_dir, check=verify_signature).finding
     assert (finding.kind, finding.seq) == ("edited", 20), finding
     assert "rewritten" in finding.detail
 
@@ -118,7 +119,7 @@ async def test_edit_relinked_up_to_a_checkpoint_is_caught_by_its_signature(chain
 async def test_deleted_entry(chain_dir):
     victim = entries(chain_dir)[K]
     write_segment(chain_dir, [r for r in segment_records(chain_dir) if r.cid != victim.cid])
-    finding = verify_folder(chain_dir).finding
+    finding = verify_folder(chain_dir, check=verify_signature).finding
     assert (finding.kind, finding.seq, finding.cid) == ("missing", K, cid_str(victim.cid))
 
 
@@ -128,7 +129,7 @@ async def test_reordered_entries(chain_dir):
     i, j = records.index(by_seq[K]), records.index(by_seq[K + 1])
     records[i], records[j] = records[j], records[i]
     write_segment(chain_dir, records)
-    finding = verify_folder(chain_dir).finding
+    finding = verify_folder(chain_dir, check=verify_signature).finding
     assert (finding.kind, finding.seq, finding.cid) == (
         "reordered", K + 1, cid_str(by_seq[K + 1].cid)), finding
 
@@ -140,7 +141,7 @@ async def test_forked_chain(chain_dir):
     fork = encoding.encode_entry(make_entry(500, operation="DECRYPT"), K + 1, by_seq[K].cid)
     records.insert(records.index(by_seq[K + 1]) + 1, (cid_raw(fork), fork))
     write_segment(chain_dir, records)
-    finding = verify_folder(chain_dir).finding
+    finding = verify_folder(chain_dir, check=verify_signature).finding
     assert (finding.kind, finding.seq, finding.cid) == ("forked", K + 1, cid_str(cid_raw(fork)))
 
 
@@ -150,7 +151,7 @@ async def test_truncated_after_a_checkpoint(chain_dir):
     cut = next(i for i, r in enumerate(records)
                if not is_entry(r.block) and decode(r.block)["size"] == 20)
     write_segment(chain_dir, records[:cut + 1])
-    finding = verify_folder(chain_dir).finding
+    finding = verify_folder(chain_dir, check=verify_signature).finding
     assert (finding.kind, finding.seq, finding.cid) == ("truncated", 21, None), finding
     assert "truncated after a checkpoint" in finding.detail
 
@@ -159,7 +160,7 @@ async def test_truncated_by_one_entry_names_its_cid(chain_dir):
     records = segment_records(chain_dir)
     last = entries(chain_dir)[30]
     write_segment(chain_dir, records[:records.index(last)])
-    finding = verify_folder(chain_dir).finding
+    finding = verify_folder(chain_dir, check=verify_signature).finding
     assert (finding.kind, finding.seq, finding.cid) == ("truncated", 30, cid_str(last.cid))
 
 
@@ -172,15 +173,16 @@ async def test_forged_checkpoint_signature(chain_dir):
     records[i] = (cid_raw(block), block)
     write_segment(chain_dir, records)
     (chain_dir / CHECKPOINTS).unlink()  # so the log's copy is the first one checked
-    finding = verify_folder(chain_dir).finding
+    finding = verify_folder(chain_dir, check=verify_signature).finding
     assert (finding.kind, finding.seq) == ("bad-signature", 10)
     assert finding.cid == cid_str(cid_raw(block))
 
 
 async def test_pinned_key_refuses_another_key(chain_dir):
-    finding = verify_folder(chain_dir, public_key=AuditKey("other").public).finding
+    finding = verify_folder(chain_dir, public_key=AuditKey("other").public,
+                            check=verify_signature).finding
     assert (finding.kind, finding.seq) == ("key-changed", 10)
-    assert verify_folder(chain_dir, public_key=AuditKey().public).ok
+    assert verify_folder(chain_dir, public_key=AuditKey().public, check=verify_signature).ok
 
 
 async def test_checkpoints_by_a_second_key_are_a_finding(tmp_path):
@@ -190,7 +192,7 @@ async def test_checkpoints_by_a_second_key_are_a_finding(tmp_path):
     async with AuditChain(tmp_path, signer=AuditKey("intruder"), checkpoint_every=5) as chain:
         for i in range(5):
             await chain.append(make_entry(i))
-    finding = verify_folder(tmp_path).finding
+    finding = verify_folder(tmp_path, check=verify_signature).finding
     assert (finding.kind, finding.seq) == ("key-changed", 15)
 
 
@@ -203,8 +205,8 @@ async def test_deep_mode_catches_non_canonical_blocks(tmp_path):
     block = last.replace(marker, b"\x6akeyVersion\x18\x01")  # a non-minimal integer
     records[-1] = (cid_raw(block), block)
     write_segment(tmp_path, records)
-    assert verify_folder(tmp_path).ok
-    finding = verify_folder(tmp_path, deep=True).finding
+    assert verify_folder(tmp_path, check=verify_signature).ok
+    finding = verify_folder(tmp_path, deep=True, check=verify_signature).finding
     assert (finding.kind, finding.seq) == ("edited", 5)
     assert "DAG-CBOR" in finding.detail  # libipld refuses the non-minimal integer
 
@@ -213,12 +215,12 @@ async def test_log_without_its_start_is_unanchored(chain_dir):
     records = segment_records(chain_dir)
     write_segment(chain_dir, [r for r in records if not (
         is_entry(r.block) and decode(r.block)["seq"] <= 3)])
-    finding = verify_folder(chain_dir).finding
+    finding = verify_folder(chain_dir, check=verify_signature).finding
     assert (finding.kind, finding.seq) == ("missing", 3), finding
 
 
 def test_empty_folder_is_a_finding(tmp_path):
-    assert verify_folder(tmp_path).finding.kind == "missing"
+    assert verify_folder(tmp_path, check=verify_signature).finding.kind == "missing"
 
 
 async def test_checkpoint_link_rewritten_as_bytes_is_caught(chain_dir):
@@ -233,6 +235,6 @@ async def test_checkpoint_link_rewritten_as_bytes_is_caught(chain_dir):
     records[i] = (cid_raw(block), block)
     write_segment(chain_dir, records)
     (chain_dir / CHECKPOINTS).unlink()  # so the log's copy is the one checked
-    finding = verify_folder(chain_dir).finding
+    finding = verify_folder(chain_dir, check=verify_signature).finding
     assert finding is not None and finding.kind == "edited", finding
     assert "canonical" in finding.detail

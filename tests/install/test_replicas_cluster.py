@@ -20,6 +20,7 @@ from typing import Any
 import helm_python as helm
 
 from qkms.audit.verify import verify_folder
+from qkms.crypto import verify_signature
 from tests.install.helpers import CHART, NAMESPACE
 from tests.install.pods import (
     APP_NS,
@@ -64,7 +65,7 @@ async def test_two_replicas_each_own_volume_and_audit_log(tmp_path: Path) -> Non
                 await replica.stop()  # a last signed checkpoint
             for replica, claim in zip(replicas, claims, strict=True):
                 folder = tmp_path / "volumes" / claim / "dev" / "audit" / replica.name
-                result = verify_folder(folder)
+                result = verify_folder(folder, check=verify_signature)
                 assert result.ok, (folder, result.summary())
                 assert result.entries >= 2, (folder, result.summary())
         finally:

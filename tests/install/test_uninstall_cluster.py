@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from qkms.audit.verify import verify_folder
+from qkms.crypto import verify_signature
 from tests.install.helpers import CHART, NAMESPACE
 from tests.install.pods import (
     APP_NS,
@@ -72,7 +73,7 @@ def chains(tmp_path: Path, replicas: list[LocalPod]) -> dict[str, Any]:
     found = {}
     for replica in replicas:
         folder = tmp_path / "volumes" / claim_of(replica.pod) / "dev" / "audit" / replica.name
-        result = verify_folder(folder)
+        result = verify_folder(folder, check=verify_signature)
         assert result.ok, (folder, result.summary())
         found[replica.name] = result
     return found

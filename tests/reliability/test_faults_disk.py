@@ -37,6 +37,7 @@ import yaml
 
 from qkms.audit.verify import verify_folder
 from qkms.config import Settings
+from qkms.crypto import verify_signature
 from qkms.errors import AuditStorageError, RotationFailedError, StorageError
 from qkms.model.enums import Environment
 from qkms.service import KeyManagementService
@@ -266,7 +267,7 @@ async def test_failed_fsync_refuses_until_reopened_then_everything_works(
     made = await reopened.create_key(usage="SIGNING", algorithm="Ed25519", owner="app",
                                      name="during")
     await reopened.close()
-    result = verify_folder(tmp_path / "data" / "audit")
+    result = verify_folder(tmp_path / "data" / "audit", check=verify_signature)
     print(f"FIGURE disk-fsync-failure[ENOSPC on fsync, prod]: sign -> {refused['sign']}; "
           f"create -> {refused['create']}; after space returns, same process: "
           f"{still.value.message} (health {health}); next start: sign ok "

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from .checkpoint import SignatureCheck
 from .encoding import (
     CID_LENGTH,
     CID_PREFIX,
@@ -165,9 +166,9 @@ def chain_order(records: list[Record]) -> list[Record]:
     return ordered
 
 
-def verify_car(path: Path, *, public_key: bytes | None = None, deep: bool = False,
-               on_entry: OnEntry | None = None) -> VerifyResult:
-    verifier = Verifier(public_key=public_key, deep=deep, on_entry=on_entry)
+def verify_car(path: Path, *, check: SignatureCheck, public_key: bytes | None = None,
+               deep: bool = False, on_entry: OnEntry | None = None) -> VerifyResult:
+    verifier = Verifier(check=check, public_key=public_key, deep=deep, on_entry=on_entry)
     try:
         _, records = read_car(path)
     except Damaged as exc:
@@ -176,22 +177,23 @@ def verify_car(path: Path, *, public_key: bytes | None = None, deep: bool = Fals
     return verifier.run(chain_order(records))
 
 
-def compare(root: Path, car: Path, *, public_key: bytes | None = None,
+def compare(root: Path, car: Path, *, check: SignatureCheck, public_key: bytes | None = None,
             deep: bool = False) -> tuple[VerifyResult, VerifyResult, Finding | None]:
     """Verify both, then check every entry of the CAR is in the data dir with the same CID."""
     in_car: dict[int, bytes] = {}
-    car_result = verify_car(car, public_key=public_key, deep=deep,
+    car_result = verify_car(car, check=check, public_key=public_key, deep=deep,
                             on_entry=lambda seq, cid, _: in_car.__setitem__(seq, cid))
     difference: list[Finding] = []
 
-    def check(seq: int, cid: bytes, _: bytes) -> None:
+    def same(seq: int, cid: bytes, _: bytes) -> None:
         other = in_car.get(seq)
         if not difference and other is not None and other != cid:
             difference.append(Finding("edited", seq, cid_str(cid),
                                       f"the CAR has {cid_str(other)} for this entry"))
 
-    folder_result = verify_folder(root, public_key=public_key or car_result.public_key,
-                                  deep=deep, on_entry=check)
+    folder_result = verify_folder(root, check=check,
+                                  public_key=public_key or car_result.public_key,
+                                  deep=deep, on_entry=same)
     if not difference and in_car and folder_result.ok:
         last = folder_result.last_seq or 0
         beyond = [seq for seq in in_car if seq > last]

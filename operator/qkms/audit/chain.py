@@ -44,7 +44,14 @@ from typing import Any
 
 from qkms.errors import AuditStorageError
 
-from .checkpoint import ALGORITHM, Checkpoint, Signer, parse_checkpoint, signature_valid
+from .checkpoint import (
+    ALGORITHM,
+    Checkpoint,
+    SignatureCheck,
+    Signer,
+    parse_checkpoint,
+    signature_valid,
+)
 from .encoding import checkpoint_body as make_body
 from .encoding import (
     cid_raw,
@@ -93,6 +100,7 @@ class AuditChain:
         folder: Path | str,
         *,
         signer: Signer | None = None,
+        check: SignatureCheck | None = None,
         checkpoint_every: int = 1000,
         checkpoint_interval: float = 60.0,
         sync: str = "fsync",
@@ -113,6 +121,7 @@ class AuditChain:
         self.signer_timeout = signer_timeout
         self.drain_timeout = 5.0  # how long close() lets the IPFS push catch up
         self._signer = signer
+        self._check = check  # verifies each checkpoint just signed: a signer gone wrong
         self._clock = clock or (lambda: datetime.now(UTC))
         self._log = SegmentLog(self.root, segment_bytes)
         self._recent: deque[AuditEntry] = deque(maxlen=recent_capacity)
@@ -408,7 +417,7 @@ class AuditChain:
                 signature, key_id, public = await self._signer(body)
             draft = Checkpoint(b"", self._size, self._head, now, previous, key_id, ALGORITHM,
                                public, signature, body)
-            if not signature_valid(draft):
+            if self._check is not None and not signature_valid(draft, self._check):
                 raise ValueError(f"signature does not verify as {ALGORITHM}")
         except Exception as exc:
             self.stats["checkpoint_failures"] += 1

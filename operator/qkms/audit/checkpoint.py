@@ -22,6 +22,11 @@ ALGORITHM = "Ed25519+ML-DSA-65"
 Signer = Callable[[bytes], Awaitable[tuple[bytes, str, bytes]]]
 """Signs a checkpoint body; returns (signature, key ID, raw public key)."""
 
+SignatureCheck = Callable[[str, bytes, bytes, bytes], bool]
+"""Whether (algorithm, raw public key, message, signature) verifies: given, like the signer,
+by the layer that holds the algorithms (``qkms.crypto.verify_signature``), so that the audit
+trail reads and checks its chain without importing them."""
+
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -67,13 +72,9 @@ def parse_checkpoint(cid: bytes, block: bytes) -> Checkpoint:
         raise ValueError(f"malformed checkpoint: {exc}") from None
 
 
-def signature_valid(checkpoint: Checkpoint, public_key: bytes | None = None) -> bool:
+def signature_valid(checkpoint: Checkpoint, check: SignatureCheck,
+                    public_key: bytes | None = None) -> bool:
     """Whether the checkpoint's signature verifies under ``public_key`` (default: its own)."""
-    from qkms.crypto import suite_for
-
-    try:
-        suite = suite_for(checkpoint.algorithm)
-        key = suite.load_public(public_key if public_key is not None else checkpoint.public_key)
-        return bool(key.verify(checkpoint.body, checkpoint.signature))
-    except Exception:  # a malformed key or an unknown algorithm is just "not valid"
-        return False
+    return check(checkpoint.algorithm,
+                 public_key if public_key is not None else checkpoint.public_key,
+                 checkpoint.body, checkpoint.signature)

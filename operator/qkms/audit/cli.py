@@ -28,6 +28,7 @@ from typing import Any
 
 from qkms.errors import InvalidInputError
 
+from .checkpoint import SignatureCheck
 from .search import Query, SearchStats, parse_moment, search
 
 PROG = "qkms audit"
@@ -164,8 +165,11 @@ def _fingerprint(key: bytes | None) -> str | None:
     return "sha256:" + hashlib.sha256(key).hexdigest() if key else None
 
 
-async def run(args: argparse.Namespace) -> int:
-    """Run the ``qkms audit`` action in ``args``; return the exit code."""
+async def run(args: argparse.Namespace, check: SignatureCheck) -> int:
+    """Run the ``qkms audit`` action in ``args``; return the exit code. ``check`` verifies
+    checkpoint signatures (the command line gives ``qkms.crypto.verify_signature``): the
+    audit trail imports no algorithm itself."""
+    args.signature_check = check
     try:
         return _ACTIONS[args.audit_action](args)
     except InvalidInputError as exc:
@@ -183,16 +187,20 @@ def _verify(args: argparse.Namespace) -> int:
         raise InvalidInputError("--car", f"{args.car} is not a file")
     difference = car_result = None
     if args.car is not None and folder is None:
-        result = verify_car(args.car, public_key=key, deep=args.deep)
+        result = verify_car(args.car, check=args.signature_check, public_key=key,
+                            deep=args.deep)
     elif args.car is not None:
-        result, car_result, difference = compare(_folder(args), args.car, public_key=key,
-                                                 deep=args.deep)
+        result, car_result, difference = compare(_folder(args), args.car,
+                                                 check=args.signature_check,
+                                                 public_key=key, deep=args.deep)
     else:
-        result = verify_folder(_folder(args), public_key=key, deep=args.deep)
+        result = verify_folder(_folder(args), check=args.signature_check, public_key=key,
+                               deep=args.deep)
     # Every writer's chain of the environment (one per data-plane worker or replica):
     # each verified on its own, all under the same checkpoint key.
     others = ([] if args.car is not None or folder is None else
-              [(f, verify_folder(f, public_key=key or result.public_key, deep=args.deep))
+              [(f, verify_folder(f, check=args.signature_check,
+                                 public_key=key or result.public_key, deep=args.deep))
                for f in _chains(_folder(args))[1:]])
     finding = result.finding or (car_result.finding if car_result else None) or difference
     for other, verified in others:
@@ -339,7 +347,8 @@ def _report(args: argparse.Namespace) -> int:
 
     try:
         report = build(_folder(args), args.standard, parse_moment(args.since, "--since"),
-                       parse_moment(args.until, "--until"), policy=_policy(args.policy),
+                       parse_moment(args.until, "--until"), check=args.signature_check,
+                       policy=_policy(args.policy),
                        public_key=_public_key(args.public_key),
                        allow_unsigned=args.allow_unsigned)
     except ReportError as exc:

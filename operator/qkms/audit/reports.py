@@ -42,6 +42,7 @@ from typing import Any
 from qkms.model import durations
 from qkms.model.schedules import DEFAULT_ROTATION
 
+from .checkpoint import SignatureCheck
 from .encoding import cid_str, decode, parse_time
 from .verify import verify_folder
 
@@ -86,8 +87,8 @@ class Source:
     warnings: list[str] = field(default_factory=list)
 
 
-def load(root: Path, *, public_key: bytes | None = None, allow_unsigned: bool = False
-         ) -> Source:
+def load(root: Path, *, check: SignatureCheck, public_key: bytes | None = None,
+         allow_unsigned: bool = False) -> Source:
     """Verify the chain and return the entries its newest checkpoint covers."""
     entries: list[dict[str, Any]] = []
 
@@ -97,7 +98,7 @@ def load(root: Path, *, public_key: bytes | None = None, allow_unsigned: bool = 
         value["moment"] = parse_time(value["time"])
         entries.append(value)
 
-    result = verify_folder(root, public_key=public_key, on_entry=keep)
+    result = verify_folder(root, check=check, public_key=public_key, on_entry=keep)
     if not result.ok:
         raise ReportError(f"the audit chain does not verify: {result.finding}")
     cp = result.last_checkpoint
@@ -296,12 +297,13 @@ def _pqc(vulnerable: list[str], deadline: datetime | None, until: datetime) -> d
 
 
 def build(root: Path, standard: str, since: datetime | None = None,
-          until: datetime | None = None, *, policy: Any = None, public_key: bytes | None = None,
-          allow_unsigned: bool = False, now: datetime | None = None) -> dict[str, Any]:
+          until: datetime | None = None, *, check: SignatureCheck, policy: Any = None,
+          public_key: bytes | None = None, allow_unsigned: bool = False,
+          now: datetime | None = None) -> dict[str, Any]:
     """The report as a dict (the JSON format); ``render`` turns it into md or html."""
     if standard not in STANDARDS:
         raise ReportError(f"unknown standard {standard!r}: use soc2 or gdpr")
-    source = load(root, public_key=public_key, allow_unsigned=allow_unsigned)
+    source = load(root, check=check, public_key=public_key, allow_unsigned=allow_unsigned)
     now = now or datetime.now(UTC)
     since = since or datetime(1970, 1, 1, tzinfo=UTC)
     until = until or now

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from libipld import decode_dag_cbor, encode_dag_cbor
 
-from .checkpoint import Checkpoint, parse_checkpoint, signature_valid
+from .checkpoint import Checkpoint, SignatureCheck, parse_checkpoint, signature_valid
 from .encoding import CID_LENGTH, CID_PREFIX, ENTRY_KEYS, cid_str, entry_prefix, is_entry
 from .store import Damaged, Record, iter_log, read_checkpoints, segment_paths
 
@@ -89,8 +89,10 @@ class VerifyResult:
 
 
 class Verifier:
-    def __init__(self, *, public_key: bytes | None = None, deep: bool = False,
-                 on_entry: OnEntry | None = None) -> None:
+    def __init__(self, *, check: SignatureCheck, public_key: bytes | None = None,
+                 deep: bool = False, on_entry: OnEntry | None = None) -> None:
+        """``check``: how checkpoint signatures are verified (``qkms.crypto.verify_signature``)."""
+        self.check = check
         self.result = VerifyResult(public_key=public_key)
         self.deep = deep
         self.on_entry = on_entry
@@ -110,7 +112,7 @@ class Verifier:
             return Finding("key-changed", cp.size, cp.cid_text,
                            f"checkpoint signed by {cp.key_id} with a key other than the "
                            "pinned one")
-        if not signature_valid(cp, self.result.public_key):
+        if not signature_valid(cp, self.check, self.result.public_key):
             return Finding("bad-signature", cp.size, cp.cid_text,
                            "the checkpoint signature does not verify")
         self._verified.add(cp.cid)
@@ -355,10 +357,10 @@ def _deep_problem(block: bytes) -> str | None:
     return None
 
 
-def verify_folder(root: Path, *, public_key: bytes | None = None, deep: bool = False,
-                  on_entry: OnEntry | None = None) -> VerifyResult:
+def verify_folder(root: Path, *, check: SignatureCheck, public_key: bytes | None = None,
+                  deep: bool = False, on_entry: OnEntry | None = None) -> VerifyResult:
     """Verify an audit folder: its checkpoint file, then its log."""
-    verifier = Verifier(public_key=public_key, deep=deep, on_entry=on_entry)
+    verifier = Verifier(check=check, public_key=public_key, deep=deep, on_entry=on_entry)
     if not segment_paths(root):
         verifier.result.finding = Finding("missing", None, None, f"no audit log in {root}")
         return verifier.result

@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.group == "audit":
             from qkms.audit import cli as audit_cli
+            from qkms.crypto import verify_signature
 
-            return asyncio.run(audit_cli.run(args))
+            return asyncio.run(audit_cli.run(args, verify_signature))
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(run_command(name, args))
     except InvalidInputError as exc:

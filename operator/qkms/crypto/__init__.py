@@ -24,6 +24,7 @@ __all__ = [
     "Suite",
     "UnsupportedOperation",
     "suite_for",
+    "verify_signature",
 ]
 
 _FACTORIES: dict[str, Callable[[AlgorithmInfo], Suite]] = {
@@ -46,3 +47,13 @@ def suite_for(info_or_name: AlgorithmInfo | str) -> Suite:
     """The suite for a registry entry, by entry or by any name or alias it accepts."""
     name = info_or_name.name if isinstance(info_or_name, AlgorithmInfo) else info_or_name
     return _suite(resolve_algorithm(name).name)
+
+
+def verify_signature(algorithm: str, public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` over ``message`` verifies under the raw ``public_key`` of
+    ``algorithm``; False for a malformed key or an unknown algorithm. What the audit trail
+    is given to check its checkpoints (``audit.checkpoint.SignatureCheck``)."""
+    try:
+        return bool(suite_for(algorithm).load_public(public_key).verify(message, signature))
+    except Exception:  # a malformed key or an unknown algorithm is just "not valid"
+        return False

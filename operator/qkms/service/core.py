@@ -22,7 +22,7 @@ from qkms.audit.entry import AuditEntry, AuditSink, MemoryAuditLog
 from qkms.audit.generations import floors as generation_floors
 from qkms.audit.mac import AuditMac, parse_rotation
 from qkms.config import Settings
-from qkms.crypto import suite_for
+from qkms.crypto import suite_for, verify_signature
 from qkms.crypto.base import PublicKey
 from qkms.errors import (
     AuditStorageError,
@@ -106,7 +106,8 @@ class ServiceCore:
         self._joined = False  # another service of this process owns the open chain
         if audit is None and self.settings.audit_enabled:
             audit = shared_chain(audit_folder(self.settings.data_dir),
-                                 signer=self._sign_checkpoint, **chain_options_from_env())
+                                 signer=self._sign_checkpoint, check=verify_signature,
+                                 **chain_options_from_env())
             self._joined = audit.users > 1
         self.audit: AuditSink = MemoryAuditLog() if audit is None else audit
         audit = self.audit
