@@ -10,38 +10,22 @@ read the ratios, not the absolute rates.
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 from functools import partial
 from pathlib import Path
 
-from qkms.config import Settings
 from qkms.model.enums import ProviderType
-from qkms.service import KeyManagementService
 from tests.support.moto import MotoServer
 
-from .timing import arate, compare
-
-MESSAGE = os.urandom(1024)
-
-
-def service(data_dir: Path, options: dict[str, str], cache: float = 60.0) -> KeyManagementService:
-    return KeyManagementService(Settings(provider=ProviderType.AWS_KMS, data_dir=data_dir,
-                                         provider_options=options, key_cache_seconds=cache))
+from .providers import MESSAGE, on_server, rates_next_to_native, service
+from .timing import compare
 
 
 async def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        server = MotoServer(Path(tmp) / "moto")
-        server.start()
-        try:
-            await _bench(Path(tmp), server)
-        finally:
-            server.stop()
+    await on_server(lambda folder: MotoServer(folder / "moto"), _bench)
 
 
 async def _bench(tmp: Path, server: MotoServer) -> None:
-    svc = service(tmp / "data", server.options())
+    svc = service(ProviderType.AWS_KMS, tmp / "data", server.options())
     client = server.client()
     print("== AWS_KMS (moto server): use_key vs boto3 directly ==")
     for name, algorithm in (("ECDSA-P256", "ECDSA_SHA_256"), ("RSA-2048", "RSASSA_PSS_SHA_256")):
@@ -55,7 +39,7 @@ async def _bench(tmp: Path, server: MotoServer) -> None:
                       lambda d=direct: asyncio.to_thread(d), direct)
 
     print("== envelope (software, wrapped by KMS) next to native, ops/s ==")
-    cold = service(tmp / "data", server.options(), cache=0)
+    cold = service(ProviderType.AWS_KMS, tmp / "data", server.options(), cache=0)
     native = await svc.create_key(usage="SIGNING", algorithm="ECDSA-P256", owner="bench")
     ed = await svc.create_key(usage="SIGNING", algorithm="Ed25519", owner="bench")  # moto: envelope
     mldsa = await svc.create_key(usage="SIGNING", algorithm="ML-DSA-65", owner="bench")
@@ -64,9 +48,4 @@ async def _bench(tmp: Path, server: MotoServer) -> None:
             (f"{ed.provider_mode} Ed25519, no cache", cold, ed),
             (f"{mldsa.provider_mode} ML-DSA-65, key cached", svc, mldsa),
             (f"{mldsa.provider_mode} ML-DSA-65, no cache", cold, mldsa)]
-    reference = None
-    for label, where, key in rows:
-        best = max([await arate(lambda w=where, k=key: w.use_key(k.key_id, "SIGN", MESSAGE),
-                                1.0) for _ in range(3)])
-        reference = reference or best
-        print(f"SIGN {label:<39} {best:>10.0f}/s  x{best / reference:.2f} of native")
+    await rates_next_to_native(rows)

@@ -10,7 +10,6 @@ process, so both sides share its latency; the figures are ratios, not vault spee
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 from pathlib import Path
 
@@ -23,9 +22,8 @@ from qkms.providers.azure import StaticTokenCredential
 from qkms.service import KeyManagementService
 from tests.support.azure_keyvault import emulator_options, start_emulator
 
+from .providers import MESSAGE, envelope_interleaved
 from .ratios import blocking, concurrent, interleaved, sequential
-
-MESSAGE = os.urandom(1024)
 
 
 async def main() -> None:
@@ -59,15 +57,7 @@ async def main() -> None:
 
         print("== envelope keys (software, data key wrapped by the vault) next to native ==")
         native = keys["ECDSA-P256"]
-        for algorithm, cache in (("Ed25519", 60.0), ("ML-DSA-65", 60.0), ("ML-DSA-65", 0.0)):
-            svc.provider.envelope.cache_seconds = cache
-            key = await svc.create_key(usage="SIGNING", algorithm=algorithm, owner="bench")
-            how = "cached" if cache else "unwrapped per use"
-            await interleaved(
-                f"SIGN {algorithm} envelope ({how})",
-                sequential(lambda key=key: svc.use_key(key.key_id, "SIGN", MESSAGE)),
-                sequential(lambda: svc.use_key(native.key_id, "SIGN", MESSAGE)),
-                labels=("envelope", "native P-256"))
+        await envelope_interleaved(svc, native, ("Ed25519", "ML-DSA-65"))
         direct_client.close()
         svc.provider.client.close()
         vault.close()

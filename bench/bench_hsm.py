@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import tempfile
 from pathlib import Path
 
@@ -23,9 +22,8 @@ from qkms.model.enums import ProviderType
 from qkms.service import KeyManagementService
 from tests.support.softhsm import start_softhsm
 
+from .providers import MESSAGE, envelope_interleaved
 from .ratios import blocking, concurrent, interleaved, sequential
-
-MESSAGE = os.urandom(1024)
 
 
 def direct_signer(session, key_id: str, algorithm: str):
@@ -65,16 +63,7 @@ async def main() -> None:
 
         print("== envelope keys (software, wrapped by the token AES key) next to native ==")
         native = keys["ECDSA-P256"]
-        for algorithm, cache in (("ECDSA-secp256k1", 60.0), ("ML-DSA-65", 60.0),
-                                 ("ML-DSA-65", 0.0)):
-            svc.provider.envelope.cache_seconds = cache
-            key = await svc.create_key(usage="SIGNING", algorithm=algorithm, owner="bench")
-            how = "cached" if cache else "unwrapped per use"
-            await interleaved(
-                f"SIGN {algorithm} envelope ({how})",
-                sequential(lambda key=key: svc.use_key(key.key_id, "SIGN", MESSAGE)),
-                sequential(lambda: svc.use_key(native.key_id, "SIGN", MESSAGE)),
-                labels=("envelope", "native P-256"))
+        await envelope_interleaved(svc, native, ("ECDSA-secp256k1", "ML-DSA-65"))
         svc.provider.envelope.cache_seconds = 60.0
         aes = await svc.create_key(usage="ENCRYPTION", algorithm="AES-256-GCM", owner="bench")
         chacha = await svc.create_key(usage="ENCRYPTION", algorithm="ChaCha20-Poly1305",

@@ -11,38 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import tempfile
 from functools import partial
 from pathlib import Path
 
-from qkms.config import Settings
 from qkms.model.enums import ProviderType
-from qkms.service import KeyManagementService
 from tests.support.openbao import OpenBao
 
-from .timing import arate, compare
-
-MESSAGE = os.urandom(1024)
-
-
-def service(data_dir: Path, options: dict[str, str], cache: float = 60.0) -> KeyManagementService:
-    return KeyManagementService(Settings(provider=ProviderType.HASHICORP_VAULT, data_dir=data_dir,
-                                         provider_options=options, key_cache_seconds=cache))
+from .providers import MESSAGE, on_server, rates_next_to_native, service
+from .timing import compare
 
 
 async def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        server = OpenBao(Path(tmp) / "openbao")
-        server.start()
-        try:
-            await _bench(Path(tmp), server)
-        finally:
-            server.stop()
+    await on_server(lambda folder: OpenBao(folder / "openbao"), _bench)
 
 
 async def _bench(tmp: Path, server: OpenBao) -> None:
-    svc = service(tmp / "data", server.options())
+    svc = service(ProviderType.HASHICORP_VAULT, tmp / "data", server.options())
     client = server.client()
     print("== HASHICORP_VAULT (OpenBao dev server): use_key vs hvac directly ==")
     for name, params in (("Ed25519", {}),
@@ -59,7 +43,7 @@ async def _bench(tmp: Path, server: OpenBao) -> None:
                       lambda d=direct: asyncio.to_thread(d), direct)
 
     print("== envelope (software, wrapped by transit) next to native, ops/s ==")
-    cold = service(tmp / "data", server.options(), cache=0)
+    cold = service(ProviderType.HASHICORP_VAULT, tmp / "data", server.options(), cache=0)
     native = await svc.create_key(usage="SIGNING", algorithm="ECDSA-P256", owner="bench")
     envelope = await svc.create_key(usage="SIGNING", algorithm="ECDSA-secp256k1", owner="bench")
     falcon = await svc.create_key(usage="SIGNING", algorithm="Falcon-512", owner="bench")
@@ -68,9 +52,4 @@ async def _bench(tmp: Path, server: OpenBao) -> None:
             ("envelope ECDSA-secp256k1, no cache", cold, envelope),
             ("envelope Falcon-512, key cached", svc, falcon),
             ("envelope Falcon-512, no cache", cold, falcon)]
-    reference = None
-    for label, where, key in rows:
-        best = max([await arate(lambda w=where, k=key: w.use_key(k.key_id, "SIGN", MESSAGE),
-                                1.0) for _ in range(3)])
-        reference = reference or best
-        print(f"SIGN {label:<39} {best:>10.0f}/s  x{best / reference:.2f} of native")
+    await rates_next_to_native(rows)
