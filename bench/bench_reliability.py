@@ -36,7 +36,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import yaml
 
 from qkms.config import Settings
@@ -47,7 +46,7 @@ from tests.reliability.test_faults_crash import crash_mid_rotation
 from tests.reliability.test_faults_kube_outage import kube_outage
 from tests.reliability.test_faults_provider_outage import moto, openbao, provider_outage
 from tests.server.conftest import tokens_file
-from tests.server.test_load import hammer, rss_kib
+from tests.server.test_load import hammer, rss_kib, wait_up
 from tests.support.fixtures import private_control_plane
 from tests.support.moto import MotoServer
 from tests.support.openbao import OpenBao
@@ -153,7 +152,7 @@ async def load(tmp: Path) -> None:
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        await _wait_up(base, proc)
+        await wait_up(base, proc)
         urls = {name: f"{base}/v1/keys/payments/{name}:{op}"
                 for name, (_, _, op) in LOAD_KEYS.items()}
         for url in urls.values():  # warm-up: every code path, caches, audit segment
@@ -179,21 +178,6 @@ async def load(tmp: Path) -> None:
         proc.terminate()
         proc.wait(timeout=30)
 
-
-async def _wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError("qkms serve exited")
-            try:
-                async with session.get(url + "/health/keys") as rsp:
-                    if rsp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError("qkms serve did not come up")
 
 
 # -- 4. 1,000 keys rotating for 5 minutes ------------------------------------------------------
