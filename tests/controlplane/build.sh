@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real upstream servers the tests run against -- kube-apiserver, kube-controller-manager,
-# etcd and kubo (IPFS), plus kubectl at the same release -- from the Go module proxy, into a cache outside the clone:
+# etcd and kubo (IPFS), plus kubectl at the same release, and cert-manager's controllers -- from the
+# Go module proxy, into a cache outside the clone:
 #   ${QKMS_SERVER_CACHE:-~/.cache/qkms/servers}/<module>-<hash of its go.mod+go.sum>/
 # Prints that folder of each module on stdout (one per line). A binary already there is not rebuilt.
 # Nothing built here is committed; the modules in this folder only pin versions.
@@ -44,6 +45,7 @@ for m in $wanted; do
           build kube kubectl ./kubectl ;;
     etcd) build etcd etcd . ;;
     kubo) build kubo ipfs github.com/ipfs/kubo/cmd/ipfs ;;
-    *) echo "unknown module $m (kube, etcd, kubo)" >&2; exit 2 ;;
+    certmanager) build certmanager cert-manager-controller . ;;
+    *) echo "unknown module $m (kube, etcd, kubo, certmanager)" >&2; exit 2 ;;
   esac
 done

@@ -4,11 +4,14 @@ and the CA bundle ConfigMap, certificate revocation with the CRL, and CA key rev
 
 cert-manager's CRDs come at test time from its Go module on the Go module proxy
 (``go mod download``, cached under ~/.cache/qkms-gomod, outside the clone; never
-committed): deploy/crds/crd-certificaterequests.yaml, Helm comments and template labels
-stripped. The cert-manager controller is not needed: the tests create CertificateRequests
-and approve or deny them as cert-manager's approver does (condition Approved or Denied on
-the status subresource), and the real qkms operator, logged in as its ServiceAccount,
-signs them with ManagedKeys that never leave the provider.
+committed), at the release tests/controlplane/certmanager/go.mod pins:
+deploy/crds/cert-manager.io_certificaterequests.yaml, template labels replaced. Here the
+cert-manager controller does not run: the tests create CertificateRequests and approve or
+deny them as cert-manager's approver does (condition Approved or Denied on the status
+subresource), and the real qkms operator, logged in as its ServiceAccount, signs them with
+ManagedKeys that never leave the provider. test_cert_manager_controller.py runs
+cert-manager's own controllers (built from the same module) from a Certificate to its
+Secret.
 
 Each certificate is checked independently of qkms: classical chains with
 ``cryptography`` (verify_directly_issued_by) and ``openssl verify``; ML-DSA with
@@ -46,7 +49,11 @@ from tests.support.kubeclient import KubeClient, eventually
 from tests.support.servers import require_server
 
 CERT_MANAGER = "github.com/cert-manager/cert-manager"
-CERT_MANAGER_VERSION = os.environ.get("QKMS_CERT_MANAGER_VERSION", "v1.16.2")
+# The release whose controllers tests/controlplane/build.sh builds (its go.mod pins it).
+CERT_MANAGER_MODULE = Path(__file__).resolve().parents[1] / "controlplane" / "certmanager"
+CERT_MANAGER_VERSION = os.environ.get("QKMS_CERT_MANAGER_VERSION") or next(
+    line.split()[-1] for line in (CERT_MANAGER_MODULE / "go.mod").read_text().splitlines()
+    if line.split()[:1] == [CERT_MANAGER] or line.split()[:2] == ["require", CERT_MANAGER])
 GO_CACHE = Path(os.environ.get("QKMS_GOMODCACHE", Path.home() / ".cache" / "qkms-gomod"))
 NS = "payments"
 MK, CR = "managedkeys", "cert-manager.io/v1/certificaterequests"
@@ -62,7 +69,9 @@ DILITHIUM = {"ML-DSA-44": ML_DSA_44, "ML-DSA-65": ML_DSA_65, "ML-DSA-87": ML_DSA
 
 # -- cert-manager's CRDs, from its Go module ---------------------------------------------
 
-def cert_manager_crds() -> list[dict[str, Any]]:
+def cert_manager_crds(plurals: tuple[str, ...] = ("certificaterequests",)
+                      ) -> list[dict[str, Any]]:
+    """cert-manager.io CRDs (by plural) from deploy/crds of the pinned release."""
     go = shutil.which("go")
     if go is None:
         require_server("cert-manager's CRDs", "no go toolchain to download its module")
@@ -73,14 +82,20 @@ def cert_manager_crds() -> list[dict[str, Any]]:
     if done.returncode != 0:
         require_server("cert-manager's CRDs", f"go mod download failed: {done.stdout}{done.stderr}")
     folder = Path(json.loads(done.stdout)["Dir"]) / "deploy" / "crds"
-    path = folder / "crd-certificaterequests.yaml"
-    assert path.exists(), f"cert-manager {CERT_MANAGER_VERSION} has no {path.name} in deploy/crds"
-    crd = yaml.safe_load(path.read_text())
-    # Helm template values in labels and annotations: replaced by what an install would write.
-    crd["metadata"]["labels"] = {"app.kubernetes.io/name": "cert-manager"}
-    crd["metadata"].pop("annotations", None)
-    assert crd["spec"]["names"]["kind"] == "CertificateRequest"
-    return [crd]
+    crds = []
+    for plural in plurals:
+        # controller-gen's names since 1.18; crd-<plural>.yaml (a Helm template) before.
+        path = next((p for p in (folder / f"cert-manager.io_{plural}.yaml",
+                                 folder / f"crd-{plural}.yaml") if p.exists()), None)
+        assert path, f"cert-manager {CERT_MANAGER_VERSION} has no CRD for {plural} in {folder}"
+        crd = yaml.safe_load(path.read_text())
+        # Helm template values in labels and annotations: replaced by what an install would
+        # write.
+        crd["metadata"]["labels"] = {"app.kubernetes.io/name": "cert-manager"}
+        crd["metadata"].pop("annotations", None)
+        assert crd["spec"]["names"]["plural"] == plural
+        crds.append(crd)
+    return crds
 
 
 @pytest.fixture
