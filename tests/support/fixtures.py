@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.controlplane import ControlPlane, ControlPlaneError, binaries
+from tests.support.controlplane import BUILD_SCRIPT, ControlPlane, ControlPlaneError, binaries
 from tests.support.external_cluster import ExternalCluster
 from tests.support.kubeclient import KubeClient, KubeError, eventually
 from tests.support.kubo import make_kubo  # noqa: F401 - the kubo fixture, for every folder
@@ -109,6 +110,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                                 "(tests/controlplane/build.sh; the first build takes ~15 min)")
         with contextlib.suppress(ControlPlaneError):  # the fixture reports it, per test
             binaries()
+    if any(item.path.name == "test_cert_manager_controller.py" for item in session.items):
+        # cert-manager's controllers (~1.5 min cold); the test reports a failed build.
+        subprocess.run(["bash", str(BUILD_SCRIPT), "certmanager"], capture_output=True,
+                       check=False)
 
 
 async def _started(folder: Path, base: bool, kubeconfig: Path | None = None) -> ControlPlane:
