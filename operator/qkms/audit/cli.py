@@ -1,6 +1,6 @@
 """``qkms audit``: verify, export, search, report and prune, offline, on the data dir.
 
-Hooked into ``qkms/cli.py`` with ``add_parser(subparsers)`` and ``run(args)``.
+Hooked into ``qkms.cli`` with ``add_parser(subparsers)`` and ``run(args, check)``.
 These commands only read the audit folder (``prune`` deletes whole old
 segments, which the running operator never writes), so they are safe to run
 beside a live operator.  ``--data-dir`` is the qkms data dir (its
