@@ -98,7 +98,7 @@ class Announcer:
                     # Not in the catalog: a creation still being written (its intent is
                     # open: wait for it), or one the store refused (withdrawn: skip).
                     if in_flight is None:
-                        in_flight = {i.key_id for i in service.intents.pending()}
+                        in_flight = service.open_intents()
                     if entry.key_id in in_flight:
                         break
                     wanted = None

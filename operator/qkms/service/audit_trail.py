@@ -35,7 +35,7 @@ log = logging.getLogger("key-management:service")
 
 
 class AuditTrail(ServiceCore):
-    """Recording: every operation's audit entry, refusals, rollbacks found on reading,"""
+    """Recording what happens to keys, and keeping the audit log."""
 
     async def _ensure_audit_key(self) -> None:
         """Make the checkpoint key before the first entry (KeyCreation does)."""

@@ -63,7 +63,7 @@ def audit_folder(data_dir: Path) -> Path:
 
 
 class ServiceCore:
-    """The service's wiring and lookups: the store, catalog, provider and audit trail built"""
+    """The wiring (built from Settings) and the lookups every layer above uses."""
 
     def __init__(
         self,

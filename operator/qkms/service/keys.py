@@ -39,7 +39,7 @@ log = logging.getLogger("key-management:service")
 
 
 class KeyCreation(IntentSweep):
-    """Making keys: create and import (natively where the provider can, by envelope"""
+    """Making keys: create and import, and the checkpoint key."""
 
     async def create_key(
         self,

@@ -39,7 +39,7 @@ log = logging.getLogger("key-management:service")
 
 
 class KeyOperations(KeyTransitions):
-    """Using keys: sign, verify, encrypt, decrypt, derive, encapsulate, decapsulate, each"""
+    """Using keys: each operation checked, dispatched to the provider, audited."""
 
     async def use_key(
         self,

@@ -22,7 +22,7 @@ log = logging.getLogger("key-management:service")
 
 
 class IntentSweep(AuditTrail):
-    """Intents before every provider write (store/intents.py), and the sweep that resolves"""
+    """Intents before every provider write, and the sweep that resolves them."""
 
     async def _announce(self, operation: str, name: str, key_id: str, info: AlgorithmInfo,
                         previous: KeyVersion | None) -> None:
@@ -81,6 +81,10 @@ class IntentSweep(AuditTrail):
                 outcomes[intent.key_id] = decided.value
         return outcomes
 
+    def open_intents(self) -> set[str]:
+        """The key IDs of the intents open now (versions being made, or cut short)."""
+        return {i.key_id for i in self.intents.pending()}
+
     def unresolved_intents(self) -> list[str]:
         """Intents older than ``settings.intent_timeout`` that no sweep could resolve yet
         (the provider down, say): for health and ``qkms validate``."""
@@ -102,7 +106,6 @@ class IntentSweep(AuditTrail):
         for handle in found:
             if any(handle.ref.items() <= ref.items() for ref in named):
                 continue
-            await self.provider.destroy(handle)
-            self.provider.forget(handle.key_id)
+            await self.provider.destroy(handle)  # forgets any cached material too
             removed += 1
         return removed

@@ -33,7 +33,7 @@ log = logging.getLogger("key-management:service")
 
 
 class KeyTransitions(KeyCreation):
-    """Changing keys: rotation (scheduled, manual, compromise, migration), revocation,"""
+    """Changing keys: rotation, revocation, deletion, and what time has made due."""
 
     async def rotate_key(
         self,
