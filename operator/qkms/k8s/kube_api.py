@@ -85,24 +85,31 @@ def _projected_for(existing: Any, owner: Mapping[str, Any]) -> bool:
     return labels.get(MANAGED_BY_LABEL) == "qkms" and labels.get(KEY_LABEL) == meta["name"]
 
 
-"""The ConfigMap (operator namespace) pinning each environment's audit checkpoint key."""
-
-
 class Kube:
     def __init__(self, api: client.ApiClient | None = None) -> None:
         self.api = api or load_client()
         self.core = client.CoreV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self._cache: dict[str, tuple[float, Any]] = {}
+        self._loading: dict[str, asyncio.Future[Any]] = {}
 
     async def _call(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(func, *args, _request_timeout=TIMEOUT, **kwargs)
 
     async def _cached(self, key: str, load: Any) -> Any:
+        """``load()``'s value for CACHE_SECONDS. Callers that miss together share one load:
+        when the policies expire under 1,000 reconciles, the API sees one list, not 1,000."""
         hit = self._cache.get(key)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        value = await load()
+        pending = self._loading.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        pending = self._loading[key] = asyncio.ensure_future(load())
+        try:
+            value = await asyncio.shield(pending)
+        finally:
+            self._loading.pop(key, None)
         self._cache[key] = (time.monotonic() + CACHE_SECONDS, value)
         return value
 

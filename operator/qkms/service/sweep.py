@@ -56,6 +56,8 @@ class IntentSweep(AuditTrail):
             is Resolution.IN_FLIGHT}
         for intent in pending:
             async with self._lock(intent.key_name):
+                if not await asyncio.to_thread(self.intents.is_open, intent.key_id):
+                    continue  # settled while we waited for the key's lock
                 try:
                     record = await asyncio.to_thread(self.catalog.reload_one, intent.key_name)
                 except QkmsError:

@@ -78,6 +78,9 @@ class IntentLog:
     def open(self, intent: Intent) -> None:
         self.sealed.put(KIND, intent.key_id, intent.encode())
 
+    def is_open(self, key_id: str) -> bool:
+        return self.sealed.get(KIND, key_id) is not None
+
     def close(self, key_id: str) -> None:
         self.sealed.delete(KIND, key_id)
 
