@@ -355,6 +355,39 @@ async def test_gitops_rotation_request_migration_policy_replan_and_delete(
     assert any(v.state.value == "PENDING_DELETION" for v in record.versions)
 
 
+async def test_deletion_with_retain_keeps_the_key_and_a_new_resource_adopts_it(
+        kube, qkms_operator, tmp_path, control_plane):
+    """deletionPolicy Retain (the default): deleting the ManagedKey releases it, audited and
+    announced, and leaves every version usable in the provider; a ManagedKey of the same
+    name made later adopts the same key instead of making a second one."""
+    await qkms_operator.start()
+    await kube.create("namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                     "metadata": {"name": NS,
+                                                  "labels": {"qkms.io/environment": "dev"}}})
+    manifest = {"apiVersion": "qkms.io/v1alpha1", "kind": "ManagedKey",
+                "metadata": {"name": "kept", "namespace": NS},
+                "spec": {"usage": "SIGNING", "algorithm": "Ed25519", "owner": "team"}}
+    await kube.create(MK, manifest, NS)
+    first = await ready(kube, "kept")
+    await kube.delete(MK, "kept", NS)
+    await eventually(lambda: _gone(kube, "kept"), timeout=30, what="finalizer ran")
+    deleted = [e for e in await kube.list("events", NS)
+               if e["involvedObject"]["name"] == "kept" and e["reason"] == "KeyDeleted"]
+    assert deleted and "Retain" in deleted[0]["message"], deleted
+
+    replica = service_for(control_plane, tmp_path)
+    record = replica.get_record(f"{NS}/kept")
+    assert [v.state.value for v in record.versions] == ["ACTIVE"]
+    signed = await replica.use_key(f"{NS}/kept", "SIGN", b"still mine")
+    assert await replica.use_key(f"{NS}/kept", "VERIFY", b"still mine",
+                                 signature=signed.signature)
+
+    await kube.create(MK, manifest, NS)
+    again = await ready(kube, "kept")
+    assert again["status"]["keyId"] == first["status"]["keyId"]
+    assert len(again["status"]["versions"]) == 1
+
+
 async def test_a_rotation_asked_for_during_creation_runs_once_and_promptly(kube, qkms_operator):
     """A rotation annotation that lands while the operator is still creating the key (a
     failpoint makes each creation take 4 s: tests/support/failpoints.py) is honoured right
