@@ -74,6 +74,12 @@ def violations(sub: dict[str, Any], path: tuple[str, ...]
         yield "maximum", path, sub["maximum"] + 1
     if sub.get("format") == "date-time":
         yield "format", path, "next spring"
+    if sub.get("x-kubernetes-list-type") == "set":
+        item = (sub["items"].get("enum") or ["same"])[0]
+        yield "set", path, [item, item]  # a duplicate in a list declared a set
+    extra = sub.get("additionalProperties")
+    if isinstance(extra, dict) and extra.get("type") == "string":
+        yield "additionalProperties", (*path, "extra"), 12  # a map of strings given a number
     for required in sub.get("required", []):
         yield "required", (*path, f"-{required}"), None
     for name, child in (sub.get("properties") or {}).items():
@@ -179,7 +185,7 @@ async def test_the_generator_covers_every_constraint():
     """A guard for the generator itself: each CRD yields a case per constraint kind used."""
     kinds = {c.values[1] for c in cases()}
     assert {"type", "enum", "pattern", "maxLength", "minLength", "minimum", "format",
-            "required"} <= kinds
+            "required", "set", "additionalProperties"} <= kinds
     assert len(cases()) > 80
 
 
