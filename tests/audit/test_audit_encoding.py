@@ -10,6 +10,7 @@ import os
 import dag_cbor
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from libipld import decode_dag_cbor, encode_dag_cbor
 from multiformats import CID, multihash
 
 from qkms.audit import encoding
@@ -108,6 +109,25 @@ def test_an_entry_with_bytes_where_text_belongs_keeps_them_bytes():
     entry = make_entry(3, reason=b"\x01\x55\x12\x03abcdef")
     value = encoding.entry_value(entry, 4, cid_raw(b"x"))
     assert encoding.encode_entry(entry, 4, cid_raw(b"x")) == dag_cbor.encode(to_package(value))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**40), st.text(max_size=20) | cid_like, st.text(max_size=20) | cid_like,
+       st.none() | st.binary(min_size=32, max_size=32))
+def test_entry_reencodes_is_encode_of_decode(seq, reason, key_id, prev_digest):
+    """``verify --deep``'s canonical check (libipld first, ``encode`` when in doubt) says
+    what ``encode(decode(block)) == block`` says, for the block the chain writes and for
+    the same block with that one field rewritten as a link (tag 42)."""
+    prev = None if prev_digest is None else encoding.CID_PREFIX + prev_digest
+    block = encoding.encode_entry(make_entry(1, reason=reason, key_id=key_id), seq, prev)
+    assert encoding.entry_reencodes(block, decode_dag_cbor(block))
+    if isinstance(reason, bytes) and encode_dag_cbor(reason)[0] == 0xD8:  # parses as a CID
+        head = encoding.encode(reason)[:-len(reason)]
+        link = encode_dag_cbor(reason)
+        other = block.replace(b"\x66reason" + head + reason, b"\x66reason" + link, 1)
+        assert other != block
+        assert not encoding.entry_reencodes(other, decode_dag_cbor(other))
+        assert encoding.encode(encoding.decode(other)) != other
 
 
 def test_cids_match_multiformats():

@@ -11,7 +11,9 @@ from __future__ import annotations
 import pytest
 
 from qkms.audit import encoding
+from qkms.audit.chain import AuditChain
 from qkms.audit.encoding import cid_raw, cid_str, decode, encode, is_entry
+from qkms.audit.entry import Actor
 from qkms.audit.store import CHECKPOINTS, Record
 from qkms.audit.verify import verify_folder
 from qkms.crypto import verify_signature
@@ -209,6 +211,56 @@ async def test_deep_mode_catches_non_canonical_blocks(tmp_path):
     finding = verify_folder(tmp_path, deep=True, check=verify_signature).finding
     assert (finding.kind, finding.seq) == ("edited", 5)
     assert "DAG-CBOR" in finding.detail  # libipld refuses the non-minimal integer
+
+
+CID_LIKE = b"\x01\x55\x12\x03abcdef"  # parses as a CID (raw, sha2-256, 3 bytes)
+
+
+async def test_deep_mode_accepts_cid_like_bytes_where_text_belongs(tmp_path):
+    """The chain writes such bytes as a byte string (``encoding.encode``); libipld alone
+    would re-encode them as a link, so ``--deep`` must re-encode as the chain does."""
+    async with AuditChain(tmp_path) as chain:
+        await chain.append(make_entry(0, reason=CID_LIKE))
+        await chain.append(make_entry(1, key_id=CID_LIKE, actor=Actor("USER", CID_LIKE)))
+        await chain.append(make_entry(2))
+    assert verify_folder(tmp_path, check=verify_signature).ok
+    result = verify_folder(tmp_path, deep=True, check=verify_signature)
+    assert result.ok, result.finding
+    assert result.entries == 3
+
+
+async def test_deep_mode_catches_a_link_where_the_chain_writes_bytes(tmp_path):
+    """The same CID-like bytes rewritten as a link (tag 42) and re-addressed: canonical
+    for libipld, but not what the chain writes."""
+    async with AuditChain(tmp_path) as chain:
+        await chain.append(make_entry(0))
+        await chain.append(make_entry(1, reason=CID_LIKE))
+    records = segment_records(tmp_path)
+    as_bytes = b"\x66reason\x4a" + CID_LIKE
+    assert records[-1].block.count(as_bytes) == 1
+    block = records[-1].block.replace(as_bytes, b"\x66reason\xd8\x2a\x4b\x00" + CID_LIKE)
+    records[-1] = (cid_raw(block), block)
+    write_segment(tmp_path, records)
+    assert decode(block)["reason"] == CID_LIKE  # same value, other block
+    assert verify_folder(tmp_path, check=verify_signature).ok
+    finding = verify_folder(tmp_path, deep=True, check=verify_signature).finding
+    assert (finding.kind, finding.seq, finding.cid) == ("edited", 2, cid_str(cid_raw(block)))
+    assert "canonical" in finding.detail
+
+
+def test_deep_check_of_entries_whose_bytes_hold_tag_42():
+    """Bytes d8 2a (what tag 42 looks like) inside a seq or a prev digest send the check
+    down its exact path (``encoding.encode``); such entries still pass."""
+    from libipld import decode_dag_cbor
+
+    from qkms.audit.verify import _deep_problem
+
+    for seq, prev in ((0xD82A, cid_raw(b"a")), (7, encoding.CID_PREFIX + b"\xd8\x2a" * 16),
+                      (0xD82A, None)):
+        block = encoding.encode_entry(make_entry(seq % 100), seq, prev)
+        assert block.count(b"\xd8\x2a") > (prev is not None)
+        assert _deep_problem(block) is None
+        assert encoding.entry_reencodes(block, decode_dag_cbor(block))
 
 
 async def test_log_without_its_start_is_unanchored(chain_dir):

@@ -116,6 +116,26 @@ def decode(block: bytes) -> Any:
     return value
 
 
+_TAG_LINK = b"\xd8\x2a"  # tag 42 (a link) as canonical DAG-CBOR writes it
+
+
+def entry_reencodes(block: bytes, value: dict[str, Any]) -> bool:
+    """Whether ``encode(decode(block)) == block`` for an entry, given ``value``, the block
+    as plain ``decode_dag_cbor`` returns it (``prev`` as bytes): the canonical form.
+
+    The fast path is libipld alone: its output equals ``encode``'s when the block's one
+    link is ``prev`` (no more tag 42 bytes than that; libipld would write any other
+    CID-like bytes as a link too).  An entry holding CID-like bytes where text belongs,
+    or any other pair of tag 42 bytes, is settled by ``encode`` itself.
+    """
+    prev = value.get("prev")
+    if block.count(_TAG_LINK) == (prev is not None) and encode_dag_cbor(value) == block:
+        return True
+    if prev is not None:
+        value = {**value, "prev": Link(prev)}
+    return encode(value) == block
+
+
 # -- entries ------------------------------------------------------------------------------
 
 def format_time(moment: datetime) -> str:

@@ -17,9 +17,10 @@ starts with a copy of a checkpoint, which anchors the first entry left.
 
 The fast path reads ``seq`` and ``prev`` from each entry's fixed canonical
 prefix and hashes the block; ``deep=True`` also decodes every entry as strict
-DAG-CBOR (libipld), checks that re-encoding it gives back the same bytes
-(canonical form) and that it has exactly the entry fields, links ``prev`` to a
-dag-cbor CID and has a valid type and result.
+DAG-CBOR (libipld), checks that re-encoding it as the chain does
+(``encoding.encode``: ``prev`` a link, every other bytes value a byte string)
+gives back the same bytes (canonical form), and that it has exactly the entry
+fields, links ``prev`` to a dag-cbor CID and has a valid type and result.
 """
 
 from __future__ import annotations
@@ -30,10 +31,18 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from libipld import decode_dag_cbor, encode_dag_cbor
+from libipld import decode_dag_cbor
 
 from .checkpoint import Checkpoint, SignatureCheck, parse_checkpoint, signature_valid
-from .encoding import CID_LENGTH, CID_PREFIX, ENTRY_KEYS, cid_str, entry_prefix, is_entry
+from .encoding import (
+    CID_LENGTH,
+    CID_PREFIX,
+    ENTRY_KEYS,
+    cid_str,
+    entry_prefix,
+    entry_reencodes,
+    is_entry,
+)
 from .store import Damaged, Record, iter_log, read_checkpoints, segment_paths
 
 OnEntry = Callable[[int, bytes, bytes], None]
@@ -346,11 +355,11 @@ def _deep_problem(block: bytes) -> str | None:
     if prev is not None and (type(prev) is not bytes or len(prev) != CID_LENGTH
                              or prev[:4] != CID_PREFIX):
         return "prev is not a dag-cbor sha2-256 CID"
-    try:  # a link comes back as bytes and libipld writes CID-like bytes as a link again,
-        again = encode_dag_cbor(value)  # so a prev written as plain bytes differs here
+    try:  # as the chain encodes: prev a link, every other bytes value a byte string
+        canonical = entry_reencodes(block, value)
     except ValueError as exc:
         return f"not valid DAG-CBOR: {exc}"
-    if again != block:
+    if not canonical:
         return "not canonical DAG-CBOR"
     if value["type"] != "entry" or value["result"] not in ("success", "denied", "error"):
         return "entry type or result is not valid"
