@@ -3,6 +3,8 @@
 The reference is a bare loop of JSON + sha256 hash-chaining over the same
 entries, in memory, measured in the same run; each figure is best of three.
 Appends use a real Ed25519+ML-DSA-65 checkpoint signer (every 1000 entries).
+The targets are issue 18's: fsync append at 32 tasks >= 20,000/s and
+``verify --deep`` >= 100,000 entries/s; the other lines have none.
 """
 
 from __future__ import annotations
@@ -87,11 +89,11 @@ async def main() -> None:
     print(f"== audit chain: {COUNT} entries, checkpoint every 1000 (Ed25519+ML-DSA-65) ==")
     ref = max(reference(items) for _ in range(3))
     print(f"{'reference: JSON + sha256 chain, in memory':<52} {ref:>10.0f} entries/s")
-    for label, sync, tasks in (("durable append, fsync group commit, 1 task", "fsync", 1),
-                               ("durable append, fsync group commit, 32 tasks", "fsync", 32),
-                               ("durable append, write() (kill -9 safe), 1 task", "write", 1),
-                               ("durable append, write() (kill -9 safe), 32 tasks", "write",
-                                32)):
+    for label, sync, tasks, goal in (
+            ("durable append, fsync group commit, 1 task", "fsync", 1, ""),
+            ("durable append, fsync group commit, 32 tasks", "fsync", 32, "  (target >= 20000/s)"),
+            ("durable append, write() (kill -9 safe), 1 task", "write", 1, ""),
+            ("durable append, write() (kill -9 safe), 32 tasks", "write", 32, "")):
         best, folder = 0.0, None
         for _ in range(3):
             rate, made = await append_rate(items, sync, tasks)
@@ -101,8 +103,7 @@ async def main() -> None:
                 best, folder = rate, made
             else:
                 shutil.rmtree(made)
-        print(f"{label:<52} {best:>10.0f} entries/s  ratio {best / ref:.2f}  "
-              f"(target >= 20000/s)")
+        print(f"{label:<52} {best:>10.0f} entries/s  ratio {best / ref:.2f}{goal}")
         assert folder is not None
         size = on_disk(folder)
         shutil.rmtree(folder)
@@ -121,7 +122,7 @@ async def main() -> None:
         deep = max(deep, result.entries / (time.perf_counter() - start))
         assert result.ok, result.finding
     print(f"{'verify (hash, links, sequence, signatures)':<52} {best:>10.0f} entries/s  "
-          f"ratio {best / ref:.2f}  (target >= 100000/s)")
+          f"ratio {best / ref:.2f}")
     print(f"{'verify --deep (+ strict decode, canonical re-encode)':<52} {deep:>10.0f} "
           f"entries/s  ratio {deep / ref:.2f}  (target >= 100000/s)")
     print(f"{'bytes per entry on disk (incl. checkpoints)':<52} "
