@@ -1,8 +1,8 @@
 """The README's Ethereum snippet, run as a user runs it: pasted into the quick start's
 ``main()`` (``kms = KeyManagementService()``, LOCAL_DEV by default) in a fresh Python
-process, over unsigned transactions.  eth-keys recovers the snippet's sender from
-(v, r, s) and the Keccak-256 digest, and ``qkms keys public --format ethereum`` names the
-same address.
+process, over real unsigned transactions.  eth-account then recovers the sender from the
+raw transaction assembled with the README's ``v`` rule, and ``qkms keys public --format
+ethereum`` names the same address.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import textwrap
 from pathlib import Path
 
 import rlp
+from eth_account import Account
+from eth_account.typed_transactions import TypedTransaction
 from eth_hash.auto import keccak
 from eth_keys import keys as eth_keys
 
@@ -42,6 +44,7 @@ def eip1559() -> tuple[dict, bytes]:
           "data": b"", "accessList": []}
     unsigned = bytes([2]) + rlp.encode([CHAIN_ID, 7, 10**9, 3 * 10**10, 21000, TO, 10**15,
                                         b"", []])
+    assert keccak(unsigned) == TypedTransaction.from_dict(tx).hash()  # eth-account agrees
     return tx, unsigned
 
 
@@ -74,14 +77,15 @@ def run_snippet(tmp_path: Path, unsigned: list[bytes]) -> tuple[list[dict], dict
     return json.loads(proc.stdout.splitlines()[-1]), env
 
 
-def test_the_readme_snippet_signs_and_names_the_sender(tmp_path) -> None:
+def test_the_readme_snippet_signs_transactions_eth_account_accepts(tmp_path) -> None:
     snippet = readme_snippet()
     assert len(snippet.strip().splitlines()) <= 5, "the README promises five lines"
-    _, typed = eip1559()
+    tx, typed = eip1559()
     eip155 = rlp.encode([*LEGACY, CHAIN_ID, 0, 0])
     homestead = rlp.encode(LEGACY)  # before EIP-155: no chain id in the signed payload
     signed, env = run_snippet(tmp_path, [typed, eip155, homestead])
 
+    vrs = []
     for sig, unsigned in zip(signed, [typed, eip155, homestead]):
         assert sig["provider"] == "LOCAL_DEV"
         r, s, v = int(sig["r"], 16), int(sig["s"], 16), sig["v"]
@@ -94,4 +98,18 @@ def test_the_readme_snippet_signs_and_names_the_sender(tmp_path) -> None:
                              capture_output=True, text=True, timeout=120)
         assert cli.returncode == 0, cli.stderr
         assert cli.stdout.strip() == sig["sender"]
+        vrs.append((v, r, s))
 
+    # The raw transactions, v as the README says, recovered by eth-account.
+    (v, r, s), (v2, r2, s2), (v3, r3, s3) = vrs
+    assembled = [
+        TypedTransaction.from_dict({**tx, "v": v, "r": r, "s": s}).encode(),
+        rlp.encode([*LEGACY, CHAIN_ID * 2 + 35 + v2, r2, s2]),
+        rlp.encode([*LEGACY, 27 + v3, r3, s3]),
+    ]
+    for sig, transaction in zip(signed, assembled):
+        assert Account.recover_transaction(transaction) == sig["sender"]
+    # EIP-155 binds the chain id: the same signature with another chain's v names some
+    # other sender.
+    other = rlp.encode([*LEGACY, 1 * 2 + 35 + v2, r2, s2])
+    assert Account.recover_transaction(other) != signed[1]["sender"]
