@@ -11,7 +11,7 @@ import importlib
 import sys
 
 BENCHES = ["engine", "dataplane", "operator", "audit", "vault", "aws", "hsm", "azure",
-           "reliability"]
+           "reliability", "hardening"]
 
 
 def main(names: list[str]) -> None:
