@@ -4,8 +4,10 @@ where no registry is reachable) and run with podman against the real API server.
 - The StatefulSet controller makes the pod from manifests/; its init container and its
   container run from the image with that pod's environment, ServiceAccount token and
   securityContext (tests/image/podman.py): the operator runs as 10001 on a read-only root
-  filesystem, /healthz answers, it reconciles examples/ (the dev policy, LOCAL_DEV) and
-  serves the data plane; `qkms version` inside is the package's version.
+  filesystem, /healthz answers, it reconciles examples/ (the dev policy on LOCAL_DEV; the
+  staging policy on an OpenBao dev server the test starts on 127.0.0.1, its token in the
+  Secret the policy's credentialsSecretRef names, as a user would give it) and serves the
+  data plane; `qkms version` inside is the package's version.
 - Every provider's SDK is in the image, and SoftHSM2 at HSM_LIBRARY holds a real key.
 
 Without podman, buildah or debootstrap the tests skip with the apt command (and fail under
@@ -33,6 +35,7 @@ from tests.install.pods import (
     ready_key,
     workload_control_plane,
 )
+from tests.support.openbao import OpenBao, openbao_server  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)[1]
@@ -48,15 +51,34 @@ def image() -> Iterator[str]:
     yield name
 
 
-async def apply_examples(kube) -> None:
+# examples/ has no staging key (`qkms serve` serves examples/ without a Vault): the test
+# adds one in examples' staging namespace.
+STAGING_KEY = {"apiVersion": "qkms.io/v1alpha1", "kind": "ManagedKey",
+               "metadata": {"name": "checkout-signing", "namespace": "checkout-staging"},
+               "spec": {"usage": "SIGNING", "algorithm": "Ed25519", "owner": "checkout"}}
+
+
+async def apply_examples(kube, vault: OpenBao) -> None:
+    """examples/ as they are, but for the staging policy's Vault address (the test's
+    OpenBao); its token goes in the Secret the policy names, in the operator's namespace."""
+    staging = yaml.safe_load((ROOT / "examples" / "keypolicy-staging.yaml").read_text())
+    ref = staging["spec"]["provider"]["credentialsSecretRef"]
+    await kube.create("secrets", {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": ref["name"], "namespace": ref["namespace"]},
+        "stringData": {"token": vault.token}}, ref["namespace"])
     paths = sorted((ROOT / "examples").glob("*.yaml"), key=lambda p: p.name != "namespaces.yaml")
     plural = {"Namespace": "namespaces", "KeyPolicy": "keypolicies", "ManagedKey": "managedkeys"}
     for path in paths:
         for doc in yaml.safe_load_all(path.read_text()):
+            if doc["kind"] == "KeyPolicy" and doc["spec"]["environment"] == "staging":
+                doc["spec"]["provider"]["settings"]["address"] = vault.address
             await kube.create(plural[doc["kind"]], doc, doc["metadata"].get("namespace"))
+    await kube.create("managedkeys", STAGING_KEY, STAGING_KEY["metadata"]["namespace"])
 
 
-async def test_the_image_runs_the_pod_of_manifests_against_the_api_server(image, tmp_path):
+async def test_the_image_runs_the_pod_of_manifests_against_the_api_server(
+        image, tmp_path, openbao_server):  # noqa: F811 - the fixture
     async with workload_control_plane(tmp_path / "cp") as cp:
         kube = cp.client
         kubectl_ok(cp, "apply", "--server-side", "-f", "crds/", "-f", "manifests/")
@@ -78,10 +100,16 @@ async def test_the_image_runs_the_pod_of_manifests_against_the_api_server(image,
                 async with session.get(url) as rsp:
                     assert rsp.status == 200, await rsp.text()
 
-            await apply_examples(kube)
+            await apply_examples(kube, openbao_server)
             for name in EXAMPLE_KEYS:
                 body = await ready_key(kube, name, timeout=90)
                 assert body["status"]["provider"] == "LOCAL_DEV"
+            staging = await ready_key(kube, STAGING_KEY["metadata"]["name"],
+                                      STAGING_KEY["metadata"]["namespace"], timeout=90)
+            assert staging["status"]["provider"] == "HASHICORP_VAULT", staging["status"]
+            transit = openbao_server.client().read(f"transit/keys/{staging['status']['keyId']}")
+            assert transit and transit["data"]["type"] == "ed25519", \
+                "the staging key is not a transit key in OpenBao"
             token = await key_user(cp)
             async with await replica.client(token) as client:
                 signed = await client.use_key(f"{APP_NS}/user-service-signing", "SIGN",
