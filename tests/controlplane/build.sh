@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real upstream servers the tests run against -- kube-apiserver, kube-controller-manager,
 # etcd and kubo (IPFS), plus kubectl at the same release, and cert-manager's controllers -- from the
-# Go module proxy, into a cache outside the clone:
+# Go module proxy, into a cache outside the clone (the kubelet, its own module at the same release,
+# only when asked: build.sh kubelet):
 #   ${QKMS_SERVER_CACHE:-~/.cache/qkms/servers}/<module>-<hash of its go.mod+go.sum>/
 # Prints that folder of each module on stdout (one per line). A binary already there is not rebuilt.
 # Nothing built here is committed; the modules in this folder only pin versions.
@@ -20,7 +21,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 build() {  # build MODULE_DIR OUTPUT_NAME PACKAGE
   local dir="$here/$1" name="$2" pkg="$3" hash out ldflags="-s"
-  [ "$1" = kube ] && ldflags="$kube_ldflags"
+  case "$1" in kube|kubelet) ldflags="$kube_ldflags" ;; esac
   hash=$(cat "$dir/go.mod" "$dir/go.sum" <(echo "$ldflags") | sha256sum | cut -c1-12)
   out="$cache/$1-$hash"
   if [ ! -x "$out/$name" ]; then
@@ -46,6 +47,7 @@ for m in $wanted; do
     etcd) build etcd etcd . ;;
     kubo) build kubo ipfs github.com/ipfs/kubo/cmd/ipfs ;;
     certmanager) build certmanager cert-manager-controller . ;;
-    *) echo "unknown module $m (kube, etcd, kubo, certmanager)" >&2; exit 2 ;;
+    kubelet) build kubelet kubelet . ;;
+    *) echo "unknown module $m (kube, etcd, kubo, certmanager, kubelet)" >&2; exit 2 ;;
   esac
 done
