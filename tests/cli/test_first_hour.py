@@ -253,47 +253,15 @@ def test_pqc_status_without_a_cluster(qkms) -> None:
 
 # -- 3. metrics that agree with the audit chain ------------------------------------------
 
-def test_metrics_totals_equal_the_chains_entries_by_operation(qkms, tmp_path) -> None:
-    port = free_port()
-    (qkms.cwd / "tokens.yaml").write_text(
-        "tokens:\n  - serviceAccount: payments/checkout\n    token: t0ken\n"
-        "grants:\n  - serviceAccount: payments/checkout\n    namespace: payments\n"
-        "    verbs: [sign, verify, metrics]\n")  # metrics: per-key metrics and health detail
-    # One process: its metrics count every entry (with workers, a scrape sees one worker's)
-    proc = subprocess.Popen([*command(), "serve", "--listen", f"127.0.0.1:{port}",
-                             "--tokens", "tokens.yaml"], cwd=qkms.cwd,
-                            env=environ(tmp_path, QKMS_DATA_PLANE_WORKERS="1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if "data plane on" in line:
-                break
-        assert lines and "data plane on" in lines[-1], "".join(lines) + proc.stderr.read()
-        url = f"http://127.0.0.1:{port}"
-        env = environ(tmp_path, QKMS_TOKEN="t0ken", QKMS_URL=url)
-        for _ in range(3):
-            assert qkms("call", "sign", "payments/user-service-signing", stdin=b"m",
-                        env=env).returncode == 0
-        clean_failure(qkms("call", "encrypt", "payments/storage-encryption", stdin=b"m",
-                           env=env))  # not granted: a denied, audited attempt
-        clean_failure(qkms("call", "sign", "payments/nope", stdin=b"m", env=env))
-        time.sleep(0.5)  # deliveries follow the group commit
-        bearer = {"Authorization": "Bearer t0ken"}
-        metrics = urllib.request.urlopen(urllib.request.Request(f"{url}/metrics/keys",
-                                                                headers=bearer),
-                                         timeout=10).read().decode()
-        health = json.loads(urllib.request.urlopen(urllib.request.Request(
-            f"{url}/health/keys", headers=bearer), timeout=10).read())
-    finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    chain = [json.loads(line) for line in qkms("audit", "search").stdout.splitlines()]
-    by_operation = Counter((e["operation"], e["result"]) for e in chain)
-    assert by_operation[("CREATE", "success")] >= 6 and by_operation[("SIGN", "success")] == 3
+def _get(url: str, token: str) -> bytes:
+    """One GET on a new connection, so the kernel may give it to any worker."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback
+        return answer.read()
 
+
+def _totals(metrics: str) -> tuple[float, dict[tuple[str, str], int]]:
+    """``qkms_audit_events_total`` and the counts by (operation, result) of a scrape."""
     samples: Counter[tuple[str, str]] = Counter()
     total = 0.0
     for line in metrics.splitlines():
@@ -304,8 +272,65 @@ def test_metrics_totals_equal_the_chains_entries_by_operation(qkms, tmp_path) ->
             samples[(labels["operation"], labels["result"])] += float(line.rsplit(" ", 1)[1])
         elif line.startswith("qkms_audit_events_total "):
             total = float(line.rsplit(" ", 1)[1])
-    assert total == len(chain) == health["environments"]["dev"]["components"]["audit"]["entries"]
-    assert {k: int(v) for k, v in samples.items() if v} == dict(by_operation)
+    return total, {k: int(v) for k, v in samples.items() if v}
+
+
+def test_metrics_totals_equal_the_chains_entries_by_operation(qkms, tmp_path) -> None:
+    """Two data-plane workers (the default is one per core) and the reconciler in the
+    parent each write their own chain; every scrape, whichever worker answers it, counts
+    the entries of them all, and so does the health detail."""
+    port = free_port()
+    (qkms.cwd / "tokens.yaml").write_text(
+        "tokens:\n  - serviceAccount: payments/checkout\n    token: t0ken\n"
+        "grants:\n  - serviceAccount: payments/checkout\n    namespace: payments\n"
+        "    verbs: [sign, verify, metrics]\n")  # metrics: per-key metrics and health detail
+    proc = subprocess.Popen([*command(), "serve", "--listen", f"127.0.0.1:{port}",
+                             "--tokens", "tokens.yaml"], cwd=qkms.cwd,
+                            env=environ(tmp_path, QKMS_DATA_PLANE_WORKERS="2"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    audit = qkms.cwd / ".qkms" / "dev" / "audit"
+    scrapes = []
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "data plane on" in line:
+                break
+        assert lines and "(2 worker processes)" in lines[-1], "".join(lines) + proc.stderr.read()
+        url = f"http://127.0.0.1:{port}"
+        env = environ(tmp_path, QKMS_TOKEN="t0ken", QKMS_URL=url)
+        for _ in range(40):  # until both workers answered (each connection goes to one)
+            assert qkms("call", "sign", "payments/user-service-signing", stdin=b"m",
+                        env=env).returncode == 0
+            if all(any((audit / w / "segments").glob("*.qlog")) for w in ("w1", "w2")):
+                break
+        clean_failure(qkms("call", "encrypt", "payments/storage-encryption", stdin=b"m",
+                           env=env))  # not granted: a denied, audited attempt
+        clean_failure(qkms("call", "sign", "payments/nope", stdin=b"m", env=env))
+        chain = [json.loads(line) for line in qkms("audit", "search").stdout.splitlines()]
+        deadline = time.monotonic() + 20  # deliveries follow each writer's group commit
+        while _totals(_get(f"{url}/metrics/keys", "t0ken").decode())[0] != len(chain) \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for _ in range(8):
+            scrapes.append((_get(f"{url}/metrics/keys", "t0ken").decode(),
+                            json.loads(_get(f"{url}/health/keys", "t0ken"))))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err
+    assert {p.name for p in audit.iterdir() if (p / "segments").is_dir()} == {"w1", "w2"}
+    by_operation = Counter((e["operation"], e["result"]) for e in chain)
+    signs = by_operation[("SIGN", "success")]
+    assert by_operation[("CREATE", "success")] >= 6 and signs >= 2  # parent's, workers'
+    assert chain == [json.loads(line) for line in qkms("audit", "search").stdout.splitlines()]
+    for metrics, health in scrapes:
+        total, samples = _totals(metrics)
+        audit_health = health["environments"]["dev"]["components"]["audit"]
+        assert total == len(chain) == audit_health["entries"], (total, audit_health)
+        assert samples == dict(by_operation), metrics
+        assert {Path(c["folder"]).name for c in audit_health["chains"]} == {"audit", "w1", "w2"}
 
 
 # -- 7. small things ---------------------------------------------------------------------

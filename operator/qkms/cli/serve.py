@@ -22,9 +22,7 @@ from .common import (
 
 @command("serve")
 async def serve(args: argparse.Namespace) -> None:
-    import signal
-
-    from qkms.standalone import BUNDLED_EXAMPLES, Standalone
+    from qkms.standalone import BUNDLED_EXAMPLES
 
     settings = settings_from(args)
     folder = args.manifests or BUNDLED_EXAMPLES
@@ -34,6 +32,21 @@ async def serve(args: argparse.Namespace) -> None:
         return await _serve_worker(args, settings, folder)
     serving = bool(args.listen) and not args.once
     workers = _worker_count() if serving else 1
+    remove_metrics = _shared_metrics(workers)  # before anything imports prometheus_client
+    try:
+        await _serve(args, settings, folder, serving, workers)
+    finally:
+        remove_metrics()
+
+
+async def _serve(args: argparse.Namespace, settings: Settings, folder: Path, serving: bool,
+                 workers: int) -> None:
+    """The parent of ``qkms serve``: the reconciler, and the data plane in this process
+    (one worker) or in ``workers`` worker processes."""
+    import signal
+
+    from qkms.standalone import Standalone
+
     for flag, path in (("--tokens", args.tokens), ("--tls-cert", args.tls_cert),
                        ("--tls-key", args.tls_key), ("--tls-client-ca", args.tls_client_ca)):
         if path is not None and not path.is_file():
@@ -60,7 +73,7 @@ async def serve(args: argparse.Namespace) -> None:
 
         metrics = Metrics()
         runner.registry.on_new.append(metrics.attach)
-    api = pool = None
+    api = pool = publisher = None
     task = asyncio.create_task(runner.run(stop, poll=args.poll, once=args.once))
     try:
         if sock is not None:
@@ -70,6 +83,8 @@ async def serve(args: argparse.Namespace) -> None:
                 pool = _start_workers(args, sock, workers)
                 sock = None  # the first worker has it
                 watcher = asyncio.create_task(pool.watch(stop))
+                publisher = asyncio.create_task(_publish(metrics, runner.registry, stop,
+                                                         args.poll))
             elif runner.ready.is_set():  # keys exist before the first request can arrive
                 api = await _standalone_api(args, runner, auth, sock, metrics)
         await task
@@ -78,6 +93,8 @@ async def serve(args: argparse.Namespace) -> None:
             stop.set()
             await watcher
             await pool.stop()
+        if publisher is not None:
+            await publisher
         if api is not None:
             await api.cleanup()
         elif sock is not None:
@@ -95,12 +112,35 @@ def _worker_count() -> int:
         raise InvalidInputError("QKMS_DATA_PLANE_WORKERS", str(exc)) from None
 
 
+def _shared_metrics(workers: int) -> Any:
+    """With several processes, one multiprocess metrics folder for them all, named in the
+    environment before prometheus_client is imported (the workers inherit it); returns
+    what removes it."""
+    if workers < 2:
+        return lambda: None
+    from qkms.server.workers import metrics_folder
+
+    return metrics_folder(os.environ)  # type: ignore[arg-type]
+
+
+async def _publish(metrics: Any, registry: Any, stop: asyncio.Event, every: float) -> None:
+    """Keep this process's audit-failure counts current in the shared metrics: the
+    process that answers a scrape renders every process's."""
+    import contextlib
+
+    while not stop.is_set():
+        metrics.sync(registry.all())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every)
+
+
 def _start_workers(args: argparse.Namespace, sock: Any, count: int) -> Any:
     """``count`` data-plane worker processes on ``sock``'s port (SO_REUSEPORT)."""
+    from qkms.server.metrics import process_dead
     from qkms.server.workers import WorkerPool, worker_command
 
     host, port = sock.getsockname()[:2]
-    pool = WorkerPool(worker_command(args.argv), host, port, count)
+    pool = WorkerPool(worker_command(args.argv), host, port, count, exited=process_dead)
     pool.start(sock)
     print(f"qkms serve: data plane on {'https' if args.tls_cert else 'http'}://{args.listen} "
           f"({count} worker processes)", flush=True)
@@ -125,11 +165,14 @@ async def _serve_worker(args: argparse.Namespace, settings: Settings, folder: Pa
     directory = ManifestDirectory(settings, folder, say=lambda line: None)
     metrics = Metrics()
     directory.registry.on_new.append(metrics.attach)
+    publisher = asyncio.create_task(_publish(metrics, directory.registry, stop, args.poll))
     try:
         await serve_worker(directory, lambda: _standalone_api(args, directory, auth, sock,
                                                                metrics, quiet=True),
                            stop, poll=args.poll)
     finally:
+        stop.set()
+        await publisher
         OPENED.extend(directory.registry.all())  # closed by run_command: final checkpoints
 
 

@@ -6,6 +6,7 @@ adds throughput; only reconciliation is single-active) and in ``qkms serve``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import itertools
@@ -28,6 +29,7 @@ from qkms.logs import escape
 from qkms.service import KeyManagementService
 
 from .api import Call, DataPlane, KeyDirectory
+from .chains import ChainFollower, audit_across_writers
 from .denials import bounded
 from .errors import TooLarge, UnsupportedMedia, error_body, status_of
 from .metrics import Metrics, Timer
@@ -43,6 +45,7 @@ Services = Callable[[], list[KeyManagementService]]
 """The live services (they appear as policies do)."""
 SERVICES: web.AppKey[Services] = web.AppKey("services")
 METRICS_TOKEN = web.AppKey("metrics_token", bytes)
+CHAINS = web.AppKey("chains", ChainFollower)
 
 
 def _json(data: Any, status: int = 200, request_id: str | None = None) -> web.Response:
@@ -140,7 +143,8 @@ async def observer(request: web.Request) -> bool:
 
 async def health(request: web.Request) -> web.Response:
     """Public: the overall status only.  With a token allowed ``metrics``: per environment
-    and per component detail (paths, record names, provider) as well."""
+    and per component detail (paths, record names, provider) as well; the audit section
+    counts the entries of every writer's chain (every worker, replica and the reconciler)."""
     request_id = uuid.uuid4().hex
     try:
         detailed = await observer(request)
@@ -149,6 +153,11 @@ async def health(request: web.Request) -> web.Response:
     status, reports = await _overall(request)
     body: dict[str, Any] = {"status": status}
     if detailed:
+        for report in reports.values():
+            audit_ = report["components"].get("audit", {})
+            own = Path(audit_["folder"]) if "folder" in audit_ else None
+            report["components"]["audit"] = await asyncio.to_thread(
+                audit_across_writers, audit_, own, request.app[CHAINS])
         body["environments"] = reports
     return _json(body, 503 if status == "unhealthy" else 200)
 
@@ -237,6 +246,7 @@ def make_app(plane: DataPlane, services: Services,
     app[PLANE] = plane
     app[METRICS] = metrics_ or Metrics()
     app[SERVICES] = services
+    app[CHAINS] = ChainFollower()
     token = os.environ.get("QKMS_METRICS_TOKEN", "").strip()
     app[METRICS_TOKEN] = hashlib.sha256(token.encode()).digest() if token else b""
     app.on_cleanup.append(_flush_denials)

@@ -2,25 +2,94 @@
 
 Counting from the audit stream means every operation is counted exactly as it
 is audited, refusals included, with no second bookkeeping path to drift.
+
+``qkms serve`` with several data-plane workers: the reconciler (the parent process) and
+every worker count into prometheus-client's multiprocess files (``PROMETHEUS_MULTIPROC_DIR``,
+set by the parent before any of them imports the library; see ``shared_metrics``), and
+each scrape sums them all (``MultiProcessCollector``): whichever worker answers, the totals
+are those of every writer's audit chain.  The gauges that are states (keys by state, time
+to rotation) are read from the shared store by the answering process at scrape time (a
+collector), so they need no sharing; ``qkms_audit_failures`` is each process's own count,
+summed over the live processes (``livesum``).
 """
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from qkms import lifecycle
 from qkms.audit.entry import AuditEntry
 from qkms.service import KeyManagementService
 
 ROTATIONS = {"ROTATE", "MIGRATE"}
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def shared_metrics() -> bool:
+    """Whether this process counts into the multiprocess files.  The variable must be set
+    before ``prometheus_client`` is imported (it picks its value class then)."""
+    if not os.environ.get(MULTIPROC_ENV):
+        return False
+    if values.ValueClass is values.MutexValue:
+        raise RuntimeError(f"{MULTIPROC_ENV} was set after prometheus_client was imported: "
+                           "this process's counts would not be shared")
+    return True
+
+
+class States(Collector):
+    """Keys by state and seconds to each key's next rotation, from the store at scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily("qkms_keys", "Keys by state"),
+                GaugeMetricFamily("qkms_key_next_rotation_seconds", "Seconds until each "
+                                  "key's next rotation")]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = datetime.now(UTC)
+        keys = GaugeMetricFamily("qkms_keys", "Keys by state", labels=["environment", "state"])
+        rotation: dict[str, float] = {}
+        for service in self.metrics.services:
+            counts: dict[str, int] = {}
+            for record in service.user_records():
+                state = lifecycle.key_state(record).value
+                counts[state] = counts.get(state, 0) + 1
+                self.metrics._algorithms.setdefault(record.name, record.algorithm)
+                due = lifecycle.next_rotation(record)
+                if due is not None:
+                    rotation[record.name] = (due - now).total_seconds()
+            for state, count in counts.items():
+                keys.add_metric([service.environment.value, state], count)
+        yield keys
+        next_rotation = GaugeMetricFamily("qkms_key_next_rotation_seconds",
+                                          "Seconds until each key's next rotation",
+                                          labels=["key"])
+        for name, seconds in rotation.items():
+            next_rotation.add_metric([name], seconds)
+        yield next_rotation
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.shared = shared_metrics()
         r = self.registry
         self.created = Counter("qkms_keys_created_total", "Keys created", ["algorithm"],
                                registry=r)
@@ -31,22 +100,29 @@ class Metrics:
         self.audit_events = Counter("qkms_audit_events_total", "Audit entries written",
                                     registry=r)
         self.audit_failures = Gauge("qkms_audit_failures", "Audit entries that failed to store",
-                                    ["environment"], registry=r)
+                                    ["environment"], registry=r, multiprocess_mode="livesum")
         self.latency = Histogram("qkms_provider_latency_seconds",
                                  "Time spent in an operation, provider included",
                                  ["provider", "operation"], registry=r,
                                  buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5,
                                           1, 2.5, 5))
-        self.keys = Gauge("qkms_keys", "Keys by state", ["environment", "state"], registry=r)
-        self.next_rotation = Gauge("qkms_key_next_rotation_seconds",
-                                   "Seconds until each key's next rotation", ["key"], registry=r)
+        self.services: list[KeyManagementService] = []
         self._algorithms: dict[str, str] = {}
+        states = States(self)
+        if self.shared:  # what every process counted, plus this one's view of the store
+            self.exposed = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.exposed)
+            self.exposed.register(states)
+        else:
+            self.exposed = r
+            r.register(states)
 
     def attach(self, service: KeyManagementService) -> None:
         service.on("auditEvent", self.observe_entry)
 
     def observe_entry(self, entry: AuditEntry) -> None:
-        self.audit_events.inc()
+        if entry.sequence is not None:  # stored: not an entry that failed to (fail-open)
+            self.audit_events.inc()
         count = entry.details.get("count", "1")  # aggregated refusals carry their count
         times = int(count) if count.isdigit() else 1
         algorithm = entry.details.get("algorithm") or self._algorithms.get(entry.key_name or "",
@@ -63,25 +139,27 @@ class Metrics:
     def observe_latency(self, provider: str, operation: str, seconds: float) -> None:
         self.latency.labels(provider, operation).observe(seconds)
 
-    def render(self, services: list[KeyManagementService]) -> bytes:
-        """Refresh the gauges that are states rather than events, then render."""
-        now = datetime.now(UTC)
-        self.keys.clear()
-        self.next_rotation.clear()
+    def sync(self, services: list[KeyManagementService]) -> None:
+        """Publish this process's audit storage failures (a count each service keeps)."""
         for service in services:
-            env = service.environment.value
-            self.audit_failures.labels(env).set(service.counters["failures"]["audit"])
-            counts: dict[str, int] = {}
-            for record in service.user_records():
-                state = lifecycle.key_state(record).value
-                counts[state] = counts.get(state, 0) + 1
-                self._algorithms.setdefault(record.name, record.algorithm)
-                due = lifecycle.next_rotation(record)
-                if due is not None:
-                    self.next_rotation.labels(record.name).set((due - now).total_seconds())
-            for state, count in counts.items():
-                self.keys.labels(env, state).set(count)
-        return generate_latest(self.registry)
+            self.audit_failures.labels(service.environment.value).set(
+                service.counters["failures"]["audit"])
+
+    def render(self, services: list[KeyManagementService]) -> bytes:
+        """The states are read now, from ``services``; the counts are every process's."""
+        self.sync(services)
+        self.services = services
+        try:
+            return generate_latest(self.exposed)
+        finally:
+            self.services = []
+
+
+def process_dead(pid: int) -> None:
+    """Drop a dead process's live gauges from the multiprocess files (its counters stay:
+    what it audited stays in its chain)."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)
 
 
 class Timer:

@@ -8,7 +8,9 @@ folder under the environment's audit folder, read by ``qkms audit verify``), so 
 never contend for a log, and each chain keeps its own order.  The parent process keeps
 the one reconciler and starts, watches and stops the workers; a worker that dies is
 started again.  Changes to a key (a rotation, a revocation) reach every worker through
-the store's change feed (``store.changes``), checked on every use.
+the store's change feed (``store.changes``), checked on every use.  Metrics: every
+process counts into prometheus-client's multiprocess folder (``metrics_folder``), so every
+scrape, whichever worker answers, sums the parent's and every worker's counts.
 """
 
 from __future__ import annotations
@@ -17,18 +19,22 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 log = logging.getLogger("key-management:server")
 
 WORKERS_ENV = "QKMS_DATA_PLANE_WORKERS"
 RESTART_DELAY = 1.0  # seconds before a dead worker is started again
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def worker_count(env: Mapping[str, str], cpus: int | None) -> int:
@@ -45,6 +51,28 @@ def worker_count(env: Mapping[str, str], cpus: int | None) -> int:
 def writer_name(base: str, index: int) -> str:
     """The audit writer of worker ``index``: the process's own writer name plus ``-w<n>``."""
     return f"{base}-w{index}" if base else f"w{index}"
+
+
+def metrics_folder(env: dict[str, str]) -> Callable[[], None]:
+    """Make ``env`` (``os.environ`` before prometheus_client is imported, as the library
+    requires) name an empty multiprocess folder for the parent and its workers; returns
+    what removes it after the run.  A folder the user named in ``PROMETHEUS_MULTIPROC_DIR``
+    is emptied of the library's files at start, as its documentation asks, and kept."""
+    given = env.get(MULTIPROC_ENV, "").strip()
+    if given:
+        folder = Path(given)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        return lambda: None
+    made = tempfile.mkdtemp(prefix="qkms-metrics-")
+    env[MULTIPROC_ENV] = made
+
+    def remove() -> None:
+        if env.get(MULTIPROC_ENV) == made:
+            del env[MULTIPROC_ENV]
+        shutil.rmtree(made, ignore_errors=True)
+    return remove
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
@@ -69,7 +97,8 @@ class WorkerPool:
     """Start ``count`` workers, each ``command + ["--worker-fd", fd]`` with its own socket
     bound to ``host:port`` (SO_REUSEPORT) and its own audit writer; restart one that dies;
     stop them all.  The parent closes its copy of each socket once the worker has it, so
-    no connection waits on a socket nobody accepts from."""
+    no connection waits on a socket nobody accepts from.  ``exited`` is told the pid of
+    each worker that is gone (its live metrics are dropped)."""
 
     command: Sequence[str]
     host: str
@@ -78,6 +107,7 @@ class WorkerPool:
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     restarts: int = 0
+    exited: Callable[[int], None] = lambda pid: None
     _stopping: bool = False
 
     def _spawn(self, index: int, sock: socket.socket | None = None) -> None:
@@ -108,6 +138,7 @@ class WorkerPool:
                     log.error("data-plane worker %d exited (%s); starting it again", index,
                               proc.returncode)
                     self.restarts += 1
+                    self.exited(proc.pid)
                     self._spawn(index)
 
     async def stop(self, timeout: float = 20.0) -> None:
@@ -121,6 +152,7 @@ class WorkerPool:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            self.exited(proc.pid)
 
 
 def parent_gone(parent: int) -> bool:
