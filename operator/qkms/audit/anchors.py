@@ -16,11 +16,18 @@ every anchored checkpoint against the verified log:
 - no anchor at all for the log's key: ``unanchored`` (a log re-signed under a new key has
   none), which fails verification, since an anchor source was asked for.
 
-In a cluster, ``--anchor kube:KUBECONFIG`` checks the log's checkpoint key against the one
-the operator pinned, once, in the ConfigMap ``qkms-system/qkms-audit-pins``: another key
+In a cluster, ``--anchor kube:KUBECONFIG`` reads two ConfigMaps in ``qkms-system``. Each
+operator replica publishes its own writers' latest checkpoints in ``qkms-audit-anchors``,
+one key per writer, ``<environment>.<writer>`` -> ``<size> <CID>`` (k8s/audit_anchors.py).
+Each local chain (one per writer: the folder's name) is checked against its writer's entry
+as above: ``truncated`` or ``forked``, naming the writer; once the environment has entries,
+a local chain with a checkpoint but none of its own is ``unanchored``. (Writers of other
+replicas, whose volumes are elsewhere, are not expected locally. An entry lags its writer's
+newest checkpoint by the publishing interval, a few seconds.) Then the log's checkpoint key
+is checked against the one the operator pinned, once, in ``qkms-audit-pins``: another key
 is ``key-changed``, none pinned is ``unanchored``. (ManagedKey statuses and Events name
 entry CIDs too, but with one audit log per replica an entry may sit in another replica's
-log, so they are not used as anchors of one log.)
+log, so they are not anchors of one log: the per-writer checkpoints are.)
 
 The anchor is only as strong as the separation between the audit volume and the IPFS
 node: the qkms process appends and never rewrites, but anyone holding the node's RPC API
@@ -125,6 +132,12 @@ def read_kube_pin(kubeconfig: Path, environment: str,
                   namespace: str = "qkms-system") -> bytes | None:
     """The checkpoint key the operator pinned for `environment` in its ConfigMap
     ``qkms-audit-pins`` (see k8s/kube_api.py), or None when none is pinned."""
+    value = (_kube_config_map(kubeconfig, "qkms-audit-pins", namespace) or {}).get(environment)
+    return base64.b64decode(value) if value else None
+
+
+def _kube_config_map(kubeconfig: Path, name: str, namespace: str) -> dict[str, str] | None:
+    """The data of ConfigMap `namespace/name`, or None when there is none."""
     try:
         from kubernetes import client, config
         from kubernetes.client.exceptions import ApiException
@@ -133,14 +146,65 @@ def read_kube_pin(kubeconfig: Path, environment: str,
                       "pip install 'qkms[operator]'") from None
     core = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
     try:
-        pins = core.read_namespaced_config_map("qkms-audit-pins", namespace,
-                                               _request_timeout=10)
+        found = core.read_namespaced_config_map(name, namespace, _request_timeout=10)
     except ApiException as exc:
         if exc.status == 404:
             return None
-        raise OSError(f"ConfigMap {namespace}/qkms-audit-pins: HTTP {exc.status}") from None
-    value = (pins.data or {}).get(environment)
-    return base64.b64decode(value) if value else None
+        raise OSError(f"ConfigMap {namespace}/{name}: HTTP {exc.status}") from None
+    return dict(found.data or {})
+
+
+def read_kube_anchors(kubeconfig: Path, environment: str,
+                      namespace: str = "qkms-system") -> dict[str, Anchor]:
+    """Writer -> its latest published checkpoint, from the ConfigMap ``qkms-audit-anchors``
+    the operator's replicas write (k8s/audit_anchors.py)."""
+    data = _kube_config_map(kubeconfig, "qkms-audit-anchors", namespace) or {}
+    prefix = f"{environment}."
+    found = {}
+    for key, value in sorted(data.items()):
+        if key.startswith(prefix):
+            (anchor,) = parse_anchors(value, f"ConfigMap {namespace}/qkms-audit-anchors {key}")
+            found[key[len(prefix):]] = anchor
+    return found
+
+
+def log_last_seq(root: Path) -> int | None:
+    """The sequence number of the log's last entry (None: no entry)."""
+    last = None
+    for record in iter_log(root):
+        if is_entry(record.block):
+            value = decode(record.block)
+            if isinstance(value, dict):
+                last = int(value["seq"])
+    return last
+
+
+def check_writers(published: Mapping[str, Anchor], chains: Iterable[Path],
+                  where: str) -> Finding | None:
+    """Each local chain against its writer's published checkpoint (see the module)."""
+    for folder in chains:
+        checkpoints = log_checkpoints(folder)
+        anchor = published.get(folder.name)
+        if anchor is None:
+            if published and checkpoints:
+                return Finding("unanchored", None, None,
+                               f"writer {folder.name}: its checkpoints are not published in "
+                               f"{where}: the chain may be forged")
+            continue
+        finding = check([anchor], checkpoints, log_last_seq(folder))
+        if finding is not None:
+            return Finding(finding.kind, finding.seq, finding.cid,
+                           f"writer {folder.name}: {finding.detail} (in {where})")
+    return None
+
+
+def check_kube(kubeconfig: Path, chains: list[Path], public_key: bytes) -> Finding | None:
+    """``--anchor kube:KUBECONFIG``: every local writer's chain against its published
+    checkpoint, then the log's checkpoint key against the pinned one."""
+    environment = log_environment(chains[0]) or "dev"
+    where = f"the cluster of {kubeconfig} ({environment})"
+    finding = check_writers(read_kube_anchors(kubeconfig, environment), chains, where)
+    return finding or check_pin(read_kube_pin(kubeconfig, environment), public_key, where)
 
 
 def check_pin(pinned: bytes | None, public_key: bytes, where: str) -> Finding | None:

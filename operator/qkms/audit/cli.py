@@ -263,10 +263,8 @@ def _anchored(sources: list[str], folder: Path, result: Any) -> Any:
                 found += anchors.read_file(Path(where))
                 lists = True
             elif kind == "kube" and where:
-                environment = anchors.log_environment(folder) or "dev"
-                pinned = anchors.read_kube_pin(Path(where), environment)
-                if problem := anchors.check_pin(pinned, result.public_key,
-                                                f"the cluster of {where} ({environment})"):
+                if problem := anchors.check_kube(Path(where), _chains(folder),
+                                                 result.public_key):
                     return problem
             else:
                 raise InvalidInputError("--anchor", f"{source!r}: use ipfs:URL, file:PATH "

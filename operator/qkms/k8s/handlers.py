@@ -21,12 +21,13 @@ import kopf
 
 from qkms.model.names import FINALIZER, KOPF_PREFIX
 
-from . import dataplane
+from . import audit_anchors, dataplane
 from .kube_api import LIST_CHUNK
 from .projections import PROJECTED_SELECTOR, WATCHED_BY_LABEL
 from .runtime import OperatorRuntime, current, install, installed
 
 BACKGROUND: list[asyncio.Task[None]] = []
+ANCHORS: list[audit_anchors.AnchorPublisher] = []
 log = logging.getLogger("key-management:operator")
 
 
@@ -54,6 +55,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         await dataplane.start(runtime)
         BACKGROUND.append(asyncio.create_task(sweep_intents_forever(), name="qkms-intents"))
         BACKGROUND.append(asyncio.create_task(announce_forever(), name="qkms-announcer"))
+        ANCHORS.append(audit_anchors.AnchorPublisher(runtime.kube.core, runtime.namespace))
+        BACKGROUND.append(asyncio.create_task(audit_anchors.publish_forever(
+            ANCHORS[0], runtime.registry.all), name="qkms-audit-anchors"))
 
 
 async def announce_forever() -> None:
@@ -80,12 +84,16 @@ async def sweep_intents_forever() -> None:
 
 @kopf.on.cleanup()
 async def shutdown(**_: Any) -> None:
-    """Sign a last audit checkpoint and release the audit logs."""
+    """Sign a last audit checkpoint, publish it (k8s/audit_anchors.py) and release the
+    audit logs."""
     for task in BACKGROUND:
         task.cancel()
     if installed():
-        for service in current().registry.all():
+        services = current().registry.all()
+        for service in services:
             await service.close()
+        if ANCHORS:
+            await audit_anchors.publish_once(ANCHORS[0], lambda: services)
 
 
 # The controllers, one per concern: importing them registers their handlers with Kopf.

@@ -40,6 +40,7 @@ RECORD_ANNOTATION = "qkms.io/record"
 
 # Objects in the operator's namespace.
 AUDIT_PINS = "qkms-audit-pins"  # ConfigMap: each environment's pinned checkpoint key
+AUDIT_ANCHORS = "qkms-audit-anchors"  # ConfigMap: each audit writer's latest checkpoint
 CA_CONFIGMAP = "qkms-ca"  # ConfigMap: the data plane's CA, in every namespace with keys
 SERVICE = "qkms"  # the data plane's Service
 PEERING = "qkms"  # the ClusterKopfPeering that elects the one reconciler
