@@ -20,8 +20,9 @@ COPY operator ./operator
 # operator/qkms/examples is a symlink to examples/: the wheel bundles them (qkms serve).
 COPY examples ./examples
 # Every provider's SDK, so any KeyPolicy works with this image: Vault (hvac), AWS KMS
-# (boto3), Azure Key Vault (azure-keyvault-keys, azure-identity: its msal holds
-# cryptography below 51), PKCS#11 (python-pkcs11). All ship wheels for CPython 3.11 on
+# (boto3), Azure Key Vault (azure-keyvault-keys, azure-identity), PKCS#11 (python-pkcs11).
+# The cryptography they get is the one every install gets: below 51, as pyproject.toml's
+# core dependency says (azure-identity's msal caps it). All ship wheels for CPython 3.11 on
 # glibc, so no compiler is needed. Behind a TLS-inspecting proxy, hand pip its CA as a
 # build secret (never a layer): --secret id=pip-ca,src=/path/to/ca-bundle.crt
 RUN --mount=type=secret,id=pip-ca \

@@ -2,8 +2,8 @@
 
 * The HSM tests need SoftHSM2, a system package: the README's test line says so, and with
   ``QKMS_REQUIRE_SERVERS=1`` its absence fails with the command that installs it.
-* ``pip install -e .`` then ``pip install -e '.[test]'`` keep one ``cryptography``: nothing
-  the test extra pulls in caps it below what the core dependency allows.
+* ``pip install -e .``, ``pip install -e '.[test]'`` and the image's extras keep one
+  ``cryptography``: nothing any of them pulls in caps it below the core's own cap.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,15 +99,41 @@ def _closure(project: dict, extras: set[str]) -> dict[str, list[Requirement]]:
     return found
 
 
+def _upper(requirements: list[Requirement]) -> Version | None:
+    """The lowest upper bound (``<``) those requirements put on a version, if any."""
+    bounds = [Version(s.version) for r in requirements for s in r.specifier if s.operator == "<"]
+    return min(bounds, default=None)
+
+
+def dockerfile_extras() -> set[str]:
+    """The extras the image installs (its ``pip install '.[...]'``)."""
+    found = re.findall(r"pip install '\.\[([a-z0-9,-]+)\]'", (ROOT / "Dockerfile").read_text())
+    assert len(found) == 1, found
+    return set(found[0].split(","))
+
+
 def test_the_test_extra_keeps_the_core_cryptography() -> None:
+    """A plain install, the test extra, the image's extras and every extra at once resolve
+    ``cryptography`` under one cap: the core's own, which is at or below every cap of what
+    they pull in (azure-identity's msal caps it below 51), so none gets another version."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     core = next(Requirement(r) for r in project["dependencies"]
                 if canonicalize_name(Requirement(r).name) == "cryptography")
-    assert not any(s.operator in ("<", "<=", "==", "~=", "===") for s in core.specifier)
-    caps = {str(r) for r in _closure(project, {"test"}).get("cryptography", [])
-            if any(s.operator in ("<", "<=", "==", "~=", "===") for s in r.specifier)}
-    assert caps == set(), f"the test extra caps cryptography: {caps}"
-    # The azure extra knowingly does (azure-identity -> msal): the README says so.
+    assert not any(s.operator in ("==", "~=", "===", "<=") for s in core.specifier)
+    cap = _upper([core])
+    image = dockerfile_extras()
+    assert {"operator", "azure"} <= image <= set(project["optional-dependencies"])
+    installs = {"pip install .": set(), "the test extra": {"test"}, "the image": image,
+                "every extra": set(project["optional-dependencies"])}
+    for install, extras in installs.items():
+        found = _closure(project, extras).get("cryptography", [])
+        pins = {str(r) for r in found if any(s.operator in ("==", "~=", "===")
+                                             for s in r.specifier)}
+        assert pins == set(), f"{install} pins cryptography: {pins}"
+        assert _upper(found) == cap, f"{install} caps cryptography at {_upper(found)}, " \
+                                     f"not at the core's {cap}: {sorted(map(str, found))}"
+    if "msal" in _closure(project, {"azure"}):  # its metadata is here: the cap is its own
+        assert cap == _upper([Requirement(r) for r in distribution("msal").requires or []
+                              if Requirement(r).name == "cryptography"]), "lift the cap"
     readme = (ROOT / "README.md").read_text()
-    assert "msal" in readme and "cryptography" in readme
-    assert not any("azure-identity" in r for r in project["optional-dependencies"]["test"])
+    assert f"below {cap}" in readme and "msal" in readme and ".[operator,vault,aws,azure" in readme
