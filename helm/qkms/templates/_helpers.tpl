@@ -32,3 +32,14 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/* The Secret the data plane serves from: dataPlane.tlsSecretName, else the one the
+cert-manager Certificate writes when dataPlane.certManager.issuerRef names an issuer, else
+none (qkms's own CA). */}}
+{{- define "qkms.tlsSecretName" -}}
+{{- if .Values.dataPlane.tlsSecretName -}}
+{{- .Values.dataPlane.tlsSecretName -}}
+{{- else if .Values.dataPlane.certManager.issuerRef.name -}}
+qkms-data-plane-tls
+{{- end -}}
+{{- end -}}
