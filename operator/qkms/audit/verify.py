@@ -177,7 +177,7 @@ class Verifier:
             self._damage = exc
 
     def run(self, records: Iterable[Record]) -> VerifyResult:
-        self.result.finding = self._walk(_Ahead(self._safe(records)))
+        self.result.finding = self._walk(self._safe(records))
         if self.result.finding is None and self._damage is not None:
             if self._damage.tail:
                 self.result.warnings.append(
@@ -189,7 +189,9 @@ class Verifier:
             self.result.finding = self._truncation()
         return self.result
 
-    def _walk(self, records: _Ahead) -> Finding | None:
+    def _walk(self, records: Iterator[Record]) -> Finding | None:
+        """The pass over the log; it ends at the first finding, so only the code that
+        explains one looks ahead (``_Ahead``), and the loop pays no wrapper per record."""
         sha256 = hashlib.sha256
         result = self.result
         for record in records:
@@ -211,9 +213,9 @@ class Verifier:
             if self._expect is None and (found := self._start(seq, prev, cid)):
                 return found
             if seq != self._expect:
-                return self._out_of_order(seq, prev, cid, records)
+                return self._out_of_order(seq, prev, cid, _Ahead(records))
             if prev != self._prev:
-                return self._broken_link(seq, prev, cid, records)
+                return self._broken_link(seq, prev, cid, _Ahead(records))
             if self.deep and (problem := _deep_problem(block)):
                 return Finding("edited", seq, cid_str(cid), problem)
             cp = self._pending.get(seq)
