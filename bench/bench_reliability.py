@@ -120,7 +120,7 @@ def _outage_ok(result: Any) -> bool:
 
 async def kube(tmp: Path) -> None:
     for fault in ("apiserver", "etcd"):
-        result = await kube_outage(tmp / fault, fault, outage=30.0)
+        result = await kube_outage(tmp / fault, fault, outage=30.0, steady_keys=88)
         figure("kube", result.line(), not result.problems())
 
 

@@ -161,8 +161,10 @@ async def inject(cp: ControlPlane, fault: str, outage: float) -> tuple[float, fl
     return restarted - stopped, time.monotonic() - restarted
 
 
-async def kube_outage(workdir: Path, fault: str, outage: float = OUTAGE) -> OutageFigures:
-    """The whole scenario on a control plane of its own; `fault` is apiserver or etcd."""
+async def kube_outage(workdir: Path, fault: str, outage: float = OUTAGE,
+                      steady_keys: int = STEADY) -> OutageFigures:
+    """The whole scenario on a control plane of its own; `fault` is apiserver or etcd;
+    `steady_keys` are made before the burst."""
     figures = OutageFigures(fault, outage)
     async with private_control_plane(workdir / "controlplane") as cp:
         kube = cp.client
@@ -170,7 +172,7 @@ async def kube_outage(workdir: Path, fault: str, outage: float = OUTAGE) -> Outa
         operator = qkms_operator(await operator_login(cp, workdir), workdir / "operator")
         try:
             await operator.start(timeout=60)
-            steady = [f"steady-{i}" for i in range(STEADY)]
+            steady = [f"steady-{i}" for i in range(steady_keys)]
             await create_all(kube, [managed_key(n, rotationSchedule="PT1H") for n in steady]
                              + [managed_key("due", rotationSchedule=f"PT{DUE_SCHEDULE:.0f}S",
                                             gracePeriod="PT1S",
@@ -178,8 +180,8 @@ async def kube_outage(workdir: Path, fault: str, outage: float = OUTAGE) -> Outa
 
             async def all_ready() -> bool:
                 found = {b["metadata"]["name"]: b for b in await kube.list(MK, NS)}
-                return len(found) == STEADY + 1 and all(map(is_ready, found.values()))
-            await eventually(all_ready, timeout=40 + STEADY, what="keys Ready",
+                return len(found) == steady_keys + 1 and all(map(is_ready, found.values()))
+            await eventually(all_ready, timeout=40 + steady_keys, what="keys Ready",
                              context=operator.log_tail)
 
             # A burst of creations, then the API goes away mid-way through them.
@@ -206,7 +208,8 @@ async def kube_outage(workdir: Path, fault: str, outage: float = OUTAGE) -> Outa
             # Everything resumes: the due key rotates and the burst becomes Ready.
             async def resumed() -> dict[str, Any] | None:
                 found = {b["metadata"]["name"]: b for b in await kube.list(MK, NS)}
-                done = (len(found) == STEADY + BURST + 2 and all(map(is_ready, found.values()))
+                done = (len(found) == steady_keys + BURST + 2
+                        and all(map(is_ready, found.values())))
                         and version_of(found["due"]) > figures.due_from)
                 return found if done else None
             found = await eventually(resumed, timeout=90 + outage, interval=0.2,
