@@ -144,6 +144,7 @@ class PodmanPod(LocalPod):
         return outputs
 
     async def start(self, *, timeout: float = 120) -> None:
+        await self.write_secrets()
         await self.run_init_containers()
         self.runs += 1
         args = await self.podman_args(self.container())

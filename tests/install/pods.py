@@ -11,8 +11,9 @@ processes, taking everything from the Pod object as the API server holds it:
   metadata.namespace, ...) and ``secretKeyRef``/``configMapKeyRef`` read from the API;
 - the volumes: a ``persistentVolumeClaim`` is a folder named after the claim (so two pods
   that name one claim share one folder, as they would share one volume), an ``emptyDir``
-  a folder of its own; environment values and arguments that name a mount path are
-  rewritten to the folder (nothing runs in a mount namespace here);
+  a folder of its own, a ``secret`` a folder of its keys read from the API at start;
+  environment values and arguments that name a mount path are rewritten to the folder
+  (nothing runs in a mount namespace here);
 - the credentials: a real TokenRequest token of the Pod's ServiceAccount, handed over as a
   kubeconfig (in a pod, the projected token and ``load_incluster_config``);
 - ports: each containerPort gets a free port on 127.0.0.1.
@@ -181,6 +182,8 @@ class LocalPod:
                 folder = volumes / volume["persistentVolumeClaim"]["claimName"]
             elif "emptyDir" in volume:
                 folder = self.workdir / "emptydir" / volume["name"]
+            elif "secret" in volume:  # written from the API at start (write_secrets)
+                folder = self.workdir / "secret" / volume["name"]
             else:
                 continue  # the projected ServiceAccount token: a kubeconfig instead
             folder.mkdir(parents=True, exist_ok=True)
@@ -286,8 +289,21 @@ class LocalPod:
             outputs.append(run.stdout.strip())
         return outputs
 
+    async def write_secrets(self) -> None:
+        """Each ``secret`` volume's keys as files, as the kubelet projects them (0644)."""
+        for volume in self.pod["spec"].get("volumes") or []:
+            if "secret" in volume:
+                name = volume["secret"]["secretName"]
+                secret = await self.cp.client.get("secrets", name, self.namespace)
+                assert secret is not None, f"pod {self.name}: no Secret {name} for its volume"
+                for key, value in (secret.get("data") or {}).items():
+                    path = self.mounts[volume["name"]] / key
+                    path.write_bytes(base64.b64decode(value))
+                    path.chmod(0o644)
+
     async def start(self, *, timeout: float = 60) -> None:
         """Init containers, then the container; ready once its readiness probe answers."""
+        await self.write_secrets()
         await self.run_init_containers()
         container = self.container()
         self.runs += 1

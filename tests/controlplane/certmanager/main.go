@@ -27,7 +27,14 @@ import (
 	logf "github.com/cert-manager/cert-manager/pkg/logs"
 
 	// Each registers itself with controllerpkg in init(), as in cert-manager's binary.
+	// The issuers controller and the SelfSigned and CA signers serve the chart's
+	// dataPlane.certManager test (tests/install/test_cert_manager_tls_cluster.py).
 	_ "github.com/cert-manager/cert-manager/pkg/controller/certificaterequests/approver"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificaterequests/ca"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificaterequests/selfsigned"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/issuers"
+	_ "github.com/cert-manager/cert-manager/pkg/issuer/ca"
+	_ "github.com/cert-manager/cert-manager/pkg/issuer/selfsigned"
 	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/issuing"
 	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/keymanager"
 	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/readiness"
