@@ -209,7 +209,7 @@ async def kube_outage(workdir: Path, fault: str, outage: float = OUTAGE,
             async def resumed() -> dict[str, Any] | None:
                 found = {b["metadata"]["name"]: b for b in await kube.list(MK, NS)}
                 done = (len(found) == steady_keys + BURST + 2
-                        and all(map(is_ready, found.values())))
+                        and all(map(is_ready, found.values()))
                         and version_of(found["due"]) > figures.due_from)
                 return found if done else None
             found = await eventually(resumed, timeout=90 + outage, interval=0.2,
