@@ -18,7 +18,8 @@ from datetime import UTC, datetime, timedelta
 from cryptography import x509 as cx509
 
 from . import der
-from .x509 import CA, Refused, _extension, key_identifier, tbs_certificate
+from .errors import Refused
+from .x509 import CA, _extension, key_identifier, tbs_certificate
 
 
 def bridge_tbs(*, new: CA, old: CA, signature_alg: bytes, serial: int, now: datetime,

@@ -15,7 +15,8 @@ from datetime import datetime
 from cryptography import x509 as cx509
 
 from . import der
-from .x509 import CA, Refused
+from .errors import Refused
+from .x509 import CA
 
 REASONS: dict[str, cx509.ReasonFlags] = {
     "unspecified": cx509.ReasonFlags.unspecified,

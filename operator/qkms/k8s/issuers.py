@@ -39,6 +39,7 @@ from kubernetes.client.exceptions import ApiException
 
 from qkms.errors import KeyStateError, QkmsError
 from qkms.issuer import crl as icrl
+from qkms.issuer import policy as ipolicy
 from qkms.issuer import x509 as ix
 from qkms.model.durations import parse_duration
 from qkms.model.issuers import ClusterKeyIssuer, KeyIssuer, parse_issuer
@@ -146,7 +147,7 @@ async def _patch_request(body: Mapping[str, Any], status: dict[str, Any]) -> Non
                 {"status": status})
 
 
-def _rules(issuer: KeyIssuer | ClusterKeyIssuer) -> ix.Rules:
+def _rules(issuer: KeyIssuer | ClusterKeyIssuer) -> ipolicy.Rules:
     policy = issuer.spec.policy
     start = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -155,7 +156,7 @@ def _rules(issuer: KeyIssuer | ClusterKeyIssuer) -> ix.Rules:
 
     def some(values: list[str] | None) -> tuple[str, ...] | None:
         return None if values is None else tuple(values)
-    return ix.Rules(span(policy.duration, "spec.policy.duration"),
+    return ipolicy.Rules(span(policy.duration, "spec.policy.duration"),
                     span(policy.max_duration, "spec.policy.maxDuration"),
                     tuple(policy.usages), some(policy.allowed_dns_names),
                     some(policy.allowed_uris), some(policy.allowed_ip_ranges),
@@ -238,8 +239,8 @@ async def sign_request(body: Mapping[str, Any]) -> None:
         except ValueError as exc:
             raise ix.Refused(str(exc) if isinstance(exc, ix.Refused)
                              else "spec.request is not base64") from None
-        duration = ix.go_duration(spec["duration"]) if spec.get("duration") else None
-        decision = ix.check_request(csr, _rules(state.issuer), duration=duration,
+        duration = ipolicy.go_duration(spec["duration"]) if spec.get("duration") else None
+        decision = ipolicy.check_request(csr, _rules(state.issuer), duration=duration,
                                     usages=spec.get("usages") or [],
                                     is_ca=bool(spec.get("isCA")))
     except ix.Refused as exc:
