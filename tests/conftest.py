@@ -11,7 +11,8 @@ from qkms.config import Settings
 from qkms.model.enums import Environment
 from qkms.service import KeyManagementService
 
-pytest_plugins = ["tests.support.fixtures"]  # the real control plane, shared by every folder
+pytest_plugins = ["tests.support.servers",  # a missing server skips at the test
+                  "tests.support.fixtures"]  # the real control plane, shared by every folder
 
 # `qkms serve` processes the tests start serve from one process (their metrics and audit
 # totals are one process's) unless a test asks for data-plane workers (tests/server/workers).
