@@ -2,7 +2,7 @@
 # Builds the real upstream servers the tests run against -- kube-apiserver, kube-controller-manager,
 # etcd and kubo (IPFS), plus kubectl at the same release, and cert-manager's controllers -- from the
 # Go module proxy, into a cache outside the clone (the kubelet, its own module at the same release,
-# only when asked: build.sh kubelet):
+# only when asked: build.sh kubelet, with the pod sandbox's process: build.sh pause):
 #   ${QKMS_SERVER_CACHE:-~/.cache/qkms/servers}/<module>-<hash of its go.mod+go.sum>/
 # Prints that folder of each module on stdout (one per line). A binary already there is not rebuilt.
 # Nothing built here is committed; the modules in this folder only pin versions.
@@ -48,6 +48,7 @@ for m in $wanted; do
     kubo) build kubo ipfs github.com/ipfs/kubo/cmd/ipfs ;;
     certmanager) build certmanager cert-manager-controller . ;;
     kubelet) build kubelet kubelet . ;;
-    *) echo "unknown module $m (kube, etcd, kubo, certmanager, kubelet)" >&2; exit 2 ;;
+    pause) build pause pause . ;;
+    *) echo "unknown module $m (kube, etcd, kubo, certmanager, kubelet, pause)" >&2; exit 2 ;;
   esac
 done
