@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -126,3 +127,116 @@ def listens_on_loopback(listen: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # 0.0.0.0, '', a name: every interface, or not only this machine
+
+
+def _seconds(env: dict[str, str], name: str, default: float, *, zero: bool = False) -> float:
+    """A number of seconds: positive (an interval: zero would spin), or ``zero`` allowed."""
+    if name not in env:
+        return default
+    try:
+        value = float(env[name])
+    except ValueError:
+        raise InvalidInputError(name, f"{env[name]!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise InvalidInputError(name, f"{env[name]!r}: must be a finite number of seconds "
+                                      f"{'>= 0' if zero else '> 0'}")
+    return value
+
+
+def _integer(env: dict[str, str], name: str) -> int | None:
+    text = env.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidInputError(name, f"{text!r} is not an integer") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """What the Kubernetes operator (qkms/k8s/) takes from its environment, beyond
+    ``Settings``: read once, by ``from_env``, and handed on through Kopf's ``memo``.
+    Not called OperatorSettings: Kopf's own ``kopf.OperatorSettings`` sits beside it in
+    the startup handler."""
+
+    namespace: str = "qkms-system"  # QKMS_NAMESPACE: the operator's own (Secrets, pins)
+    state: str = "secrets"  # QKMS_STATE: records in Secrets there, or "files" in data_dir
+    data_dir: Path = Path("/tmp/qkms")  # noqa: S108 - QKMS_DATA_DIR; unset: a cache only
+    watch_namespaces: tuple[str, ...] = ()  # QKMS_WATCH_NAMESPACES, comma-separated; (): all
+    peering_priority: int | None = None  # QKMS_PEERING_PRIORITY; None: a random one
+    peering_lifetime: int = 60  # QKMS_PEERING_LIFETIME: how long a dead peer blocks
+    announce_seconds: float = 3.0  # QKMS_ANNOUNCE_SECONDS: audit entries -> Events
+    event_replay_seconds: float = 600.0  # QKMS_EVENT_REPLAY_SECONDS: how far back at start
+    intent_sweep_seconds: float = 30.0  # QKMS_INTENT_SWEEP_SECONDS
+    anchor_seconds: float = 5.0  # QKMS_ANCHOR_SECONDS: audit anchors published at most
+    issuer_retry_seconds: float = 5.0  # QKMS_ISSUER_RETRY_SECONDS: an issuer not ready
+    backup_interval_seconds: float = 86400.0  # QKMS_BACKUP_INTERVAL_SECONDS
+    backup_delay_seconds: float = 300.0  # QKMS_BACKUP_DELAY_SECONDS: the first, after start
+    api_listen: str = "0.0.0.0:8443"  # noqa: S104 - QKMS_API_LISTEN, in a pod; "": none
+    audiences: tuple[str, ...] = ("qkms",)  # QKMS_AUDIENCES: tokens must be minted for
+    auth_cache_seconds: float = 10.0  # QKMS_AUTH_CACHE_SECONDS: token reviews kept
+    tls: str = "auto"  # QKMS_TLS: auto (qkms's own CA) | off; unset: off on loopback only
+    tls_cert: Path | None = None  # QKMS_TLS_CERT and QKMS_TLS_KEY: files (cert-manager's)
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # QKMS_TLS_CLIENT_CA: mutual TLS
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
+        env = dict(os.environ if env is None else env)
+        defaults = cls()
+        state = env.get("QKMS_STATE", defaults.state).strip()
+        if state not in ("secrets", "files"):
+            raise InvalidInputError("QKMS_STATE", f"{state!r} is not one of secrets, files")
+        lifetime = _integer(env, "QKMS_PEERING_LIFETIME")
+        if lifetime is not None and lifetime < 1:
+            raise InvalidInputError("QKMS_PEERING_LIFETIME", "must be at least 1 second")
+        listen = env.get("QKMS_API_LISTEN", defaults.api_listen).strip()
+        cert, key, client_ca = (env.get(name, "").strip() or None for name in (
+            "QKMS_TLS_CERT", "QKMS_TLS_KEY", "QKMS_TLS_CLIENT_CA"))
+        if cert and not key:
+            raise InvalidInputError("QKMS_TLS_KEY", "must name the key file of QKMS_TLS_CERT")
+        tls = env.get("QKMS_TLS", "").strip().lower() or \
+            ("off" if listens_on_loopback(listen) else "auto")
+        if tls not in ("auto", "off"):
+            raise InvalidInputError("QKMS_TLS", f"{tls!r}: auto or off")
+        if listen and not cert and tls == "off" and not listens_on_loopback(listen):
+            raise InvalidInputError("QKMS_TLS", f"plain HTTP only on loopback, not on "
+                                                f"{listen}: use auto or certificate files")
+        audiences = _names(env.get("QKMS_AUDIENCES", ",".join(defaults.audiences)))
+        if not audiences:
+            raise InvalidInputError("QKMS_AUDIENCES", "names no audience")
+        return cls(
+            namespace=env.get("QKMS_NAMESPACE", defaults.namespace).strip() or
+            defaults.namespace,
+            state=state,
+            data_dir=Path(env["QKMS_DATA_DIR"]) if "QKMS_DATA_DIR" in env else
+            defaults.data_dir,
+            watch_namespaces=_names(env.get("QKMS_WATCH_NAMESPACES", "")),
+            peering_priority=_integer(env, "QKMS_PEERING_PRIORITY"),
+            peering_lifetime=defaults.peering_lifetime if lifetime is None else lifetime,
+            announce_seconds=_seconds(env, "QKMS_ANNOUNCE_SECONDS", defaults.announce_seconds),
+            event_replay_seconds=_seconds(env, "QKMS_EVENT_REPLAY_SECONDS",
+                                          defaults.event_replay_seconds, zero=True),
+            intent_sweep_seconds=_seconds(env, "QKMS_INTENT_SWEEP_SECONDS",
+                                          defaults.intent_sweep_seconds),
+            anchor_seconds=_seconds(env, "QKMS_ANCHOR_SECONDS", defaults.anchor_seconds),
+            issuer_retry_seconds=_seconds(env, "QKMS_ISSUER_RETRY_SECONDS",
+                                          defaults.issuer_retry_seconds),
+            backup_interval_seconds=_seconds(env, "QKMS_BACKUP_INTERVAL_SECONDS",
+                                             defaults.backup_interval_seconds),
+            backup_delay_seconds=_seconds(env, "QKMS_BACKUP_DELAY_SECONDS",
+                                          defaults.backup_delay_seconds, zero=True),
+            api_listen=listen,
+            audiences=audiences,
+            auth_cache_seconds=_seconds(env, "QKMS_AUTH_CACHE_SECONDS",
+                                        defaults.auth_cache_seconds, zero=True),
+            tls=tls,
+            tls_cert=Path(cert) if cert else None,
+            tls_key=Path(key) if cert and key else None,
+            tls_client_ca=Path(client_ca) if client_ca else None,
+        )

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -95,10 +94,10 @@ class AnchorPublisher:
         raise OSError(f"ConfigMap {self.namespace}/{AUDIT_ANCHORS} kept changing")
 
 
-async def publish_forever(publisher: AnchorPublisher,
-                          services: Callable[[], Iterable[Any]]) -> None:
-    """Every ``QKMS_ANCHOR_SECONDS``, publish the checkpoints that are new."""
-    interval = float(os.environ.get("QKMS_ANCHOR_SECONDS", "5"))
+async def publish_forever(publisher: AnchorPublisher, services: Callable[[], Iterable[Any]],
+                          interval: float) -> None:
+    """Every `interval` seconds (``QKMS_ANCHOR_SECONDS``), publish the checkpoints that are
+    new."""
     while True:
         await asyncio.sleep(interval)
         await publish_once(publisher, services)

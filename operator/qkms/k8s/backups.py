@@ -5,12 +5,12 @@ retention (hourly). Kopf timers on KeyPolicies, so only the elected replica runs
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 import kopf
 
 from qkms import backup
+from qkms.config import OperatorConfig
 from qkms.errors import InvalidInputError
 from qkms.model.policy import KeyPolicy, parse_key_policy
 
@@ -31,9 +31,13 @@ async def back_up(runtime: OperatorRuntime, policy: KeyPolicy) -> str:
     return f"wrote {path.name}, pruned {len(pruned)}"
 
 
-@kopf.timer(*KEY_POLICIES, interval=float(os.environ.get("QKMS_BACKUP_INTERVAL_SECONDS",
-                                                            "86400")),
-            initial_delay=float(os.environ.get("QKMS_BACKUP_DELAY_SECONDS", "300")))
+# Read at import, not from memo: @kopf.timer takes its interval and initial delay when this
+# module registers it, before the startup handler runs (the variables are read in config.py).
+_SCHEDULE = OperatorConfig.from_env()
+
+
+@kopf.timer(*KEY_POLICIES, interval=_SCHEDULE.backup_interval_seconds,
+            initial_delay=_SCHEDULE.backup_delay_seconds)
 async def scheduled_backup(body: kopf.Body, logger: Any, **_: Any) -> None:
     try:
         policy = parse_key_policy(body)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
+from qkms.config import OperatorConfig
 from qkms.model.names import FINALIZER, KOPF_PREFIX
 
 from . import audit_anchors, dataplane
@@ -49,21 +49,23 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     for resource in WATCHED_BY_LABEL:
         settings.watching.label_selectors[resource] = PROJECTED_SELECTOR
     # How long a dead replica's peering record blocks the others (Kopf's default: 60 s).
-    settings.peering.lifetime = int(os.environ.get("QKMS_PEERING_LIFETIME", "60"))
+    config = OperatorConfig.from_env()
+    settings.peering.lifetime = config.peering_lifetime
     if not installed():
-        runtime = install(await asyncio.to_thread(OperatorRuntime.from_env))
-        await dataplane.start(runtime)
-        BACKGROUND.append(asyncio.create_task(sweep_intents_forever(), name="qkms-intents"))
-        BACKGROUND.append(asyncio.create_task(announce_forever(), name="qkms-announcer"))
+        runtime = install(await asyncio.to_thread(OperatorRuntime.from_env, config))
+        await dataplane.start(runtime, config)
+        BACKGROUND.append(asyncio.create_task(sweep_intents_forever(
+            config.intent_sweep_seconds), name="qkms-intents"))
+        BACKGROUND.append(asyncio.create_task(announce_forever(config.announce_seconds),
+                                              name="qkms-announcer"))
         ANCHORS.append(audit_anchors.AnchorPublisher(runtime.kube.core, runtime.namespace))
         BACKGROUND.append(asyncio.create_task(audit_anchors.publish_forever(
-            ANCHORS[0], runtime.registry.all), name="qkms-audit-anchors"))
+            ANCHORS[0], runtime.registry.all, config.anchor_seconds), name="qkms-audit-anchors"))
 
 
-async def announce_forever() -> None:
+async def announce_forever(interval: float) -> None:
     """Post the Events the audit chain has and the cluster has not (k8s/announcer.py):
     every few seconds, so within seconds of the API coming back after an outage."""
-    interval = float(os.environ.get("QKMS_ANNOUNCE_SECONDS", "3"))
     while True:
         await asyncio.sleep(interval)
         try:
@@ -72,10 +74,9 @@ async def announce_forever() -> None:
             log.debug("announcing from the audit chain: %s", type(exc).__name__)
 
 
-async def sweep_intents_forever() -> None:
+async def sweep_intents_forever(interval: float) -> None:
     """Resolve what a killed replica left half-made (store/intents.py): soon after start,
     once the first keys' environments are open, then every QKMS_INTENT_SWEEP_SECONDS."""
-    interval = float(os.environ.get("QKMS_INTENT_SWEEP_SECONDS", "30"))
     await asyncio.sleep(min(interval, 5.0))
     while True:
         await current().registry.resolve_intents()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -27,7 +26,6 @@ from .runtime import current
 
 log = logging.getLogger("key-management:issuer")
 
-RETRY_SECONDS = float(os.environ.get("QKMS_ISSUER_RETRY_SECONDS", "5"))
 ON_READY: list[Callable[[Mapping[str, Any]], Awaitable[None]]] = []
 """Called (in the background) with the issuer's body when a refresh finds it ready."""
 
@@ -126,7 +124,8 @@ async def refresh(ident: Ident, *, resume: bool = True
         status, retry, state = await refresh_issuer(body)
         await _patch_issuer(body, status)
     if retry:  # a key still being made, a provider fault: tried again (status kept)
-        raise kopf.TemporaryError(status["conditions"][0]["message"], delay=RETRY_SECONDS)
+        raise kopf.TemporaryError(status["conditions"][0]["message"],
+                                  delay=current().config.issuer_retry_seconds)
     _schedule(ident, body, status)
     if state is not None and resume:
         for hook in ON_READY:
@@ -175,8 +174,9 @@ async def _later(ident: Ident, delay: float) -> None:
     try:
         await refresh(ident)
     except (kopf.TemporaryError, ApiException, QkmsError) as exc:
-        log.warning("%s: refresh failed, again in %ss: %s", ident[2], RETRY_SECONDS, exc)
-        TIMERS[ident] = _spawn(_later(ident, RETRY_SECONDS))
+        retry = current().config.issuer_retry_seconds
+        log.warning("%s: refresh failed, again in %ss: %s", ident[2], retry, exc)
+        TIMERS[ident] = _spawn(_later(ident, retry))
 
 
 async def _refresh_quietly(ident: Ident) -> None:
@@ -191,7 +191,7 @@ def _schedule_retry(ident: Ident) -> None:
     old = TIMERS.pop(ident, None)
     if old is not None and old is not asyncio.current_task():
         old.cancel()
-    TIMERS[ident] = _spawn(_later(ident, RETRY_SECONDS))
+    TIMERS[ident] = _spawn(_later(ident, current().config.issuer_retry_seconds))
 async def _issuer_body(namespace: str, ref: Mapping[str, Any]) -> dict[str, Any] | None:
     custom = current().kube.custom
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import os
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -29,15 +28,6 @@ log = logging.getLogger("key-management:k8s")
 TIMEOUT = 10  # seconds, for every API call
 CACHE_SECONDS = 3.0
 LIST_CHUNK = 500  # every list is paged (limit/continue): a big cluster is read in chunks
-
-
-WATCH_ENV = "QKMS_WATCH_NAMESPACES"
-
-
-def watch_namespaces() -> list[str]:
-    """The namespaces the operator serves (``QKMS_WATCH_NAMESPACES``, comma-separated; the
-    chart's watchNamespaces); empty: every namespace."""
-    return [ns.strip() for ns in os.environ.get(WATCH_ENV, "").split(",") if ns.strip()]
 
 
 def list_pages(call: Any, *args: Any, **kwargs: Any) -> list[Any]:
@@ -86,8 +76,12 @@ def _projected_for(existing: Any, owner: Mapping[str, Any]) -> bool:
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient | None = None) -> None:
+    def __init__(self, api: client.ApiClient | None = None, *,
+                 namespaces: tuple[str, ...] = ()) -> None:
+        """`namespaces`: the ones the operator serves (``OperatorConfig.watch_namespaces``,
+        the chart's watchNamespaces); empty: every namespace."""
         self.api = api or load_client()
+        self.namespaces = namespaces
         self.core = client.CoreV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self._cache: dict[str, tuple[float, Any]] = {}
@@ -174,12 +168,11 @@ class Kube:
     async def managed_keys(self) -> list[dict[str, Any]]:
         """Every ManagedKey the operator serves: cluster-wide, or in each watched namespace
         (where alone its Roles allow it to list)."""
-        namespaces = watch_namespaces()
-        if not namespaces:
+        if not self.namespaces:
             return await asyncio.to_thread(list_pages, self.custom.list_cluster_custom_object,
                                            GROUP, VERSION, "managedkeys")
         keys: list[dict[str, Any]] = []
-        for namespace in namespaces:
+        for namespace in self.namespaces:
             keys += await asyncio.to_thread(list_pages,
                                             self.custom.list_namespaced_custom_object,
                                             GROUP, VERSION, namespace, "managedkeys")

@@ -15,12 +15,14 @@ import secrets
 
 import kopf
 
+from qkms.config import OperatorConfig
 from qkms.model.names import PEERING
 
 
-def peering_priority() -> int:
-    value = os.environ.get("QKMS_PEERING_PRIORITY")
-    return int(value) if value else 1 + secrets.randbelow(1_000_000)
+def peering_priority(config: OperatorConfig) -> int:
+    if config.peering_priority is not None:
+        return config.peering_priority
+    return 1 + secrets.randbelow(1_000_000)
 
 
 async def run_operator(*, standalone: bool, namespaces: list[str],
@@ -29,15 +31,15 @@ async def run_operator(*, standalone: bool, namespaces: list[str],
     the chart's watchNamespaces, where alone its Roles grant access). Either way one
     ClusterKopfPeering elects the reconciler (see handlers.startup)."""
     from qkms.k8s import handlers  # noqa: F401 - registers the handlers
-    from qkms.k8s.kube_api import WATCH_ENV, watch_namespaces
 
-    if namespaces:
-        os.environ[WATCH_ENV] = ",".join(namespaces)  # the runtime lists keys there alone
-    namespaces = watch_namespaces()
+    if namespaces:  # the runtime lists keys there alone (it reads the config at startup)
+        os.environ["QKMS_WATCH_NAMESPACES"] = ",".join(namespaces)
+    config = OperatorConfig.from_env()
+    namespaces = list(config.watch_namespaces)
 
     await kopf.operator(
         standalone=standalone,
-        priority=peering_priority(),
+        priority=peering_priority(config),
         peering_name=None if standalone else PEERING,
         clusterwide=not namespaces,
         namespaces=namespaces,

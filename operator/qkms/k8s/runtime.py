@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from qkms.config import Settings
+from qkms.config import OperatorConfig, Settings
 from qkms.errors import InvalidInputError
 from qkms.model.enums import Environment
 from qkms.model.managed_key import ManagedKey, ManagedKeyStatus, parse_managed_key
@@ -62,9 +60,10 @@ class ProjectionTarget:
 
 class OperatorRuntime:
     def __init__(self, settings: Settings, kube: Kube, *, namespace: str,
-                 state: str = "secrets") -> None:
+                 state: str = "secrets", config: OperatorConfig | None = None) -> None:
         self.kube = kube
         self.namespace = namespace
+        self.config = config or OperatorConfig(namespace=namespace, state=state)
         kek = None
         records = None
         if state == "secrets":
@@ -86,17 +85,16 @@ class OperatorRuntime:
         self.ca_pem: bytes | None = None  # the data plane's own CA (QKMS_TLS=auto)
         self.ca_published: set[str] = set()
         self.pinned: dict[str, bytes] = {}  # environment -> checkpoint key pinned
-        replay = float(os.environ.get("QKMS_EVENT_REPLAY_SECONDS", "600"))
-        self.announcer = Announcer(kube, timedelta(seconds=replay), datetime.now(UTC))
+        self.announcer = Announcer(kube, timedelta(seconds=self.config.event_replay_seconds),
+                                   datetime.now(UTC))
 
     @classmethod
-    def from_env(cls, kube: Kube | None = None) -> OperatorRuntime:
-        settings = Settings.from_env()
-        if "QKMS_DATA_DIR" not in os.environ:
-            settings = replace(settings, data_dir=Path("/tmp/qkms"))  # noqa: S108 - cache only
-        return cls(settings, kube or Kube(),
-                   namespace=os.environ.get("QKMS_NAMESPACE", "qkms-system"),
-                   state=os.environ.get("QKMS_STATE", "secrets"))
+    def from_env(cls, config: OperatorConfig, kube: Kube | None = None) -> OperatorRuntime:
+        """The key service's ``Settings`` from the environment, its data dir the
+        operator's (``QKMS_DATA_DIR``, else a cache under /tmp), and `config`'s namespaces."""
+        settings = replace(Settings.from_env(), data_dir=config.data_dir)
+        return cls(settings, kube or Kube(namespaces=config.watch_namespaces),
+                   namespace=config.namespace, state=config.state, config=config)
 
     async def publish_ca(self, namespace: str) -> None:
         """The ConfigMap qkms-ca (the data plane's CA) in `namespace`, once per run."""
