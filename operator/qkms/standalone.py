@@ -239,6 +239,7 @@ class Standalone(ManifestDirectory):
         self.statuses: dict[tuple[str, str], ManagedKeyStatus] = {}
         self.known: dict[tuple[str, str], tuple[ManagedKey, dict[str, str] | None]] = {}
         self.ready = asyncio.Event()  # set after the first full pass: the API may open
+        self.failed: set[tuple[str, str]] = set()  # keys whose last reconcile failed
         self._next_prune = 0.0
 
     async def reconcile_all(self) -> float:
@@ -259,9 +260,12 @@ class Standalone(ManifestDirectory):
                 # One key's fault (a full disk, audit storage refused) must not stop the
                 # others or the data plane: say it and try again soon.
                 self.say(f"error: {ident[0]}/{ident[1]}: {exc}")
+                self.failed.add(ident)
                 wake = min(wake, RETRY_SECONDS)
                 continue
+            self.failed.discard(ident)
             wake = min(wake, outcome.requeue_after or 30.0)
+        self.failed &= current
         for ident in set(self.statuses) - current:
             try:
                 await self._finalize(ident)

@@ -9,6 +9,8 @@ import sys
 from datetime import datetime
 from typing import Any
 
+import yaml
+
 from qkms import logs
 from qkms.errors import InvalidInputError, QkmsError
 
@@ -30,9 +32,10 @@ async def operator(args: argparse.Namespace) -> None:
     except config.ConfigException:
         try:
             config.load_kube_config()
-        except config.ConfigException as exc:
-            raise QkmsError(f"no Kubernetes cluster to run in ({exc}); set KUBECONFIG, or run "
-                            f"`qkms serve` for standalone mode without a cluster") from None
+        except (config.ConfigException, yaml.YAMLError) as exc:
+            raise QkmsError(f"no Kubernetes cluster to run in ({_no_cluster(exc)}); set "
+                            "KUBECONFIG, or run `qkms serve` for standalone mode without a "
+                            "cluster") from None
     from qkms.k8s.main import run_operator
 
     logs.configure(json_lines=True)
@@ -81,9 +84,9 @@ async def _cluster_keys() -> tuple[Any, Any, Any]:
 
     try:
         kube = Kube()
-    except ConfigException:
-        raise QkmsError("no Kubernetes cluster configured (no KUBECONFIG, ~/.kube/config or "
-                        "in-cluster account): give --manifests DIR to read a folder") from None
+    except (ConfigException, yaml.YAMLError) as exc:
+        raise QkmsError(f"no Kubernetes cluster configured ({_no_cluster(exc)}): give "
+                        "--manifests DIR to read a folder") from None
     try:
         keys = [parse_managed_key(b) for b in await kube.managed_keys()]
         listed = {k.namespace for k in keys if k.namespace}  # the API lists them namespaced
@@ -95,6 +98,24 @@ async def _cluster_keys() -> tuple[Any, Any, Any]:
     except (HTTPError, OSError) as exc:
         raise QkmsError(f"cannot reach the Kubernetes API at {kube.api.configuration.host}: "
                         f"{type(exc).__name__}") from None
+
+
+def _no_cluster(exc: Exception) -> str:
+    """Why no cluster could be configured, naming the file that was looked for.  A file
+    that is not YAML is named with the line only: a kubeconfig may hold tokens."""
+    given = os.environ.get("KUBECONFIG", "")
+    paths = [p for p in given.split(os.pathsep) if p]
+    if not paths and not os.path.isfile(os.path.expanduser("~/.kube/config")):
+        return "no KUBECONFIG, ~/.kube/config or in-cluster account"
+    missing = [p for p in paths if not os.path.isfile(os.path.expanduser(p))]
+    if paths and len(missing) == len(paths):
+        return (f"KUBECONFIG names {', '.join(missing)}, which "
+                f"{'does' if len(missing) == 1 else 'do'} not exist")
+    where = f"KUBECONFIG={given}" if paths else "~/.kube/config"
+    if isinstance(exc, yaml.YAMLError):
+        mark = getattr(exc, "problem_mark", None)
+        return f"{where} is not valid YAML" + (f" (line {mark.line + 1})" if mark else "")
+    return f"{where}: {exc}"
 
 
 @command("demo")

@@ -90,12 +90,16 @@ OPENED: list[Any] = []  # services a command opened: closed (final checkpoint) a
 
 def service(args: argparse.Namespace, *, create: bool = False) -> Any:
     """The service of ``--environment``'s folder of the data dir; unless the command creates
-    keys (``create``), an empty folder is an error that says what to run first."""
+    keys (``create``), an empty folder, or one without this environment's store, is an
+    error that says what to run first, and nothing is created.  The provider's SDK is
+    checked first: a missing one creates no master key or folder either."""
+    from qkms.providers import provider_module
     from qkms.service import KeyManagementService
     from qkms.store.layout import require_store
 
     root = settings_from(args)
     settings = root.scoped()
+    provider_module(settings.provider)
     if not create:
         require_store(root.data_dir, settings.data_dir, settings.kek_path)
     svc = KeyManagementService(settings)

@@ -56,6 +56,7 @@ async def _serve(args: argparse.Namespace, settings: Settings, folder: Path, ser
     if serving and not args.tls_cert and not listens_on_loopback(args.listen):
         raise InvalidInputError("--listen", f"plain HTTP only on loopback, not {args.listen}: "
                                             "give --tls-cert and --tls-key to listen there")
+    _check_master_key(settings)  # once, before any key: not once per key
     auth = _standalone_auth(args) if serving else None
     # a busy port fails before any key is made
     sock = _listen_socket(args.listen, reuseport=workers > 1) if serving else None
@@ -100,7 +101,19 @@ async def _serve(args: argparse.Namespace, settings: Settings, folder: Path, ser
         elif sock is not None:
             sock.close()
         OPENED.extend(runner.registry.all())  # closed by run_command: final checkpoints
+    if args.once and runner.failed:  # a one-off run (a CI step) that did not do its job
+        raise QkmsError(f"{len(runner.failed)} of {len(runner.manifests.keys)} ManagedKey(s) "
+                        "could not be reconciled (their errors are above)")
     print("qkms serve: stopped", flush=True)
+
+
+def _check_master_key(settings: Settings) -> None:
+    """The master key of the data dir's stores (every environment's): a missing or wrong one
+    is one error before reconciling, not one per key."""
+    from qkms.store.layout import check_kek, environment_stores
+
+    for store in environment_stores(settings.data_dir):
+        check_kek(settings.kek_path, store)
 
 
 def _worker_count() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 
 from qkms.config import Settings
 from qkms.errors import InvalidInputError, ProviderUnavailableError
@@ -43,19 +44,32 @@ def missing_library(provider: ProviderType, exc: ModuleNotFoundError) -> str | N
     return None
 
 
-def build_provider(settings: Settings, sealed: SealedStore) -> Provider:
-    """The provider ``settings`` selects; LOCAL_DEV is the default."""
-    module = MODULES.get(settings.provider)
+def _unavailable(provider: ProviderType, exc: ModuleNotFoundError) -> ProviderUnavailableError:
+    """The error for a missing SDK of ``provider`` (re-raises ``exc`` if it is not one)."""
+    library = missing_library(provider, exc)
+    if library is None:
+        raise exc
+    return ProviderUnavailableError(f"{provider.value}: {library} is not installed "
+                                    f"(pip install 'qkms[{LIBRARIES[provider][0]}]')")
+
+
+def provider_module(provider: ProviderType) -> ModuleType:
+    """The module of ``provider``, its SDK imported: ProviderUnavailableError naming the
+    extra if the SDK is missing (the CLI asks before it creates anything)."""
+    module = MODULES.get(provider)
     if module is None:
         raise InvalidInputError(
-            "KMS_PROVIDER", f"{settings.provider.value} is not available in this build yet")
+            "KMS_PROVIDER", f"{provider.value} is not available in this build yet")
     try:
-        return importlib.import_module(module).build(settings, sealed)
+        return importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        library = missing_library(settings.provider, exc)
-        if library is None:
-            raise
-        extra = LIBRARIES[settings.provider][0]
-        raise ProviderUnavailableError(
-            f"{settings.provider.value}: {library} is not installed "
-            f"(pip install 'qkms[{extra}]')") from None
+        raise _unavailable(provider, exc) from None
+
+
+def build_provider(settings: Settings, sealed: SealedStore) -> Provider:
+    """The provider ``settings`` selects; LOCAL_DEV is the default."""
+    module = provider_module(settings.provider)
+    try:
+        return module.build(settings, sealed)
+    except ModuleNotFoundError as exc:  # an SDK a provider imports as it is built
+        raise _unavailable(settings.provider, exc) from None

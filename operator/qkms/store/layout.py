@@ -30,8 +30,11 @@ NEW_STORE_HINT = "run `qkms serve` or `qkms keys create`"
 class NoStoreError(QkmsError):
     code = "no_store"
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(f"no store here yet ({root}): {NEW_STORE_HINT}")
+    def __init__(self, root: Path, environment: str | None = None) -> None:
+        hint = NEW_STORE_HINT if environment is None else (
+            f"run `qkms serve` (with a KeyPolicy for {environment}) or "
+            f"`qkms --environment {environment} keys create`")
+        super().__init__(f"no store here yet ({_display(root)}): {hint}")
 
 
 def record_files(store: Path) -> Iterator[Path]:
@@ -127,9 +130,9 @@ def check_kek(kek_path: Path, store: Path) -> None:
             raise KekMismatchError(
                 f"no master key at {_display(kek_path)}, but {_display(sealed)} holds records "
                 f"sealed under KEK {wanted}"
-                + (f", found at {_display(found)}" if found else "")
-                + f"; this command used {_display(kek_path)} and will not create a new master "
-                  f"key beside sealed records: {_hint(found)}")
+                + (f" (found at {_display(found)}): {_hint(found)}" if found else
+                   ": give it with --master-key-file")
+                + "; qkms will not create a new master key beside sealed records")
         return
     known = _kek_ids(kek_path)
     if not known:
@@ -178,3 +181,5 @@ def require_store(root: Path, env_dir: Path, kek_path: Path) -> None:
             f"{_display(legacy)} {_display(root / 'audit')} {_display(env_dir)}/")
     if not kek_path.exists() and not has_records(env_dir / "store"):
         raise NoStoreError(root)
+    if not (env_dir / "store").is_dir():  # other environments' stores only: open none here,
+        raise NoStoreError(env_dir, env_dir.name)  # as opening would create its folders
