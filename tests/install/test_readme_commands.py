@@ -37,6 +37,14 @@ def test_the_readme_test_line_names_softhsm2() -> None:
     assert test.startswith("pip install -e '.[test]' && python -m pytest")
     assert "apt-get install softhsm2" in test and ".ci/run" in test
     assert re.search(r"^apt-get install .*softhsm2", (ROOT / ".ci" / "run").read_text(), re.M)
+    # The servers built with Go: Go must be there, or ready binaries named, as the tests'
+    # section says and .ci/run does.
+    assert "Go, which must be installed" in test and "apt-get install golang" in test
+    assert "QKMS_CONTROLPLANE_BIN" in test and "QKMS_KUBO_BIN" in test
+    readme = (ROOT / "README.md").read_text()
+    assert "on a machine without Go, set `QKMS_CONTROLPLANE_BIN`" in readme
+    assert "`QKMS_KUBO_BIN` to a `kubo` binary" in readme
+    assert "apt-get install -y -qq golang" in (ROOT / ".ci" / "run").read_text()
 
 
 def test_missing_softhsm2_fails_with_the_install_command_in_ci(tmp_path) -> None:
