@@ -14,8 +14,9 @@ from qkms.service import KeyManagementService
 pytest_plugins = ["tests.support.servers",  # a missing server skips at the test
                   "tests.support.fixtures"]  # the real control plane, shared by every folder
 
-# `qkms serve` processes the tests start serve from one process (their metrics and audit
-# totals are one process's) unless a test asks for data-plane workers (tests/server/workers).
+# `qkms serve` processes the tests start serve from one process (one audit chain per
+# environment to read) unless a test asks for data-plane workers (tests/server/test_workers,
+# test_worker_metrics; tests/cli runs the defaults a user gets: one worker per core).
 os.environ.setdefault("QKMS_DATA_PLANE_WORKERS", "1")
 
 
