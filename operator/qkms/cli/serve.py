@@ -128,8 +128,9 @@ def _worker_count() -> int:
 def _shared_metrics(workers: int) -> Any:
     """With several processes, one multiprocess metrics folder for them all, named in the
     environment before prometheus_client is imported (the workers inherit it); returns
-    what removes it."""
-    if workers < 2:
+    what removes it.  A folder the user named is emptied at start even for one process:
+    the library would add a previous run's counts."""
+    if workers < 2 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return lambda: None
     from qkms.server.workers import metrics_folder
 
