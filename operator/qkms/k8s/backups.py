@@ -15,7 +15,7 @@ from qkms.errors import InvalidInputError
 from qkms.model.policy import KeyPolicy, parse_key_policy
 
 from .policies import KEY_POLICIES
-from .runtime import OperatorRuntime, current
+from .runtime import OperatorRuntime, runtime_of
 from .secret_store import BACKUP_KEY_SECRET, load_or_create_kek_secret
 
 
@@ -38,18 +38,18 @@ _SCHEDULE = OperatorConfig.from_env()
 
 @kopf.timer(*KEY_POLICIES, interval=_SCHEDULE.backup_interval_seconds,
             initial_delay=_SCHEDULE.backup_delay_seconds)
-async def scheduled_backup(body: kopf.Body, logger: Any, **_: Any) -> None:
+async def scheduled_backup(body: kopf.Body, logger: Any, memo: kopf.Memo, **_: Any) -> None:
     try:
         policy = parse_key_policy(body)
     except InvalidInputError:
         return  # the policy's own handler reports it
     if policy.spec.backup_policy.enabled:
-        logger.info(await back_up(current(), policy))
+        logger.info(await back_up(runtime_of(memo), policy))
 
 
 @kopf.timer(*KEY_POLICIES, interval=3600.0, initial_delay=60.0)
-async def audit_retention(body: kopf.Body, **_: Any) -> None:
+async def audit_retention(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Prune the environment's audit log to the policy's retention period."""
     policy = parse_key_policy(body)
-    service = await current().service(policy.spec.environment)
+    service = await runtime_of(memo).service(policy.spec.environment)
     await service.prune_audit()

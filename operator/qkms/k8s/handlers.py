@@ -1,6 +1,7 @@
 """The operator's entry point for Kopf (``kopf run -m qkms.k8s.handlers``, or
-``qkms operator``): Kopf's settings, the one runtime and the data plane at startup, the
-background loops behind the handlers, and the controllers, one per concern:
+``qkms operator``): Kopf's settings, the one runtime and the data plane at startup (kept
+on Kopf's ``memo``, which every handler gets), the background loops behind the handlers,
+and the controllers, one per concern:
 
 - keys.py: ManagedKeys (reconcile, a daemon per key, the finalizer);
 - policies.py: KeyPolicies (re-plan every key of the environment);
@@ -24,15 +25,17 @@ from qkms.model.names import FINALIZER, KOPF_PREFIX
 from . import audit_anchors, dataplane
 from .kube_api import LIST_CHUNK
 from .projections import PROJECTED_SELECTOR, WATCHED_BY_LABEL
-from .runtime import OperatorRuntime, current, install, installed
+from .runtime import OperatorRuntime, runtime_of
 
-BACKGROUND: list[asyncio.Task[None]] = []
-ANCHORS: list[audit_anchors.AnchorPublisher] = []
 log = logging.getLogger("key-management:operator")
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Kopf's settings; then, once, the ``OperatorConfig`` (``qkms operator`` puts it on
+    the memo; ``kopf run`` reads it here), the runtime, the data plane and the background
+    loops, all kept on ``memo``."""
+    config: OperatorConfig = memo.get("config") or OperatorConfig.from_env()
     settings.persistence.finalizer = FINALIZER
     # Kopf's own annotations get a prefix of their own: Kopf leaves every annotation under
     # its storage prefix out of the diff, and the user's qkms.io/rotate must trigger updates.
@@ -49,52 +52,55 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     for resource in WATCHED_BY_LABEL:
         settings.watching.label_selectors[resource] = PROJECTED_SELECTOR
     # How long a dead replica's peering record blocks the others (Kopf's default: 60 s).
-    config = OperatorConfig.from_env()
     settings.peering.lifetime = config.peering_lifetime
-    if not installed():
-        runtime = install(await asyncio.to_thread(OperatorRuntime.from_env, config))
-        await dataplane.start(runtime, config)
-        BACKGROUND.append(asyncio.create_task(sweep_intents_forever(
-            config.intent_sweep_seconds), name="qkms-intents"))
-        BACKGROUND.append(asyncio.create_task(announce_forever(config.announce_seconds),
-                                              name="qkms-announcer"))
-        ANCHORS.append(audit_anchors.AnchorPublisher(runtime.kube.core, runtime.namespace))
-        BACKGROUND.append(asyncio.create_task(audit_anchors.publish_forever(
-            ANCHORS[0], runtime.registry.all, config.anchor_seconds), name="qkms-audit-anchors"))
+    if "runtime" in memo:  # a startup handler retried after the runtime was made
+        return
+    memo.config = config
+    memo.runtime = runtime = await asyncio.to_thread(OperatorRuntime.from_env, config)
+    await dataplane.start(runtime, config)
+    memo.anchors = audit_anchors.AnchorPublisher(runtime.kube.core, runtime.namespace)
+    memo.background = [
+        asyncio.create_task(sweep_intents_forever(runtime, config.intent_sweep_seconds),
+                            name="qkms-intents"),
+        asyncio.create_task(announce_forever(runtime, config.announce_seconds),
+                            name="qkms-announcer"),
+        asyncio.create_task(audit_anchors.publish_forever(
+            memo.anchors, runtime.registry.all, config.anchor_seconds),
+            name="qkms-audit-anchors")]
 
 
-async def announce_forever(interval: float) -> None:
+async def announce_forever(runtime: OperatorRuntime, interval: float) -> None:
     """Post the Events the audit chain has and the cluster has not (k8s/announcer.py):
     every few seconds, so within seconds of the API coming back after an outage."""
     while True:
         await asyncio.sleep(interval)
         try:
-            await current().announcer.catch_up(current().registry.all(), datetime.now(UTC))
+            await runtime.announcer.catch_up(runtime.registry.all(), datetime.now(UTC))
         except Exception as exc:  # the API is away: the same entries next time
             log.debug("announcing from the audit chain: %s", type(exc).__name__)
 
 
-async def sweep_intents_forever(interval: float) -> None:
+async def sweep_intents_forever(runtime: OperatorRuntime, interval: float) -> None:
     """Resolve what a killed replica left half-made (store/intents.py): soon after start,
     once the first keys' environments are open, then every QKMS_INTENT_SWEEP_SECONDS."""
     await asyncio.sleep(min(interval, 5.0))
     while True:
-        await current().registry.resolve_intents()
+        await runtime.registry.resolve_intents()
         await asyncio.sleep(interval)
 
 
 @kopf.on.cleanup()
-async def shutdown(**_: Any) -> None:
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     """Sign a last audit checkpoint, publish it (k8s/audit_anchors.py) and release the
     audit logs."""
-    for task in BACKGROUND:
+    for task in memo.get("background", []):
         task.cancel()
-    if installed():
-        services = current().registry.all()
+    if "runtime" in memo:
+        services = runtime_of(memo).registry.all()
         for service in services:
             await service.close()
-        if ANCHORS:
-            await audit_anchors.publish_once(ANCHORS[0], lambda: services)
+        if "anchors" in memo:
+            await audit_anchors.publish_once(memo.anchors, lambda: services)
 
 
 # The controllers, one per concern: importing them registers their handlers with Kopf.

@@ -31,7 +31,7 @@ from qkms.model.issuers import ClusterKeyIssuer, KeyIssuer
 from qkms.model.names import GROUP, ISSUER_LABEL, MANAGED_BY, MANAGED_BY_LABEL, VERSION
 
 from .issuer_ca import ISSUER_ACTOR, IssuerState, call, issuer_ref, now, stamp
-from .runtime import current
+from .kube_api import Kube
 
 SUFFIX = "-ca-bundle"
 
@@ -84,12 +84,12 @@ async def _sign_crl(state: IssuerState, number: int, moment: datetime,
     return ix.to_pem(icrl.crl(tbs, state.signature_alg, signature), "X509 CRL")
 
 
-async def publish(body: Any, issuer: KeyIssuer | ClusterKeyIssuer,
+async def publish(kube: Kube, body: Any, issuer: KeyIssuer | ClusterKeyIssuer,
                   state: IssuerState | None) -> dict[str, Any]:
     """Write the ConfigMap (``state`` None: the key is revoked, the bundle is emptied and
     the last CRL kept); returns the status fields that describe it."""
     namespace, name = config_map(issuer)
-    core = current().kube.core
+    core = kube.core
     try:
         existing = await call(core.read_namespaced_config_map, name, namespace)
     except ApiException as exc:
@@ -120,11 +120,11 @@ async def publish(body: Any, issuer: KeyIssuer | ClusterKeyIssuer,
         if crl.next_update_utc is not None:
             fields["crlNextUpdate"] = stamp(crl.next_update_utc)
     if data != old:
-        await _write(body, namespace, name, data, existing)
+        await _write(kube, body, namespace, name, data, existing)
     return fields
 
 
-async def _write(body: Any, namespace: str, name: str, data: dict[str, str],
+async def _write(kube: Kube, body: Any, namespace: str, name: str, data: dict[str, str],
                  existing: Any) -> None:
     meta = body["metadata"]
     owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": body["kind"], "name": meta["name"],
@@ -133,7 +133,7 @@ async def _write(body: Any, namespace: str, name: str, data: dict[str, str],
         "apiVersion": "v1", "kind": "ConfigMap", "data": data, "metadata": {
             "name": name, "namespace": namespace, "ownerReferences": [owner],
             "labels": {MANAGED_BY_LABEL: MANAGED_BY, ISSUER_LABEL: meta["name"]}}}
-    core = current().kube.core
+    core = kube.core
     if existing is None:
         await call(core.create_namespaced_config_map, namespace, manifest)
         return

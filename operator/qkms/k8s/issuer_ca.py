@@ -35,7 +35,8 @@ from qkms.model.durations import parse_duration
 from qkms.model.enums import VersionState
 from qkms.model.issuers import ClusterKeyIssuer, KeyIssuer, parse_issuer
 
-from .runtime import current
+from .kube_api import Kube
+from .runtime import OperatorRuntime
 
 ISSUER_ACTOR = {"type": "SERVICE", "id": "qkms-issuer"}
 HISTORY = 8  # earlier CA certificates and bridges kept at most
@@ -137,13 +138,12 @@ class IssuerState:
                         not ica.expired(b["certificate"], moment)][:HISTORY]
 
 
-async def issuer_state(body: Mapping[str, Any]) -> IssuerState:
+async def issuer_state(runtime: OperatorRuntime, body: Mapping[str, Any]) -> IssuerState:
     """The issuer's CA, made or checked now; ``NotReady`` says why it cannot sign."""
     try:
         issuer = parse_issuer(body)
     except InvalidInputError as exc:
         raise NotReady("InvalidSpec", str(exc)) from None
-    runtime = current()
     ref = issuer.spec.key_ref
     namespace = ref.namespace or issuer.namespace
     if namespace is None:  # a body without metadata.namespace: no cluster sends one
@@ -178,7 +178,7 @@ async def issuer_state(body: Mapping[str, Any]) -> IssuerState:
     spki = _spki_der(meta.public_key_pem)
     verifying = {v.key_id for v in lifecycle.verifying_versions(record, service.clock())}
     if issuer.spec.ca.secret is not None:
-        ca_pem = await _secret_ca(issuer, namespace)
+        ca_pem = await _secret_ca(runtime.kube, issuer, namespace)
         ca = _checked(ca_pem)
         if ca.spki_der != spki:
             raise NotReady("CAKeyMismatch", f"the CA certificate in Secret "
@@ -294,12 +294,13 @@ def _reusable(issuer: KeyIssuer | ClusterKeyIssuer, key_name: str, service: Any,
                        status.ca_certificate.encode(), ca)
 
 
-async def _secret_ca(issuer: KeyIssuer | ClusterKeyIssuer, key_namespace: str) -> bytes:
+async def _secret_ca(kube: Kube, issuer: KeyIssuer | ClusterKeyIssuer,
+                     key_namespace: str) -> bytes:
     secret = issuer.spec.ca.secret
     assert secret is not None
     namespace = secret.namespace or key_namespace
     try:
-        data = await current().kube.secret_bytes(namespace, secret.name)
+        data = await kube.secret_bytes(namespace, secret.name)
     except LookupError:
         raise NotReady("CASecretNotFound", f"Secret {namespace}/{secret.name} does not exist",
                        retry=True) from None
@@ -309,14 +310,14 @@ async def _secret_ca(issuer: KeyIssuer | ClusterKeyIssuer, key_namespace: str) -
     return data[secret.key]
 
 
-async def key_service(body: Mapping[str, Any]) -> tuple[str, Any] | None:
+async def key_service(runtime: OperatorRuntime, body: Mapping[str, Any]
+                      ) -> tuple[str, Any] | None:
     """The CA key's name and its environment's service (to audit), if they can be found."""
     try:
         issuer = parse_issuer(body)
     except (InvalidInputError, KeyError, AttributeError):
         return None
     namespace = issuer.spec.key_ref.namespace or issuer.namespace
-    runtime = current()
     environment = await runtime.environment(namespace) if namespace else None
     if environment is None:
         return None

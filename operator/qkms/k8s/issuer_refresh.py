@@ -22,12 +22,14 @@ from qkms.model.names import GROUP, VERSION
 
 from .issuer_bundle import crl_validity, publish
 from .issuer_ca import IssuerState, NotReady, call, issuer_state, now, stamp
-from .runtime import current
+from .kube_api import Kube
+from .runtime import OperatorRuntime
 
 log = logging.getLogger("key-management:issuer")
 
-ON_READY: list[Callable[[Mapping[str, Any]], Awaitable[None]]] = []
-"""Called (in the background) with the issuer's body when a refresh finds it ready."""
+ON_READY: list[Callable[[OperatorRuntime, Mapping[str, Any]], Awaitable[None]]] = []
+"""Called (in the background) with the runtime and the issuer's body when a refresh finds
+it ready."""
 
 Ident = tuple[str, str | None, str]  # kind, namespace (None for a ClusterKeyIssuer), name
 
@@ -60,30 +62,31 @@ def _issuer_status(state: IssuerState | None, error: NotReady | None,
             "observedGeneration": generation}
 
 
-async def refresh_issuer(body: Mapping[str, Any]
+async def refresh_issuer(runtime: OperatorRuntime, body: Mapping[str, Any]
                          ) -> tuple[dict[str, Any], bool, IssuerState | None]:
     """The issuer's new status (its CA made or checked, its bundle and CRL projected),
     whether to try again, and the state to sign with."""
     generation = body["metadata"].get("generation")
     try:
-        state = await issuer_state(body)
+        state = await issuer_state(runtime, body)
     except NotReady as exc:
         status = _issuer_status(None, exc, generation)
         if exc.reason == "KeyRevoked":  # the bundle emptied, the last CRL kept
-            status.update(await _published(body, None))
+            status.update(await _published(runtime.kube, body, None))
         return status, exc.retry, None
     except QkmsError as exc:  # a provider fault: reported and retried
         return _issuer_status(None, NotReady("ProviderUnavailable", str(exc)),
                               generation), True, None
     status = _issuer_status(state, None, generation)
-    status.update(await _published(body, state))
+    status.update(await _published(runtime.kube, body, state))
     return status, False, state
 
 
-async def _published(body: Mapping[str, Any], state: IssuerState | None) -> dict[str, Any]:
+async def _published(kube: Kube, body: Mapping[str, Any],
+                     state: IssuerState | None) -> dict[str, Any]:
     try:
         issuer = state.issuer if state is not None else parse_issuer(body)
-        return await publish(body, issuer, state)
+        return await publish(kube, body, issuer, state)
     except (ApiException, ValueError, QkmsError, NotReady) as exc:
         log.warning("%s: the CA bundle ConfigMap was not written: %s",
                     "/".join(p for p in _ident(body)[1:] if p), exc)
@@ -100,36 +103,38 @@ BACKGROUND: set[asyncio.Task[Any]] = set()
 
 
 def _spawn(coroutine: Any) -> asyncio.Task[Any]:
+    """A task kept referenced until it ends; its coroutine carries the runtime it needs,
+    captured when spawned."""
     task = asyncio.create_task(coroutine)
     BACKGROUND.add(task)
     task.add_done_callback(BACKGROUND.discard)
     return task
 
 
-async def _read_issuer(ident: Ident) -> dict[str, Any] | None:
+async def _read_issuer(kube: Kube, ident: Ident) -> dict[str, Any] | None:
     kind, namespace, name = ident
-    return await _issuer_body(namespace or "", {"kind": kind, "name": name})
+    return await _issuer_body(kube, namespace or "", {"kind": kind, "name": name})
 
 
-async def refresh(ident: Ident, *, resume: bool = True
+async def refresh(runtime: OperatorRuntime, ident: Ident, *, resume: bool = True
                   ) -> tuple[dict[str, Any], IssuerState | None] | None:
     """Refresh the issuer now (None if it is gone): status written, timers set, and
     (``resume``) ``ON_READY`` called when it is ready.  ``kopf.TemporaryError``: retry."""
     async with ISSUER_LOCKS.setdefault(ident, asyncio.Lock()):
-        body = await _read_issuer(ident)
+        body = await _read_issuer(runtime.kube, ident)
         if body is None:
             _forget(ident)
             return None
         _watch_key(ident, body)
-        status, retry, state = await refresh_issuer(body)
-        await _patch_issuer(body, status)
+        status, retry, state = await refresh_issuer(runtime, body)
+        await _patch_issuer(runtime.kube, body, status)
     if retry:  # a key still being made, a provider fault: tried again (status kept)
         raise kopf.TemporaryError(status["conditions"][0]["message"],
-                                  delay=current().config.issuer_retry_seconds)
-    _schedule(ident, body, status)
+                                  delay=runtime.config.issuer_retry_seconds)
+    _schedule(runtime, ident, body, status)
     if state is not None and resume:
         for hook in ON_READY:
-            _spawn(hook(body))
+            _spawn(hook(runtime, body))
     return status, state
 
 
@@ -150,7 +155,8 @@ def _forget(ident: Ident) -> None:
         timer.cancel()
 
 
-def _schedule(ident: Ident, body: Mapping[str, Any], status: dict[str, Any]) -> None:
+def _schedule(runtime: OperatorRuntime, ident: Ident, body: Mapping[str, Any],
+              status: dict[str, Any]) -> None:
     """A refresh when half of the CRL's validity is left (a new CRL is then signed)."""
     next_update = status.get("crlNextUpdate")
     if not next_update:
@@ -166,34 +172,35 @@ def _schedule(ident: Ident, body: Mapping[str, Any], status: dict[str, Any]) -> 
     old = TIMERS.pop(ident, None)
     if old is not None and old is not asyncio.current_task():
         old.cancel()
-    TIMERS[ident] = _spawn(_later(ident, delay))
+    TIMERS[ident] = _spawn(_later(runtime, ident, delay))
 
 
-async def _later(ident: Ident, delay: float) -> None:
+async def _later(runtime: OperatorRuntime, ident: Ident, delay: float) -> None:
     await asyncio.sleep(delay)
     try:
-        await refresh(ident)
+        await refresh(runtime, ident)
     except (kopf.TemporaryError, ApiException, QkmsError) as exc:
-        retry = current().config.issuer_retry_seconds
+        retry = runtime.config.issuer_retry_seconds
         log.warning("%s: refresh failed, again in %ss: %s", ident[2], retry, exc)
-        TIMERS[ident] = _spawn(_later(ident, retry))
+        TIMERS[ident] = _spawn(_later(runtime, ident, retry))
 
 
-async def _refresh_quietly(ident: Ident) -> None:
+async def _refresh_quietly(runtime: OperatorRuntime, ident: Ident) -> None:
     try:
-        await refresh(ident)
+        await refresh(runtime, ident)
     except (kopf.TemporaryError, ApiException, QkmsError) as exc:
         log.warning("%s: refresh after a key change failed: %s", ident[2], exc)
-        _schedule_retry(ident)
+        _schedule_retry(runtime, ident)
 
 
-def _schedule_retry(ident: Ident) -> None:
+def _schedule_retry(runtime: OperatorRuntime, ident: Ident) -> None:
     old = TIMERS.pop(ident, None)
     if old is not None and old is not asyncio.current_task():
         old.cancel()
-    TIMERS[ident] = _spawn(_later(ident, current().config.issuer_retry_seconds))
-async def _issuer_body(namespace: str, ref: Mapping[str, Any]) -> dict[str, Any] | None:
-    custom = current().kube.custom
+    TIMERS[ident] = _spawn(_later(runtime, ident, runtime.config.issuer_retry_seconds))
+async def _issuer_body(kube: Kube, namespace: str, ref: Mapping[str, Any]
+                       ) -> dict[str, Any] | None:
+    custom = kube.custom
     try:
         if ref["kind"] == "ClusterKeyIssuer":
             return dict(await call(custom.get_cluster_custom_object, GROUP, VERSION,
@@ -206,9 +213,10 @@ async def _issuer_body(namespace: str, ref: Mapping[str, Any]) -> dict[str, Any]
         raise
 
 
-async def _patch_issuer(issuer_body: Mapping[str, Any], status: dict[str, Any]) -> None:
+async def _patch_issuer(kube: Kube, issuer_body: Mapping[str, Any],
+                        status: dict[str, Any]) -> None:
     meta = issuer_body["metadata"]
-    custom = current().kube.custom
+    custom = kube.custom
     if issuer_body["kind"] == "ClusterKeyIssuer":
         await call(custom.patch_cluster_custom_object_status, GROUP, VERSION,
                     "clusterkeyissuers", meta["name"], {"status": status})

@@ -70,7 +70,8 @@ from .issuer_refresh import (
     refresh,
 )
 from .keys import MANAGED_KEYS
-from .runtime import current
+from .kube_api import Kube
+from .runtime import OperatorRuntime, runtime_of
 
 log = logging.getLogger("key-management:issuer")
 
@@ -85,8 +86,8 @@ ISSUER_KINDS = {"KeyIssuer": "keyissuers", "ClusterKeyIssuer": "clusterkeyissuer
 @kopf.on.resume(*CLUSTER_KEY_ISSUERS)
 @kopf.on.create(*CLUSTER_KEY_ISSUERS)
 @kopf.on.update(*CLUSTER_KEY_ISSUERS)
-async def reconcile_issuer(body: kopf.Body, **_: Any) -> None:
-    await refresh(_ident(body))
+async def reconcile_issuer(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await refresh(runtime_of(memo), _ident(body))
 
 
 @kopf.on.delete(*KEY_ISSUERS, optional=True)
@@ -97,7 +98,7 @@ async def issuer_deleted(body: kopf.Body, **_: Any) -> None:
 
 
 @kopf.on.event(*MANAGED_KEYS)
-async def key_changed(body: kopf.Body, **_: Any) -> None:
+async def key_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A rotation or revocation of a CA key refreshes its issuers at once."""
     meta = body["metadata"]
     key = f"{meta.get('namespace')}/{meta['name']}"
@@ -111,7 +112,7 @@ async def key_changed(body: kopf.Body, **_: Any) -> None:
         return
     KEY_SEEN[key] = mark
     for ident in list(issuers):
-        _spawn(_refresh_quietly(ident))
+        _spawn(_refresh_quietly(runtime_of(memo), ident))
 
 
 # -- CertificateRequests --------------------------------------------------------------
@@ -138,12 +139,13 @@ def pending(body: Mapping[str, Any]) -> bool:
     return not (ready.get("status") == "True" or ready.get("reason") in ("Failed", "Denied"))
 
 
-async def _patch_request(body: Mapping[str, Any], status: dict[str, Any]) -> None:
+async def _patch_request(kube: Kube, body: Mapping[str, Any], status: dict[str, Any]
+                         ) -> None:
     meta = body["metadata"]
     kept = [c for t, c in _conditions(body).items() if t != "Ready"]
     status = {**status, "conditions": [*kept, *status.get("conditions", [])]}
-    await call(current().kube.custom.patch_namespaced_custom_object_status, CERT_MANAGER_GROUP,
-                CERT_MANAGER_VERSION, meta["namespace"], "certificaterequests", meta["name"],
+    await call(kube.custom.patch_namespaced_custom_object_status, CERT_MANAGER_GROUP,
+               CERT_MANAGER_VERSION, meta["namespace"], "certificaterequests", meta["name"],
                 {"status": status})
 
 
@@ -168,29 +170,30 @@ LOCKS: dict[str, asyncio.Lock] = {}
 
 
 @kopf.on.event(*CERTIFICATE_REQUESTS, when=ours)
-async def certificate_request(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+async def certificate_request(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo,
+                              **_: Any) -> None:
     if event.get("type") == "DELETED":
         return
     if REVOKE_ANNOTATION in (body["metadata"].get("annotations") or {}):
-        await revoke_certificate(body)
+        await revoke_certificate(runtime_of(memo), body)
     else:
-        await _once(body)
+        await _once(runtime_of(memo), body)
 
 
-async def _once(body: Mapping[str, Any]) -> None:
+async def _once(runtime: OperatorRuntime, body: Mapping[str, Any]) -> None:
     """Sign a pending request at most once per process, whoever asks (event or resume)."""
     uid = body["metadata"]["uid"]
     async with LOCKS.setdefault(uid, asyncio.Lock()):
         if pending(body) and uid not in DONE:
-            await sign_request(body)
+            await sign_request(runtime, body)
 
 
-async def resume_requests(issuer_body: Mapping[str, Any]) -> None:
+async def resume_requests(runtime: OperatorRuntime, issuer_body: Mapping[str, Any]) -> None:
     """Sign the approved requests left Pending while the issuer was not ready."""
     meta = issuer_body["metadata"]
     try:
-        listing = await call(current().kube.custom.list_cluster_custom_object, CERT_MANAGER_GROUP,
-                              CERT_MANAGER_VERSION, "certificaterequests")
+        listing = await call(runtime.kube.custom.list_cluster_custom_object,
+                             CERT_MANAGER_GROUP, CERT_MANAGER_VERSION, "certificaterequests")
     except ApiException as exc:
         if exc.status == 404:  # cert-manager's CRDs are not installed
             return
@@ -201,10 +204,10 @@ async def resume_requests(issuer_body: Mapping[str, Any]) -> None:
             (issuer_body["kind"] == "ClusterKeyIssuer" or
              item["metadata"]["namespace"] == meta.get("namespace"))
         if same and ours(item["spec"]):
-            await _once(item)
+            await _once(runtime, item)
 
 
-async def sign_request(body: Mapping[str, Any]) -> None:
+async def sign_request(runtime: OperatorRuntime, body: Mapping[str, Any]) -> None:
     """Sign one approved CertificateRequest, or refuse it, and write its status."""
     meta, spec = body["metadata"], body["spec"]
     ref = spec["issuerRef"]
@@ -213,13 +216,13 @@ async def sign_request(body: Mapping[str, Any]) -> None:
     ident: Ident = (ref["kind"], None if ref["kind"] == "ClusterKeyIssuer"
                     else meta["namespace"], ref["name"])
     try:
-        refreshed = await refresh(ident, resume=False)
+        refreshed = await refresh(runtime, ident, resume=False)
     except (kopf.TemporaryError, ApiException, QkmsError) as exc:
-        await _patch_request(body, {"conditions": [_condition(
+        await _patch_request(runtime.kube, body, {"conditions": [_condition(
             "Ready", False, "Pending", f"issuer {ref['name']} is not ready: {exc}")]})
         return
     if refreshed is None:
-        await _patch_request(body, {"conditions": [_condition(
+        await _patch_request(runtime.kube, body, {"conditions": [_condition(
             "Ready", False, "Pending", f"{ref['kind']} {ref['name']} does not exist")]})
         return
     status, state = refreshed
@@ -227,9 +230,9 @@ async def sign_request(body: Mapping[str, Any]) -> None:
     if state is None:
         ready = status["conditions"][0]
         if ready["reason"] == "KeyRevoked":  # final: the CA key signs nothing more
-            await _refuse(body, where, f"issuer {ref['name']}: {ready['message']}")
+            await _refuse(runtime, body, where, f"issuer {ref['name']}: {ready['message']}")
         else:
-            await _patch_request(body, {"conditions": [_condition(
+            await _patch_request(runtime.kube, body, {"conditions": [_condition(
                 "Ready", False, "Pending",
                 f"issuer {ref['name']} is not ready: {ready['reason']}: {ready['message']}")]})
         return
@@ -249,7 +252,7 @@ async def sign_request(body: Mapping[str, Any]) -> None:
             "ISSUE_CERTIFICATE", state.key_name, actor, result="denied", reason=str(exc),
             key_id=state.key_id,
             details={"certificate_request": where, "issuer": issuer_ref(state.issuer)})
-        await _patch_request(body, {"failureTime": stamp(now()), "conditions": [
+        await _patch_request(runtime.kube, body, {"failureTime": stamp(now()), "conditions": [
             _condition("Ready", False, "Failed", f"refused: {exc}")]})
         return
     serial = ix.serial_number(os.urandom(16))
@@ -258,10 +261,10 @@ async def sign_request(body: Mapping[str, Any]) -> None:
     try:
         signature = await state.sign(tbs, actor)
     except KeyStateError as exc:  # revoked (or rotated out) just now
-        await _refuse(body, where, f"issuer {ref['name']}: the CA key cannot sign: {exc}")
+        await _refuse(runtime, body, where, f"issuer {ref['name']}: the CA key cannot sign: {exc}")
         return
     except (NotReady, QkmsError) as exc:
-        await _patch_request(body, {"conditions": [_condition(
+        await _patch_request(runtime.kube, body, {"conditions": [_condition(
             "Ready", False, "Pending", f"signing failed, will retry: {exc}")]})
         return
     leaf = ix.to_pem(ix.certificate(tbs, state.signature_alg, signature)).encode()
@@ -274,7 +277,7 @@ async def sign_request(body: Mapping[str, Any]) -> None:
             "issuer": issuer_ref(state.issuer), "key_algorithm": csr.key_algorithm,
             "not_after": stamp(min(now() + decision.duration, state.ca.not_after)),
             "ca_fingerprint": state.ca.fingerprint})
-    await _patch_request(body, {
+    await _patch_request(runtime.kube, body, {
         "certificate": base64.b64encode(leaf).decode(),
         "ca": base64.b64encode(state.ca_pem).decode(),
         "conditions": [_condition("Ready", True, "Issued",
@@ -283,20 +286,20 @@ async def sign_request(body: Mapping[str, Any]) -> None:
     log.info("issued serial %x for %s (%s) by %s", serial, where, subject, state.key_name)
 
 
-async def _refuse(body: Mapping[str, Any], where: str, message: str,
-                  issuer_body: Mapping[str, Any] | None = None) -> None:
+async def _refuse(runtime: OperatorRuntime, body: Mapping[str, Any], where: str,
+                  message: str, issuer_body: Mapping[str, Any] | None = None) -> None:
     """Ready=False reason Failed (final), audited as a refused ISSUE_CERTIFICATE."""
     meta, spec = body["metadata"], body["spec"]
     DONE.add(meta["uid"])
-    found = await key_service(issuer_body or await _issuer_body(
-        meta["namespace"], spec["issuerRef"]) or {})
+    found = await key_service(runtime, issuer_body or await _issuer_body(
+        runtime.kube, meta["namespace"], spec["issuerRef"]) or {})
     if found is not None:
         key_name, service = found
         await service.audit_key_event(
             "ISSUE_CERTIFICATE", key_name, {"type": "USER", "id": spec.get("username") or
                                             "unknown"}, result="denied", reason=message,
             details={"certificate_request": where, "issuer": spec["issuerRef"]["name"]})
-    await _patch_request(body, {"failureTime": stamp(now()), "conditions": [
+    await _patch_request(runtime.kube, body, {"failureTime": stamp(now()), "conditions": [
         _condition("Ready", False, "Failed", f"refused: {message}")]})
 
 
@@ -305,7 +308,7 @@ async def _refuse(body: Mapping[str, Any], where: str, message: str,
 REVOKED: set[str] = set()  # uids whose certificate this process recorded as revoked
 
 
-async def revoke_certificate(body: Mapping[str, Any]) -> None:
+async def revoke_certificate(runtime: OperatorRuntime, body: Mapping[str, Any]) -> None:
     """Record the request's certificate as revoked by its issuer, then sign a new CRL."""
     meta, spec = body["metadata"], body["spec"]
     where = f"{meta['namespace']}/{meta['name']}"
@@ -324,7 +327,7 @@ async def revoke_certificate(body: Mapping[str, Any]) -> None:
         return
     serial = format(leaf.serial_number, "x")
     async with ISSUER_LOCKS.setdefault(ident, asyncio.Lock()):
-        issuer_body = await _read_issuer(ident)
+        issuer_body = await _read_issuer(runtime.kube, ident)
         if issuer_body is None:
             return
         issuer = parse_issuer(issuer_body)
@@ -339,8 +342,8 @@ async def revoke_certificate(body: Mapping[str, Any]) -> None:
                  "certificateRequest": where, "notAfter": stamp(leaf.not_valid_after_utc)}
         kept = [r for r in known if datetime.fromisoformat(
             r.get("notAfter", "9999-12-31T00:00:00+00:00").replace("Z", "+00:00")) > moment]
-        await _patch_issuer(issuer_body, {"revokedCertificates": [*kept, entry]})
-        found = await key_service(issuer_body)
+        await _patch_issuer(runtime.kube, issuer_body, {"revokedCertificates": [*kept, entry]})
+        found = await key_service(runtime, issuer_body)
         if found is not None:
             key_name, service = found
             await service.audit_key_event(
@@ -350,10 +353,10 @@ async def revoke_certificate(body: Mapping[str, Any]) -> None:
                                      "subject": leaf.subject.rfc4514_string()})
     log.info("revoked serial %s (%s) of %s", serial, why, where)
     try:
-        await refresh(ident, resume=False)  # the CRL that lists it, signed now
+        await refresh(runtime, ident, resume=False)  # the CRL that lists it, signed now
     except (kopf.TemporaryError, ApiException, QkmsError) as exc:
         log.warning("%s: CRL not re-signed yet: %s", ident[2], exc)
-        _schedule_retry(ident)
+        _schedule_retry(runtime, ident)
 
 
 def _issued_by(leaf: Any, ca_pem: str) -> bool:
@@ -366,4 +369,4 @@ def _issued_by(leaf: Any, ca_pem: str) -> bool:
                 leaf.issuer.public_bytes() == ca.subject_der)
 
 
-ON_READY.append(lambda body: resume_requests(body))
+ON_READY.append(resume_requests)

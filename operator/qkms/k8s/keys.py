@@ -20,7 +20,7 @@ import kopf
 from qkms.model.names import GROUP, VERSION
 from qkms.reconcile.retries import Fault, retry_delay
 
-from .runtime import current
+from .runtime import runtime_of
 
 MANAGED_KEYS = (GROUP, VERSION, "managedkeys")
 log = logging.getLogger("key-management:operator")
@@ -29,9 +29,9 @@ log = logging.getLogger("key-management:operator")
 @kopf.on.resume(*MANAGED_KEYS)
 @kopf.on.create(*MANAGED_KEYS)
 @kopf.on.update(*MANAGED_KEYS)
-async def reconcile_key(body: kopf.Body, retry: int, **_: Any) -> None:
+async def reconcile_key(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
     try:
-        outcome = await current().reconcile(body)
+        outcome = await runtime_of(memo).reconcile(body)
     except Exception as exc:  # the API (or the records kept on it) went away mid-way
         raise kopf.TemporaryError(f"{type(exc).__name__}: {str(exc)[:200]}",
                                   delay=retry_delay(retry, Fault.API)) from exc
@@ -44,8 +44,9 @@ async def reconcile_key(body: kopf.Body, retry: int, **_: Any) -> None:
 
 
 @kopf.daemon(*MANAGED_KEYS, cancellation_timeout=5.0, initial_delay=1.0)
-async def key_clock(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
-    runtime = current()
+async def key_clock(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo,
+                    **_: Any) -> None:
+    runtime = runtime_of(memo)
     ident = (body["metadata"]["namespace"], body["metadata"]["name"])
     waker = runtime.wakers.setdefault(ident, asyncio.Event())
     # The create/resume handler reconciles first and then wakes us: start by planning.
@@ -77,5 +78,5 @@ async def key_clock(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> N
 
 
 @kopf.on.delete(*MANAGED_KEYS)
-async def finalize_key(body: kopf.Body, **_: Any) -> None:
-    await current().delete(body)
+async def finalize_key(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await runtime_of(memo).delete(body)

@@ -10,8 +10,8 @@ and when it dies its peering record expires and the next one takes over.
 
 from __future__ import annotations
 
-import os
 import secrets
+from dataclasses import replace
 
 import kopf
 
@@ -29,12 +29,13 @@ async def run_operator(*, standalone: bool, namespaces: list[str],
                        liveness: str | None) -> None:
     """Cluster-wide, or only `namespaces` (``--namespace``, else ``QKMS_WATCH_NAMESPACES``:
     the chart's watchNamespaces, where alone its Roles grant access). Either way one
-    ClusterKopfPeering elects the reconciler (see handlers.startup)."""
+    ClusterKopfPeering elects the reconciler (see handlers.startup), which finds the
+    config, with those namespaces, on Kopf's memo."""
     from qkms.k8s import handlers  # noqa: F401 - registers the handlers
 
-    if namespaces:  # the runtime lists keys there alone (it reads the config at startup)
-        os.environ["QKMS_WATCH_NAMESPACES"] = ",".join(namespaces)
     config = OperatorConfig.from_env()
+    if namespaces:  # the runtime lists keys there alone
+        config = replace(config, watch_namespaces=tuple(namespaces))
     namespaces = list(config.watch_namespaces)
 
     await kopf.operator(
@@ -44,4 +45,5 @@ async def run_operator(*, standalone: bool, namespaces: list[str],
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=liveness or None,
+        memo=kopf.Memo(config=config),
     )

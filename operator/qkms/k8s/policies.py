@@ -12,7 +12,7 @@ from qkms.errors import InvalidInputError
 from qkms.model.names import GROUP, VERSION
 from qkms.model.policy import parse_key_policy
 
-from .runtime import current
+from .runtime import runtime_of
 
 KEY_POLICIES = (GROUP, VERSION, "keypolicies")
 
@@ -20,7 +20,8 @@ KEY_POLICIES = (GROUP, VERSION, "keypolicies")
 @kopf.on.resume(*KEY_POLICIES)
 @kopf.on.create(*KEY_POLICIES)
 @kopf.on.update(*KEY_POLICIES)
-async def replan_policy(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+async def replan_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
+                        **_: Any) -> None:
     generation = body["metadata"].get("generation")
     try:
         policy = parse_key_policy(body)
@@ -28,7 +29,7 @@ async def replan_policy(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         patch.status["conditions"] = [ready(False, "InvalidSpec", str(exc), generation)]
         patch.status["observedGeneration"] = generation
         raise kopf.PermanentError(str(exc)) from None
-    runtime = current()
+    runtime = runtime_of(memo)
     runtime.kube.forget_cache()
     keys = await runtime.keys_under_policy(policy.spec.environment)
     for key in keys:

@@ -9,7 +9,7 @@ import kopf
 
 from qkms.model.names import KEY_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 
-from .runtime import ProjectionTarget, current
+from .runtime import ProjectionTarget, runtime_of
 
 # A Kopf label filter: values are strings or kopf.PRESENT (Kopf does not export the type).
 PROJECTED: dict[str, Any] = {MANAGED_BY_LABEL: MANAGED_BY, KEY_LABEL: kopf.PRESENT}
@@ -22,8 +22,9 @@ WATCHED_BY_LABEL = (("v1", "secrets"), ("v1", "configmaps"))
 
 @kopf.on.event("", "v1", "secrets", labels=PROJECTED)
 @kopf.on.event("", "v1", "configmaps", labels=PROJECTED)
-async def repair_projection(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+async def repair_projection(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo,
+                            **_: Any) -> None:
     meta = body["metadata"]
     if meta.get("deletionTimestamp") and event.get("type") != "DELETED":
         return
-    await current().repair(ProjectionTarget(meta["namespace"], body["kind"], meta["name"]))
+    await runtime_of(memo).repair(ProjectionTarget(meta["namespace"], body["kind"], meta["name"]))

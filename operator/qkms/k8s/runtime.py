@@ -1,7 +1,7 @@
 """The operator's state and how a reconcile outcome reaches the cluster.
 
-One ``OperatorRuntime`` lives for the operator's lifetime.  It resolves what
-a ManagedKey needs (namespace labels, policies), runs the shared reconciler,
+One ``OperatorRuntime`` lives for the operator's lifetime, on Kopf's ``memo``.  It
+resolves what a ManagedKey needs (namespace labels, policies), runs the shared reconciler,
 and applies the outcome: status, annotation clean-up, projections, Events.
 It remembers each key's desired projection so that drift (an edited or
 deleted Secret/ConfigMap) is repaired without another reconcile.
@@ -33,22 +33,12 @@ from .secret_store import SecretRecordStore, load_or_create_kek_secret
 
 log = logging.getLogger("key-management:operator")
 
-_CURRENT: list[OperatorRuntime] = []  # the process's one runtime, made at Kopf's startup
 
-
-def current() -> OperatorRuntime:
-    """The runtime every handler works through (``handlers.startup`` makes it once)."""
-    return _CURRENT[0]
-
-
-def install(runtime: OperatorRuntime) -> OperatorRuntime:
-    _CURRENT[:] = [runtime]
+def runtime_of(memo: Any) -> OperatorRuntime:
+    """The process's one runtime, which ``handlers.startup`` put on Kopf's ``memo`` (Kopf
+    hands every handler, daemon and timer a copy of that memo)."""
+    runtime: OperatorRuntime = memo.runtime
     return runtime
-
-
-def installed() -> bool:
-    return bool(_CURRENT)
-
 
 
 @dataclass(frozen=True)
