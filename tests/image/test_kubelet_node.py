@@ -5,9 +5,10 @@ The kubelet runs the StatefulSet's pod template from the image built by tests/im
 the init container makes the ClusterKopfPeering, the container runs as 10001 and the
 kubelet's readiness probe on /healthz passes, and the operator reconciles a dev key.
 
-Opt-in (QKMS_KUBELET_NODE=1): it needs root, cgroups, overlayfs and a few minutes to move
-the image into containerd, more than the podman run (test_image.py) that covers the image
-in every run.
+``.ci/run`` runs it (QKMS_KUBELET_NODE=1, containerd from Debian, ``build.sh kubelet
+pause``); elsewhere it is opt-in, since it needs root, cgroups, overlayfs and a few minutes
+to move the image into containerd, more than the podman run (test_image.py) that covers the
+image in every run.
 """
 
 from __future__ import annotations
