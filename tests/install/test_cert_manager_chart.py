@@ -13,7 +13,7 @@ import pytest
 
 from tests.install.helpers import NAMESPACE, find
 from tests.install.test_manifests import render
-from tests.k8s.test_cert_manager_issuer import cert_manager_crds
+from tests.support.cert_manager import cert_manager_crds
 from tests.support.fixtures import apply_all
 
 ISSUER = {"name": "platform-ca", "kind": "ClusterIssuer"}

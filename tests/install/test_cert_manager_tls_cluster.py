@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import ssl
-import subprocess
 from pathlib import Path
 
 import aiohttp
@@ -37,12 +35,9 @@ from tests.install.pods import (
     signing_key,
     workload_control_plane,
 )
-from tests.k8s.test_cert_manager_issuer import cert_manager_crds
-from tests.support.controlplane import BUILD_SCRIPT, stop_process
+from tests.support.cert_manager import cert_manager_crds, running_controllers
 from tests.support.fixtures import apply_all
 from tests.support.kubeclient import eventually
-from tests.support.server_process import die_with_parent
-from tests.support.servers import require_server
 
 # What a Certificate from a CA Issuer needs (cert-manager's names for its controllers).
 CONTROLLERS = ("issuers", "certificaterequests-issuer-selfsigned",
@@ -69,22 +64,7 @@ def cert_manager_objects() -> list[dict]:
     ]
 
 
-def controller_binary() -> Path:
-    """cert-manager's controllers (build.sh certmanager, cached; QKMS_CERT_MANAGER_BIN)."""
-    if path := os.environ.get("QKMS_CERT_MANAGER_BIN"):
-        return Path(path)
-    run = subprocess.run(["bash", str(BUILD_SCRIPT), "certmanager"], capture_output=True,
-                         text=True, check=False)
-    if run.returncode != 0:
-        require_server("cert-manager's controller", f"build.sh certmanager failed:\n"
-                       f"{run.stderr[-2000:]}")
-    return Path(run.stdout.split()[-1]) / "cert-manager-controller"
-
-
 async def test_data_plane_serves_cert_managers_certificate(tmp_path: Path) -> None:
-    binary = controller_binary()
-    if not os.access(binary, os.X_OK):
-        require_server("cert-manager's controller", f"not executable: {binary}")
     async with workload_control_plane(tmp_path / "cp") as cp:
         kube = cp.client
         await apply_all(kube, cert_manager_crds(
@@ -96,59 +76,54 @@ async def test_data_plane_serves_cert_managers_certificate(tmp_path: Path) -> No
                                           timeout=120)
         assert release["status"] == "deployed", release
         log_path = tmp_path / "cert-manager.log"
-        with log_path.open("ab") as log:
-            controller = subprocess.Popen(
-                [str(binary), f"--kubeconfig={cp.kubeconfig}", f"--namespace={NAMESPACE}",
-                 f"--controllers={','.join(CONTROLLERS)}", "--v=2"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent)
         replica = None
-        try:
-            for obj in cert_manager_objects():
-                await kube.create(f"{CM}/{obj['kind'].lower()}s", obj, NAMESPACE)
+        async with running_controllers(cp.kubeconfig, NAMESPACE, CONTROLLERS,
+                                       log_path) as controller:
+            try:
+                for obj in cert_manager_objects():
+                    await kube.create(f"{CM}/{obj['kind'].lower()}s", obj, NAMESPACE)
 
-            async def issued() -> dict | None:
-                assert controller.poll() is None, log_path.read_text(errors="replace")[-4000:]
-                secret = await kube.get("secrets", "qkms-data-plane-tls", NAMESPACE)
-                return secret if secret and (secret.get("data") or {}).get("tls.crt") else None
-            secret = await eventually(issued, timeout=120, what="cert-manager's Secret",
-                                      context=lambda: log_path.read_text(errors="replace")[-4000:])
-            ca_secret = await kube.get("secrets", "platform-ca", NAMESPACE)
-            ca = tmp_path / "platform-ca.crt"
-            ca.write_bytes(base64.b64decode(ca_secret["data"]["tls.crt"]))
-            assert base64.b64decode(secret["data"]["ca.crt"]) == ca.read_bytes()
+                async def issued() -> dict | None:
+                    assert controller.poll() is None, log_path.read_text(errors="replace")[-4000:]
+                    secret = await kube.get("secrets", "qkms-data-plane-tls", NAMESPACE)
+                    return secret if secret and (secret.get("data") or {}).get("tls.crt") else None
+                secret = await eventually(
+                    issued, timeout=120, what="cert-manager's Secret",
+                    context=lambda: log_path.read_text(errors="replace")[-4000:])
+                ca_secret = await kube.get("secrets", "platform-ca", NAMESPACE)
+                ca = tmp_path / "platform-ca.crt"
+                ca.write_bytes(base64.b64decode(ca_secret["data"]["tls.crt"]))
+                assert base64.b64decode(secret["data"]["ca.crt"]) == ca.read_bytes()
 
-            await signing_key(kube)
-            token = await key_user(cp)
-            (pod, _) = await pods_of(kube, NAMESPACE, SELECTOR, 2)
-            replica = LocalPod(cp, pod, tmp_path / "volumes", tmp_path / "pods")
-            await replica.start()
-            await ready_key(kube, "signer")
-            port = replica.named_ports["api"]
-            url = f"https://127.0.0.1:{port}/v1/keys/{APP_NS}/signer:sign"
-            body = {"input": base64.b64encode(b"over cert-manager's TLS").decode()}
-            headers = {"Authorization": f"Bearer {token}"}
-            trusted = ssl.create_default_context(cafile=str(ca))
-            _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=trusted,
-                                                      server_hostname=SERVICE_NAME)
-            served = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-            writer.close()
-            issued_cert = x509.load_pem_x509_certificates(
-                base64.b64decode(secret["data"]["tls.crt"]))[0]
-            assert served == issued_cert.public_bytes(serialization.Encoding.DER)
-            async with aiohttp.ClientSession() as session:
-                async with session.post(url, json=body, headers=headers, ssl=trusted,
-                                        server_hostname=SERVICE_NAME) as rsp:
-                    answer = await rsp.json(content_type=None)
-                    assert rsp.status == 200 and answer.get("signature"), answer
-                # The cluster's CA did not sign it: a client trusting that is refused.
-                other = ssl.create_default_context(cafile=str(cp.pki.ca_path))
-                with pytest.raises(aiohttp.ClientConnectorCertificateError):
-                    await session.post(url, json=body, headers=headers, ssl=other,
-                                       server_hostname=SERVICE_NAME)
-        finally:
-            if replica is not None:
-                await replica.stop()
-                print(replica.log()[-6000:])
-            await stop_process(controller)
-            print(log_path.read_text(errors="replace")[-6000:])
+                await signing_key(kube)
+                token = await key_user(cp)
+                (pod, _) = await pods_of(kube, NAMESPACE, SELECTOR, 2)
+                replica = LocalPod(cp, pod, tmp_path / "volumes", tmp_path / "pods")
+                await replica.start()
+                await ready_key(kube, "signer")
+                port = replica.named_ports["api"]
+                url = f"https://127.0.0.1:{port}/v1/keys/{APP_NS}/signer:sign"
+                body = {"input": base64.b64encode(b"over cert-manager's TLS").decode()}
+                headers = {"Authorization": f"Bearer {token}"}
+                trusted = ssl.create_default_context(cafile=str(ca))
+                _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=trusted,
+                                                          server_hostname=SERVICE_NAME)
+                served = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+                writer.close()
+                issued_cert = x509.load_pem_x509_certificates(
+                    base64.b64decode(secret["data"]["tls.crt"]))[0]
+                assert served == issued_cert.public_bytes(serialization.Encoding.DER)
+                async with aiohttp.ClientSession() as session:
+                    async with session.post(url, json=body, headers=headers, ssl=trusted,
+                                            server_hostname=SERVICE_NAME) as rsp:
+                        answer = await rsp.json(content_type=None)
+                        assert rsp.status == 200 and answer.get("signature"), answer
+                    # The cluster's CA did not sign it: a client trusting that is refused.
+                    other = ssl.create_default_context(cafile=str(cp.pki.ca_path))
+                    with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                        await session.post(url, json=body, headers=headers, ssl=other,
+                                           server_hostname=SERVICE_NAME)
+            finally:
+                if replica is not None:
+                    await replica.stop()
+                    print(replica.log()[-6000:])

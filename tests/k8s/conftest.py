@@ -44,3 +44,17 @@ async def qkms_operator(kube, operator_kubeconfig: Path,
         await operator.stop()
         for run in range(1, operator.runs + 1):  # shown by pytest when the test fails
             print(f"--- operator run {run} ---\n{operator.log(run)}")
+
+
+@pytest.fixture
+async def issuer_operator(operator_kubeconfig: Path,
+                          tmp_path: Path) -> AsyncIterator[OperatorProcess]:
+    """The qkms operator started for the cert-manager issuer tests (issuer retries in 1 s)."""
+    process = qkms_operator_process(operator_kubeconfig, tmp_path / "operator",
+                                    {"QKMS_ISSUER_RETRY_SECONDS": "1"})
+    await process.start()
+    try:
+        yield process
+    finally:
+        await process.stop()
+        print(f"--- operator ---\n{process.log()}")

@@ -22,10 +22,7 @@ and against the Secret's private key.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -33,13 +30,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.k8s.conftest import qkms_operator_process
 from tests.k8s.test_cert_manager_issuer import (
-    CERT_MANAGER_VERSION,
     CR,
     NS,
     audit_entries,
-    cert_manager_crds,
     conditions,
     issuer,
     issuer_ready,
@@ -47,11 +41,9 @@ from tests.k8s.test_cert_manager_issuer import (
     namespace,
     openssl_verify,
 )
-from tests.support.controlplane import ROOT, stop_process
+from tests.support.cert_manager import cert_manager_crds, running_controllers
 from tests.support.fixtures import apply_all
 from tests.support.kubeclient import KubeClient, eventually
-from tests.support.server_process import die_with_parent
-from tests.support.servers import require_server
 
 CERTIFICATES = "cert-manager.io/v1/certificates"
 CONTROLLERS = ("certificates-trigger", "certificates-key-manager",
@@ -61,54 +53,20 @@ CONTROLLERS = ("certificates-trigger", "certificates-key-manager",
 CA_ALGORITHMS = ("Ed25519", "ECDSA-P256")
 
 
-def controller_binary() -> Path:
-    """cert-manager's controllers, built (or found cached) by tests/controlplane/build.sh."""
-    if path := os.environ.get("QKMS_CERT_MANAGER_BIN"):
-        return Path(path)
-    run = subprocess.run(["bash", str(ROOT / "tests/controlplane/build.sh"), "certmanager"],
-                         capture_output=True, text=True, check=False)
-    if run.returncode != 0:
-        require_server("cert-manager's controller",
-                       f"building it failed (needs Go 1.26):\n{run.stderr[-2000:]}")
-    return Path(run.stdout.split()[-1]) / "cert-manager-controller"
-
-
 @pytest.fixture
 async def cert_manager_controller(control_plane, kube: KubeClient, tmp_path: Path):
     """cert-manager's CRDs installed and its controllers running in namespace NS."""
-    binary = controller_binary()
-    if not os.access(binary, os.X_OK):
-        require_server("cert-manager's controller", f"not executable: {binary}")
     await apply_all(kube, cert_manager_crds(
         ("certificaterequests", "certificates", "issuers", "clusterissuers")))
-    log_path = tmp_path / "cert-manager.log"
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [str(binary), f"--kubeconfig={control_plane.kubeconfig}", f"--namespace={NS}",
-             "--cluster-resource-namespace=kube-system", f"--controllers={','.join(CONTROLLERS)}",
-             "--v=2"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=die_with_parent)
-    try:
-        await asyncio.sleep(1)
-        assert proc.poll() is None, log_path.read_text(errors="replace")
+    async with running_controllers(control_plane.kubeconfig, NS, CONTROLLERS,
+                                   tmp_path / "cert-manager.log",
+                                   "--cluster-resource-namespace=kube-system") as proc:
         yield proc
-    finally:
-        await stop_process(proc)
-        print(f"--- cert-manager {CERT_MANAGER_VERSION} ---\n"
-              f"{log_path.read_text(errors='replace')[-20000:]}")
 
 
 @pytest.fixture
-async def operator(cert_manager_controller, operator_kubeconfig: Path, tmp_path: Path):
-    process = qkms_operator_process(operator_kubeconfig, tmp_path / "operator",
-                                    {"QKMS_ISSUER_RETRY_SECONDS": "1"})
-    await process.start()
-    try:
-        yield process
-    finally:
-        await process.stop()
-        print(f"--- operator ---\n{process.log()}")
+async def operator(cert_manager_controller, issuer_operator):
+    return issuer_operator
 
 
 def key_name(algorithm: str) -> str:

@@ -26,15 +26,11 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
-import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from asn1crypto import core
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -43,18 +39,10 @@ from cryptography.x509.oid import NameOID
 from dilithium_py.ml_dsa import ML_DSA_44, ML_DSA_65, ML_DSA_87
 
 from qkms.audit.search import Query, search
-from tests.k8s.conftest import qkms_operator_process
+from tests.support.cert_manager import cert_manager_crds
 from tests.support.fixtures import apply_all
 from tests.support.kubeclient import KubeClient, eventually
-from tests.support.servers import require_server
 
-CERT_MANAGER = "github.com/cert-manager/cert-manager"
-# The release whose controllers tests/controlplane/build.sh builds (its go.mod pins it).
-CERT_MANAGER_MODULE = Path(__file__).resolve().parents[1] / "controlplane" / "certmanager"
-CERT_MANAGER_VERSION = os.environ.get("QKMS_CERT_MANAGER_VERSION") or next(
-    line.split()[-1] for line in (CERT_MANAGER_MODULE / "go.mod").read_text().splitlines()
-    if line.split()[:1] == [CERT_MANAGER] or line.split()[:2] == ["require", CERT_MANAGER])
-GO_CACHE = Path(os.environ.get("QKMS_GOMODCACHE", Path.home() / ".cache" / "qkms-gomod"))
 NS = "payments"
 MK, CR = "managedkeys", "cert-manager.io/v1/certificaterequests"
 KI, CKI = "qkms.io/v1alpha1/keyissuers", "qkms.io/v1alpha1/clusterkeyissuers"
@@ -67,37 +55,6 @@ COMPOSITE_OID = "1.3.6.1.5.5.7.6.48"
 DILITHIUM = {"ML-DSA-44": ML_DSA_44, "ML-DSA-65": ML_DSA_65, "ML-DSA-87": ML_DSA_87}
 
 
-# -- cert-manager's CRDs, from its Go module ---------------------------------------------
-
-def cert_manager_crds(plurals: tuple[str, ...] = ("certificaterequests",)
-                      ) -> list[dict[str, Any]]:
-    """cert-manager.io CRDs (by plural) from deploy/crds of the pinned release."""
-    go = shutil.which("go")
-    if go is None:
-        require_server("cert-manager's CRDs", "no go toolchain to download its module")
-    env = {**os.environ, "GOMODCACHE": str(GO_CACHE), "GOFLAGS": "-mod=mod"}
-    module = f"{CERT_MANAGER}@{CERT_MANAGER_VERSION}"
-    done = subprocess.run([go, "mod", "download", "-json", module],
-                          capture_output=True, text=True, env=env, timeout=300, cwd="/")
-    if done.returncode != 0:
-        require_server("cert-manager's CRDs", f"go mod download failed: {done.stdout}{done.stderr}")
-    folder = Path(json.loads(done.stdout)["Dir"]) / "deploy" / "crds"
-    crds = []
-    for plural in plurals:
-        # controller-gen's names since 1.18; crd-<plural>.yaml (a Helm template) before.
-        path = next((p for p in (folder / f"cert-manager.io_{plural}.yaml",
-                                 folder / f"crd-{plural}.yaml") if p.exists()), None)
-        assert path, f"cert-manager {CERT_MANAGER_VERSION} has no CRD for {plural} in {folder}"
-        crd = yaml.safe_load(path.read_text())
-        # Helm template values in labels and annotations: replaced by what an install would
-        # write.
-        crd["metadata"]["labels"] = {"app.kubernetes.io/name": "cert-manager"}
-        crd["metadata"].pop("annotations", None)
-        assert crd["spec"]["names"]["plural"] == plural
-        crds.append(crd)
-    return crds
-
-
 @pytest.fixture
 async def cert_manager(kube: KubeClient) -> KubeClient:
     await apply_all(kube, cert_manager_crds())
@@ -105,17 +62,10 @@ async def cert_manager(kube: KubeClient) -> KubeClient:
 
 
 @pytest.fixture
-async def operator(cert_manager, operator_kubeconfig: Path, tmp_path: Path):
-    process = qkms_operator_process(operator_kubeconfig, tmp_path / "operator",
-                                    {"QKMS_ISSUER_RETRY_SECONDS": "1"})
-    await process.start()
-    try:
-        yield process
-    finally:
-        for body in await cert_manager.list(CKI):
-            await cert_manager.delete(CKI, body["metadata"]["name"])
-        await process.stop()
-        print(f"--- operator ---\n{process.log()}")
+async def operator(cert_manager, issuer_operator):
+    yield issuer_operator
+    for body in await cert_manager.list(CKI):  # cluster-scoped: the next test's are its own
+        await cert_manager.delete(CKI, body["metadata"]["name"])
 
 
 # -- helpers ------------------------------------------------------------------------------
