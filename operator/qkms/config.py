@@ -5,11 +5,14 @@ from __future__ import annotations
 import enum
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from qkms.errors import InvalidInputError
+from qkms.model import durations
 from qkms.model.enums import Environment, ProviderType
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -31,6 +34,48 @@ def _enum(kind: type[enum.Enum], name: str, value: str) -> Any:
         raise InvalidInputError(name, f"{value!r} is not one of {allowed}") from None
 
 
+AUDIT_SYNC_MODES = ("fsync", "write")  # audit/chain.py's SYNC_MODES (config sits below it)
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """How the service's audit chain writes (``AuditChain``'s keyword arguments, its own
+    defaults): the chain itself takes plain arguments and never reads the environment."""
+
+    sync: str = "fsync"  # QKMS_AUDIT_SYNC: fsync (group commit) or write
+    fsync_interval: float = 1.0  # QKMS_AUDIT_FSYNC_INTERVAL: with sync=write
+    checkpoint_interval: float = 60.0  # QKMS_AUDIT_CHECKPOINT_SECONDS
+    checkpoint_every: int = 1000  # QKMS_AUDIT_CHECKPOINT_EVERY: entries
+    ipfs_endpoint: str | None = None  # QKMS_IPFS_API: a kubo RPC endpoint
+
+    def chain_arguments(self) -> dict[str, Any]:
+        return {"sync": self.sync, "fsync_interval": self.fsync_interval,
+                "checkpoint_interval": self.checkpoint_interval,
+                "checkpoint_every": self.checkpoint_every, "ipfs_endpoint": self.ipfs_endpoint}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AuditOptions:
+        """An empty variable is an unset one, as before these moved here."""
+        env = {k: v for k, v in (os.environ if env is None else env).items() if v.strip()}
+        defaults = cls()
+        sync = env.get("QKMS_AUDIT_SYNC", defaults.sync).strip().lower()
+        if sync not in AUDIT_SYNC_MODES:
+            raise InvalidInputError("QKMS_AUDIT_SYNC",
+                                    f"{sync!r} is not one of {', '.join(AUDIT_SYNC_MODES)}")
+        every = _integer(env, "QKMS_AUDIT_CHECKPOINT_EVERY")
+        if every is not None and every < 1:
+            raise InvalidInputError("QKMS_AUDIT_CHECKPOINT_EVERY", "must be at least 1 entry")
+        return cls(
+            sync=sync,
+            fsync_interval=_seconds(env, "QKMS_AUDIT_FSYNC_INTERVAL", defaults.fsync_interval,
+                                    zero=True),
+            checkpoint_interval=_seconds(env, "QKMS_AUDIT_CHECKPOINT_SECONDS",
+                                         defaults.checkpoint_interval, zero=True),
+            checkpoint_every=defaults.checkpoint_every if every is None else every,
+            ipfs_endpoint=env["QKMS_IPFS_API"].strip() if "QKMS_IPFS_API" in env else None,
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
     environment: Environment = Environment.DEV
@@ -50,6 +95,11 @@ class Settings:
     # How old another process's open intent (store/intents.py) must be before the sweep
     # treats it as cut short: longer than any provider call may take.
     intent_timeout: float = 120.0
+    # QKMS_AUDIT_WRITER (the pod's name in a cluster, ``w<n>`` for a serve worker): this
+    # process's own audit chain, ``<data_dir>/audit/<writer>``, and AEAD budget record.
+    audit_writer: str = ""
+    audit_mac_rotation: timedelta = timedelta(days=90)  # QKMS_AUDIT_MAC_ROTATION
+    audit: AuditOptions = field(default_factory=AuditOptions)  # QKMS_AUDIT_*, QKMS_IPFS_API
     # Holds credentials (VAULT_TOKEN, HSM_PIN, ...): never in repr, logs or errors.
     provider_options: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -103,6 +153,11 @@ class Settings:
                 raise InvalidInputError("QKMS_AEAD_MAX_ENCRYPTIONS",
                                         "must be an integer from 1 to 4294967296 (2^32)")
             values["aead_max_encryptions"] = int(text)
+        values["audit_writer"] = env.get("QKMS_AUDIT_WRITER", "").strip()
+        if env.get("QKMS_AUDIT_MAC_ROTATION", "").strip():
+            values["audit_mac_rotation"] = timedelta(seconds=durations.seconds(
+                env["QKMS_AUDIT_MAC_ROTATION"].strip(), "QKMS_AUDIT_MAC_ROTATION"))
+        values["audit"] = AuditOptions.from_env(env)
         values["provider_options"] = {
             k: v for k, v in env.items()
             if k.startswith(("VAULT_", "AWS_", "AZURE_", "HSM_"))
@@ -113,6 +168,90 @@ class Settings:
             if isinstance(overrides.get(key), str):  # from a command-line flag
                 overrides[key] = _enum(kind, flag, overrides[key])
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+INSECURE_KEK = "QKMS_ALLOW_INSECURE_KEK"
+
+
+def insecure_kek_allowed(env: Mapping[str, str] | None = None) -> bool:
+    """``QKMS_ALLOW_INSECURE_KEK``: use a master-key file others may read (with a warning).
+    Read when a key file is opened (``store.kek``), not kept in ``Settings``: backups, the
+    audit MAC keyring and rewrap open key files without a service's settings.  Unset or
+    empty: no; ``1``/``true``/``yes``: yes; ``0``/``false``/``no``: no; else refused."""
+    text = (os.environ if env is None else env).get(INSECURE_KEK, "").strip()
+    return _flag(INSECURE_KEK, text) if text else False
+
+
+WORKERS_ENV = "QKMS_DATA_PLANE_WORKERS"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``qkms serve``'s processes take from the environment beyond ``Settings``."""
+
+    workers: int = 1  # QKMS_DATA_PLANE_WORKERS: 1 to 64; auto or unset: one per core
+    # QKMS_METRICS_TOKEN: a bearer token that may read /metrics/keys ("": none). A secret.
+    metrics_token: str = field(default="", repr=False)
+    # QKMS_WORKER_PARENT: set by the parent for each data-plane worker it starts (the
+    # worker stops when that process is gone); None: the worker's parent process.
+    worker_parent: int | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None,
+                 cpus: int | None = None) -> ServeConfig:
+        """``cpus``: how many cores ``auto`` means (``os.cpu_count()`` when None)."""
+        env = os.environ if env is None else env
+        text = env.get(WORKERS_ENV, "").strip().lower()
+        if text in ("", "auto"):
+            workers = max(1, min(64, (cpus if cpus is not None else os.cpu_count()) or 1))
+        elif text.isdigit() and 1 <= int(text) <= 64:
+            workers = int(text)
+        else:
+            raise InvalidInputError(WORKERS_ENV,
+                                    f"must be auto or an integer from 1 to 64, not {text!r}")
+        return cls(workers=workers, metrics_token=env.get("QKMS_METRICS_TOKEN", "").strip(),
+                   worker_parent=_integer(env, "QKMS_WORKER_PARENT"))
+
+
+DEFAULT_URL = "https://qkms.qkms-system:8443"
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """What a workload's client (``qkms.client``, ``qkms call``) takes from its environment.
+    An empty file variable is an unset one."""
+
+    url: str = DEFAULT_URL  # QKMS_URL: the data plane
+    token: str | None = field(default=None, repr=False)  # QKMS_TOKEN: a bearer token
+    token_file: Path | None = None  # QKMS_TOKEN_FILE: else the projected token
+    ca_file: Path | None = None  # QKMS_CA_FILE: else the projected qkms-ca bundle
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ClientConfig:
+        env = os.environ if env is None else env
+        return cls(url=env.get("QKMS_URL", DEFAULT_URL), token=env.get("QKMS_TOKEN") or None,
+                   token_file=Path(env["QKMS_TOKEN_FILE"]) if env.get("QKMS_TOKEN_FILE")
+                   else None,
+                   ca_file=Path(env["QKMS_CA_FILE"]) if env.get("QKMS_CA_FILE") else None)
+
+
+@dataclass(frozen=True)
+class CommandConfig:
+    """What single commands read beyond ``Settings``, as given: ``qkms audit`` works on a
+    folder of chains, so it neither validates the environment's name nor needs a store."""
+
+    data_dir: Path | None = None  # QKMS_DATA_DIR; None: unset (the audit commands ask)
+    environment: str | None = None  # QKMS_ENVIRONMENT, lower-cased; not checked here
+    # QKMS_IMPORT_PASSWORD: the password of a PEM ``qkms keys import --pem`` reads.
+    import_password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> CommandConfig:
+        env = os.environ if env is None else env
+        environment = env.get("QKMS_ENVIRONMENT", "").strip().lower()
+        return cls(data_dir=Path(env["QKMS_DATA_DIR"]) if env.get("QKMS_DATA_DIR") else None,
+                   environment=environment or None,
+                   import_password=env.get("QKMS_IMPORT_PASSWORD") or None)
 
 
 def listens_on_loopback(listen: str) -> bool:
@@ -129,7 +268,7 @@ def listens_on_loopback(listen: str) -> bool:
         return False  # 0.0.0.0, '', a name: every interface, or not only this machine
 
 
-def _seconds(env: dict[str, str], name: str, default: float, *, zero: bool = False) -> float:
+def _seconds(env: Mapping[str, str], name: str, default: float, *, zero: bool = False) -> float:
     """A number of seconds: positive (an interval: zero would spin), or ``zero`` allowed."""
     if name not in env:
         return default
@@ -143,7 +282,7 @@ def _seconds(env: dict[str, str], name: str, default: float, *, zero: bool = Fal
     return value
 
 
-def _integer(env: dict[str, str], name: str) -> int | None:
+def _integer(env: Mapping[str, str], name: str) -> int | None:
     text = env.get(name, "").strip()
     if not text:
         return None
@@ -184,6 +323,8 @@ class OperatorConfig:
     tls_cert: Path | None = None  # QKMS_TLS_CERT and QKMS_TLS_KEY: files (cert-manager's)
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # QKMS_TLS_CLIENT_CA: mutual TLS
+    # QKMS_METRICS_TOKEN: a bearer token that may read /metrics/keys ("": none). A secret.
+    metrics_token: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -239,4 +380,5 @@ class OperatorConfig:
             tls_cert=Path(cert) if cert else None,
             tls_key=Path(key) if cert and key else None,
             tls_client_ca=Path(client_ca) if client_ca else None,
+            metrics_token=env.get("QKMS_METRICS_TOKEN", "").strip(),
         )
