@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.mldsa import MLDSA65PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from qkms.config import Settings
+from qkms.config import AuditOptions, Settings
 from qkms.service import KeyManagementService
 
 from .timing import compare, rate
@@ -28,9 +28,8 @@ MESSAGE = os.urandom(1024)
 
 
 async def engine_ratios(sync: str, concurrency: int) -> None:
-    os.environ["QKMS_AUDIT_SYNC"] = sync
     with tempfile.TemporaryDirectory() as tmp:
-        svc = KeyManagementService(Settings(data_dir=Path(tmp)))
+        svc = KeyManagementService(Settings(data_dir=Path(tmp), audit=AuditOptions(sync=sync)))
         print(f"-- audit sync={sync}, {concurrency} caller(s) --")
         ed = await svc.create_key(usage="SIGNING", algorithm="Ed25519", owner="bench")
         ml = await svc.create_key(usage="SIGNING", algorithm="ML-DSA-65", owner="bench")
@@ -71,15 +70,8 @@ async def create_throughput() -> None:
 
 async def main() -> None:
     print("== key engine: use_key through qkms vs the raw library ==")
-    saved = os.environ.get("QKMS_AUDIT_SYNC")
-    try:
-        for sync, concurrency in (("fsync", 1), ("write", 1), ("fsync", 32)):
-            await engine_ratios(sync, concurrency)
-    finally:
-        if saved is None:
-            os.environ.pop("QKMS_AUDIT_SYNC", None)
-        else:
-            os.environ["QKMS_AUDIT_SYNC"] = saved
+    for sync, concurrency in (("fsync", 1), ("write", 1), ("fsync", 32)):
+        await engine_ratios(sync, concurrency)
     await create_throughput()
 
 

@@ -15,7 +15,6 @@ writer (replica) keeps its own record; the count of a version is the sum of them
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,11 +39,11 @@ class _Count:
 
 
 class EncryptionBudget:
-    def __init__(self, sealed: Any, limit: int, writer: str | None = None) -> None:
+    def __init__(self, sealed: Any, limit: int, writer: str = "") -> None:
+        """``writer``: ``Settings.audit_writer``, this process's share of the budget."""
         self.sealed = sealed
         self.limit = limit
-        self.writer = (writer if writer is not None
-                       else os.environ.get("QKMS_AUDIT_WRITER", "").strip())
+        self.writer = writer
         self.lease = max(1, min(65_536, limit // 64))
         self._counts: dict[str, _Count] = {}
 

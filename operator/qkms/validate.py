@@ -8,7 +8,6 @@ creates no master key, and in an empty folder its first line says what to run.
 
 from __future__ import annotations
 
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +51,7 @@ async def run_checks(env: dict[str, str] | None = None, manifests: Path | None =
     """The checks of ``--environment``'s folder of the data dir, as every command uses it."""
     checks: list[Check] = []
     try:
-        root = Settings.from_env(env if env is not None else dict(os.environ), **overrides)
+        root = Settings.from_env(env, **overrides)
     except QkmsError as exc:
         return [Check("configuration", False, exc.message)]
     settings = root.scoped()
@@ -111,7 +110,7 @@ def check_audit(settings: Settings, keys: int) -> Check:
 
     if not settings.audit_enabled:
         return Check("audit", True, "disabled (AUDIT_ENABLED=false)")
-    folder = audit_folder(settings.data_dir)
+    folder = audit_folder(settings.data_dir, settings.audit_writer)
     if not (folder / "segments").is_dir():
         return Check("audit", keys == 0, f"no audit log in {folder}"
                      + (f", but the store holds {keys} keys" if keys else " yet"))

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from qkms.audit import chain as chain_module
-from qkms.audit.chain import AuditChain, options_from_env
+from qkms.audit.chain import AuditChain
 from qkms.audit.encoding import cid_raw, cid_str, decode, entry_prefix, is_entry, section
 from qkms.audit.store import MAGIC, segment_paths
 from qkms.audit.verify import verify_folder
@@ -307,12 +307,7 @@ async def test_snapshot_and_health(tmp_path):
     assert health["status"] == "healthy" and health["entries"] == 3
 
 
-def test_options_from_env():
-    options = options_from_env({"QKMS_AUDIT_SYNC": "write", "QKMS_IPFS_API": "http://x:5001",
-                                "QKMS_AUDIT_CHECKPOINT_EVERY": "10",
-                                "QKMS_AUDIT_CHECKPOINT_SECONDS": "5"})
-    assert options == {"sync": "write", "ipfs_endpoint": "http://x:5001",
-                       "checkpoint_every": 10, "checkpoint_interval": 5.0}
+def test_sync_modes():  # the variables: tests/test_config.py (Settings.audit)
     with pytest.raises(ValueError):
         AuditChain("/tmp/x", sync="sometimes")
     assert chain_module.SYNC_MODES == ("fsync", "write")

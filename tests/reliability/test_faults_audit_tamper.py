@@ -22,7 +22,7 @@ from qkms import cli
 from qkms.audit import encoding
 from qkms.audit.encoding import cid_raw, decode, encode, is_entry
 from qkms.audit.store import CHECKPOINTS, Record
-from qkms.config import Settings
+from qkms.config import AuditOptions, Settings
 from qkms.model.enums import Environment
 from qkms.service import KeyManagementService
 from tests.audit.helpers import AuditKey, make_entry, segment_records, write_segment
@@ -143,13 +143,12 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("audit-source") / "data"
 
     async def fill() -> None:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("QKMS_AUDIT_CHECKPOINT_EVERY", "10")
-            svc = KeyManagementService(Settings(environment=Environment.PROD, data_dir=data))
-            key = await svc.create_key(usage="SIGNING", algorithm="Ed25519", owner="app")
-            for i in range(30):
-                await svc.use_key(key.key_id, "SIGN", f"message {i}".encode())
-            await svc.close()
+        svc = KeyManagementService(Settings(environment=Environment.PROD, data_dir=data,
+                                            audit=AuditOptions(checkpoint_every=10)))
+        key = await svc.create_key(usage="SIGNING", algorithm="Ed25519", owner="app")
+        for i in range(30):
+            await svc.use_key(key.key_id, "SIGN", f"message {i}".encode())
+        await svc.close()
     asyncio.run(fill())
     return data / "audit"
 

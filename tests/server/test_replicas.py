@@ -1,12 +1,14 @@
 """Two data-plane replicas sharing the state (the store; Secrets in a cluster): each serves
 every key, and a rotation or revocation made through one is honoured by the other within
-the catalog TTL. Each replica writes its own audit log (QKMS_AUDIT_WRITER)."""
+the catalog TTL. Each replica writes its own audit log (Settings.audit_writer,
+QKMS_AUDIT_WRITER)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -23,15 +25,15 @@ ROOT = Path(__file__).resolve().parents[2]
 SIGN = "/v1/keys/payments/user-service-signing:sign"
 
 
-async def test_two_replicas_share_keys_and_see_each_others_rotations(tmp_path, monkeypatch):
+async def test_two_replicas_share_keys_and_see_each_others_rotations(tmp_path):
     folder = tmp_path / "manifests"
     shutil.copytree(ROOT / "examples", folder)
     auth = TokensFile(tokens_file(tmp_path / "tokens.yaml"))
     settings = Settings(data_dir=tmp_path / "data", catalog_ttl=0.0)
     replicas, urls = [], []
     for name in ("replica-a", "replica-b"):
-        monkeypatch.setenv("QKMS_AUDIT_WRITER", name)
-        replica = Standalone(settings, folder, tmp_path / f"out-{name}", say=lambda line: None)
+        replica = Standalone(replace(settings, audit_writer=name), folder,
+                             tmp_path / f"out-{name}", say=lambda line: None)
         replica.refresh()
         if name == "replica-a":
             await replica.reconcile_all()  # the active reconciler; b only serves

@@ -13,13 +13,14 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from qkms.audit.store import iter_log
 from qkms.config import Settings
-from qkms.server.workers import worker_count, writer_name
+from qkms.server.workers import writer_name
 from qkms.service import KeyManagementService
 from tests.server.conftest import free_port
 
@@ -37,13 +38,8 @@ grants:
 """
 
 
-def test_worker_count_is_one_per_core_unless_set() -> None:
-    assert worker_count({}, 2) == 2
-    assert worker_count({"QKMS_DATA_PLANE_WORKERS": "auto"}, None) == 1
-    assert worker_count({"QKMS_DATA_PLANE_WORKERS": " 3 "}, 2) == 3
-    for bad in ("0", "65", "-1", "two"):
-        with pytest.raises(ValueError, match="QKMS_DATA_PLANE_WORKERS"):
-            worker_count({"QKMS_DATA_PLANE_WORKERS": bad}, 2)
+def test_each_worker_writes_its_own_chain() -> None:
+    # how many workers (QKMS_DATA_PLANE_WORKERS): tests/test_config.py (ServeConfig)
     assert writer_name("", 1) == "w1" and writer_name("qkms-0", 2) == "qkms-0-w2"
 
 
@@ -155,15 +151,12 @@ def test_audit_verify_export_and_search_read_every_workers_chain(served, tmp_pat
     assert tampered.returncode == 1 and "chain w2" in tampered.stdout, tampered.stdout
 
 
-async def test_a_rotation_through_one_worker_is_used_by_another_at_once(tmp_path,
-                                                                       monkeypatch) -> None:
+async def test_a_rotation_through_one_worker_is_used_by_another_at_once(tmp_path) -> None:
     """Two services over one data dir, as two workers are: a rotation (and then a
     revocation) through one is what the other uses on its next call, TTL or not."""
     settings = Settings(data_dir=tmp_path / "data", catalog_ttl=3600.0)
-    monkeypatch.setenv("QKMS_AUDIT_WRITER", "w1")
-    one = KeyManagementService(settings)
-    monkeypatch.setenv("QKMS_AUDIT_WRITER", "w2")
-    two = KeyManagementService(settings)
+    one = KeyManagementService(replace(settings, audit_writer="w1"))
+    two = KeyManagementService(replace(settings, audit_writer="w2"))
     try:
         created = await one.create_key(usage="SIGNING", algorithm="Ed25519",
                                        owner="payments", name="payments/signing")

@@ -34,7 +34,6 @@ import asyncio
 import contextvars
 import inspect
 import logging
-import os
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
@@ -75,25 +74,9 @@ _in_signer: contextvars.ContextVar[bool] = contextvars.ContextVar("qkms_audit_si
                                                                   default=False)
 
 
-def options_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
-    """``AuditChain`` keyword arguments from ``QKMS_AUDIT_*`` and ``QKMS_IPFS_API``."""
-    env = dict(os.environ if env is None else env)
-    options: dict[str, Any] = {}
-    if env.get("QKMS_AUDIT_SYNC"):
-        options["sync"] = env["QKMS_AUDIT_SYNC"].strip().lower()
-    for var, key in (("QKMS_AUDIT_FSYNC_INTERVAL", "fsync_interval"),
-                     ("QKMS_AUDIT_CHECKPOINT_SECONDS", "checkpoint_interval")):
-        if env.get(var):
-            options[key] = float(env[var])
-    if env.get("QKMS_AUDIT_CHECKPOINT_EVERY"):
-        options["checkpoint_every"] = int(env["QKMS_AUDIT_CHECKPOINT_EVERY"])
-    if env.get("QKMS_IPFS_API"):
-        options["ipfs_endpoint"] = env["QKMS_IPFS_API"].strip()
-    return options
-
-
 class AuditChain:
-    """Hash-chained audit log under ``folder`` (``$QKMS_DATA_DIR/audit``)."""
+    """Hash-chained audit log under ``folder`` (``$QKMS_DATA_DIR/audit``).  Its options
+    are plain arguments: the service passes ``Settings.audit`` (``qkms.config``)."""
 
     def __init__(
         self,

@@ -128,15 +128,6 @@ class AuditMac:
         return done
 
 
-def parse_rotation(text: str | None) -> timedelta:
-    """``QKMS_AUDIT_MAC_ROTATION`` as an ISO 8601 duration (default P90D)."""
-    if not text:
-        return DEFAULT_ROTATION
-    from qkms.model import durations
-
-    return timedelta(seconds=durations.seconds(text.strip(), "QKMS_AUDIT_MAC_ROTATION"))
-
-
 def keyring_near(audit_folder: Path, kek_file: Path | None = None) -> AuditMac:
     """The MAC keyring of the store beside an audit folder (``<env>/audit[/<writer>]`` next
     to ``<env>/store``), opened read-only with its master key (found near it if not given)."""

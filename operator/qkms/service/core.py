@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 import time
 from collections import Counter
@@ -17,10 +16,9 @@ from typing import Any
 from qkms import lifecycle
 from qkms.aead_budget import EncryptionBudget
 from qkms.audit.chain import AuditChain, shared_chain
-from qkms.audit.chain import options_from_env as chain_options_from_env
 from qkms.audit.entry import AuditEntry, AuditSink, MemoryAuditLog
 from qkms.audit.generations import floors as generation_floors
-from qkms.audit.mac import AuditMac, parse_rotation
+from qkms.audit.mac import AuditMac
 from qkms.config import Settings
 from qkms.crypto import suite_for, verify_signature
 from qkms.crypto.base import PublicKey
@@ -55,10 +53,10 @@ from .inputs import (
 log = logging.getLogger("key-management:service")
 
 
-def audit_folder(data_dir: Path) -> Path:
-    """One chain per writer: ``QKMS_AUDIT_WRITER`` (the pod name in a cluster) gives each
-    replica its own log, so replicas never contend for one; unset, the data dir's own."""
-    writer = os.environ.get("QKMS_AUDIT_WRITER", "").strip()
+def audit_folder(data_dir: Path, writer: str = "") -> Path:
+    """One chain per writer: ``Settings.audit_writer`` (``QKMS_AUDIT_WRITER``, the pod name
+    in a cluster) gives each replica its own log, so replicas never contend for one; "",
+    the data dir's own."""
     return data_dir / "audit" / writer if writer else data_dir / "audit"
 
 
@@ -87,7 +85,7 @@ class ServiceCore:
         # Each key's latest generation, replayed from the audit chain: an older record is
         # refused as rolled back (``store.catalog``, ``audit.generations``).
         chain_root = (audit.root if isinstance(audit, AuditChain)
-                      else audit_folder(self.settings.data_dir)
+                      else audit_folder(self.settings.data_dir, self.settings.audit_writer)
                       if audit is None and self.settings.audit_enabled else None)
         feed = ChangeFeed(self.settings.data_dir / "store") if records is None else None
         self.catalog = Catalog(self.sealed, generation_floors(chain_root) if chain_root else {},
@@ -96,18 +94,19 @@ class ServiceCore:
         self.intents = IntentLog(self.sealed)
         self.writer = secrets.token_hex(8)  # names this instance's intents
         self._rollbacks_audited: set[tuple[str, int, int]] = set()
-        self.budget = EncryptionBudget(self.sealed, self.settings.aead_max_encryptions)
+        self.budget = EncryptionBudget(self.sealed, self.settings.aead_max_encryptions,
+                                       self.settings.audit_writer)
         self._background: set[asyncio.Task[None]] = set()
         self.audit_mac = AuditMac(self.sealed, clock=lambda: self.clock(),
-                                  rotation=parse_rotation(os.environ.get(
-                                      "QKMS_AUDIT_MAC_ROTATION")))
+                                  rotation=self.settings.audit_mac_rotation)
         self.provider: Provider = provider or build_provider(self.settings, self.sealed)
         self.events = EventBus()
         self._joined = False  # another service of this process owns the open chain
         if audit is None and self.settings.audit_enabled:
-            audit = shared_chain(audit_folder(self.settings.data_dir),
+            audit = shared_chain(audit_folder(self.settings.data_dir,
+                                              self.settings.audit_writer),
                                  signer=self._sign_checkpoint, check=verify_signature,
-                                 **chain_options_from_env())
+                                 **self.settings.audit.chain_arguments())
             self._joined = audit.users > 1
         self.audit: AuditSink = MemoryAuditLog() if audit is None else audit
         audit = self.audit
