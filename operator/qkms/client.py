@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import os
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from qkms import errors
+from qkms.config import ClientConfig
 
 SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 PROJECTED = Path("/var/run/secrets/qkms")  # token (audience qkms) and ca.crt, projected
@@ -39,15 +39,17 @@ PROJECTED = Path("/var/run/secrets/qkms")  # token (audience qkms) and ca.crt, p
 def default_token_file() -> Path | None:
     """``QKMS_TOKEN_FILE``, else the projected qkms token, else the pod's ServiceAccount
     token (which a data plane that wants the qkms audience refuses)."""
-    if os.environ.get("QKMS_TOKEN_FILE"):
-        return Path(os.environ["QKMS_TOKEN_FILE"])
+    given = ClientConfig.from_env().token_file
+    if given:
+        return given
     return next((p for p in (PROJECTED / "token", SA_TOKEN) if p.exists()), None)
 
 
 def default_ca_file() -> Path | None:
     """``QKMS_CA_FILE``, else the projected ``qkms-ca`` bundle; None: the system's CAs."""
-    if os.environ.get("QKMS_CA_FILE"):
-        return Path(os.environ["QKMS_CA_FILE"])
+    given = ClientConfig.from_env().ca_file
+    if given:
+        return given
     return PROJECTED / "ca.crt" if (PROJECTED / "ca.crt").exists() else None
 
 

@@ -71,6 +71,8 @@ def configure(json_lines: bool = False, debug: str | None = None) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if json_lines
                          else LineFormatter("qkms: %(levelname)s: %(message)s"))
+    # DEBUG (``DEBUG=key-management:*``) is the debug-module convention's variable, not a
+    # QKMS_ one, and logs sits below config in the layers: it stays read here.
     prefixes = [p.rstrip("*") for p in debug_patterns(
         debug if debug is not None else os.environ.get("DEBUG"))]
     handler.addFilter(DebugFilter(prefixes))

@@ -21,11 +21,11 @@ import binascii
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from qkms.config import CommandConfig
 from qkms.errors import InvalidInputError
 
 from .checkpoint import SignatureCheck
@@ -107,8 +107,8 @@ def audit_dir(args: argparse.Namespace) -> Path | None:
     the environment's chain in a data dir (``<data-dir>/<env>/audit``, as every command
     writes it), or an environment folder's, or the audit folder itself."""
     base = getattr(args, "data_dir", None)
-    if base is None and os.environ.get("QKMS_DATA_DIR"):
-        base = Path(os.environ["QKMS_DATA_DIR"])
+    if base is None:
+        base = CommandConfig.from_env().data_dir
     if base is None:
         return None
     base = Path(base)
@@ -119,7 +119,7 @@ def audit_dir(args: argparse.Namespace) -> Path | None:
 
 
 def _environment(args: argparse.Namespace) -> str:
-    return (getattr(args, "environment", None) or os.environ.get("QKMS_ENVIRONMENT")
+    return (getattr(args, "environment", None) or CommandConfig.from_env().environment
             or "dev").strip().lower()
 
 

@@ -103,7 +103,7 @@ async def _cluster_keys() -> tuple[Any, Any, Any]:
 def _no_cluster(exc: Exception) -> str:
     """Why no cluster could be configured, naming the file that was looked for.  A file
     that is not YAML is named with the line only: a kubeconfig may hold tokens."""
-    given = os.environ.get("KUBECONFIG", "")
+    given = os.environ.get("KUBECONFIG", "")  # the Kubernetes client's own variable
     paths = [p for p in given.split(os.pathsep) if p]
     if not paths and not os.path.isfile(os.path.expanduser("~/.kube/config")):
         return "no KUBECONFIG, ~/.kube/config or in-cluster account"
@@ -129,8 +129,9 @@ async def demo(args: argparse.Namespace) -> None:
 async def call(args: argparse.Namespace) -> None:
     """A key operation through the data plane, as a workload does (qkms.client)."""
     from qkms.client import QkmsClient, default_ca_file, default_token_file
+    from qkms.config import ClientConfig
 
-    token = os.environ.get("QKMS_TOKEN")
+    token = ClientConfig.from_env().token
     token_file = args.token_file or (None if token else default_token_file())
     ca_file = args.ca_file or default_ca_file()
     op = args.operation.lower()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from typing import Any
 
+from qkms.config import CommandConfig
 from qkms.crypto import ethereum
 from qkms.errors import InvalidInputError
 from qkms.model.algorithms import resolve_algorithm
@@ -39,7 +39,7 @@ async def keys_import(args: argparse.Namespace) -> None:
     if bool(args.pem) == bool(args.raw):
         raise InvalidInputError("--pem", "give exactly one of --pem FILE or --raw FILE")
     if args.pem:
-        password = os.environ.get("QKMS_IMPORT_PASSWORD")
+        password = CommandConfig.from_env().import_password
         algorithm, private = from_pem(_read_file(args.pem, "--pem"),
                                       password.encode() if password else None)
         if args.algorithm and resolve_algorithm(args.algorithm).name != algorithm:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
+
+from qkms.config import ClientConfig
 
 DESCRIPTION = ("qkms: create, rotate and use cryptographic keys (classical, post-quantum, "
                "hybrid) from the command line, in standalone mode (serve) or as a Kubernetes "
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     call_cmd.add_argument("operation", choices=["sign", "verify", "encrypt", "decrypt", "derive",
                                                 "encapsulate", "decapsulate"])
     call_cmd.add_argument("key", help="namespace/name")
-    call_cmd.add_argument("--url", default=os.environ.get("QKMS_URL", "https://qkms.qkms-system:8443"))
+    call_cmd.add_argument("--url", default=ClientConfig.from_env().url)
     call_cmd.add_argument("--token-file", type=Path,
                           help="bearer token file (default: QKMS_TOKEN_FILE, else the "
                                "projected /var/run/secrets/qkms/token, else the pod's "

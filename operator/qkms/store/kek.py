@@ -27,6 +27,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from qkms.config import INSECURE_KEK, insecure_kek_allowed
 from qkms.errors import InvalidInputError, RecordCorruptError
 
 log = logging.getLogger("key-management:store")
@@ -41,7 +42,7 @@ def kek_id(kek: bytes) -> bytes:
     return hashlib.sha256(b"qkms-kek-id" + kek).digest()[:8]
 
 
-INSECURE_OVERRIDE = "QKMS_ALLOW_INSECURE_KEK"
+INSECURE_OVERRIDE = INSECURE_KEK
 
 
 def check_kek_mode(path: Path) -> None:
@@ -50,7 +51,7 @@ def check_kek_mode(path: Path) -> None:
     mode = stat.S_IMODE(path.stat().st_mode)
     if not mode & 0o077:
         return
-    if os.environ.get(INSECURE_OVERRIDE, "").strip().lower() in ("1", "true", "yes"):
+    if insecure_kek_allowed():
         log.warning("%s is readable by group or others (mode %o); used anyway because %s is "
                     "set", path, mode, INSECURE_OVERRIDE)
         return
