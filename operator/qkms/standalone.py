@@ -325,13 +325,15 @@ class Standalone(ManifestDirectory):
 
 
 async def serve_worker(directory: ManifestDirectory, start_api: Callable[[], Any],
-                       stop: asyncio.Event, poll: float = 1.0) -> None:
+                       stop: asyncio.Event, poll: float = 1.0,
+                       parent: int | None = None) -> None:
     """A data-plane worker of ``qkms serve``: serve the keys the parent's reconciler made,
     re-reading the manifests as they change; never reconcile.  Stops with ``stop`` or when
-    the parent process is gone."""
+    the parent process is gone (``parent``: ``ServeConfig.worker_parent``, the pid of the
+    ``qkms serve`` that started this worker; None: this process's parent)."""
     from qkms.server.workers import parent_gone
 
-    parent = int(os.environ.get("QKMS_WORKER_PARENT") or os.getppid())
+    parent = parent or os.getppid()
     directory.refresh()
     await directory.open_all()
     api = await start_api()

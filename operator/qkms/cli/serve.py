@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from qkms.config import Settings, listens_on_loopback
+from qkms.config import ServeConfig, Settings, listens_on_loopback
 from qkms.errors import InvalidInputError, QkmsError
 
 from .common import (
@@ -29,20 +29,21 @@ async def serve(args: argparse.Namespace) -> None:
     if not folder.is_dir():
         raise InvalidInputError("--manifests", f"{folder} is not a folder")
     if args.worker_fd is not None:
-        return await _serve_worker(args, settings, folder)
+        return await _serve_worker(args, settings, ServeConfig.from_env(), folder)
     serving = bool(args.listen) and not args.once
-    workers = _worker_count() if serving else 1
-    remove_metrics = _shared_metrics(workers)  # before anything imports prometheus_client
+    config = ServeConfig.from_env() if serving else ServeConfig()  # no data plane: unread
+    remove_metrics = _shared_metrics(config.workers)  # before prometheus_client is imported
     try:
-        await _serve(args, settings, folder, serving, workers)
+        await _serve(args, settings, config, folder, serving)
     finally:
         remove_metrics()
 
 
-async def _serve(args: argparse.Namespace, settings: Settings, folder: Path, serving: bool,
-                 workers: int) -> None:
+async def _serve(args: argparse.Namespace, settings: Settings, config: ServeConfig,
+                 folder: Path, serving: bool) -> None:
     """The parent of ``qkms serve``: the reconciler, and the data plane in this process
-    (one worker) or in ``workers`` worker processes."""
+    (one worker) or in ``config.workers`` worker processes."""
+    workers = config.workers
     import signal
 
     from qkms.standalone import Standalone
@@ -81,13 +82,14 @@ async def _serve(args: argparse.Namespace, settings: Settings, folder: Path, ser
             ready = asyncio.create_task(runner.ready.wait())
             await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
             if runner.ready.is_set() and workers > 1:  # keys exist: the workers may start
-                pool = _start_workers(args, sock, workers)
+                pool = _start_workers(args, sock, workers, settings.audit_writer)
                 sock = None  # the first worker has it
                 watcher = asyncio.create_task(pool.watch(stop))
                 publisher = asyncio.create_task(_publish(metrics, runner.registry, stop,
                                                          args.poll))
             elif runner.ready.is_set():  # keys exist before the first request can arrive
-                api = await _standalone_api(args, runner, auth, sock, metrics)
+                api = await _standalone_api(args, runner, auth, sock, metrics,
+                                            config.metrics_token)
         await task
     finally:
         if pool is not None:
@@ -116,20 +118,13 @@ def _check_master_key(settings: Settings) -> None:
         check_kek(settings.kek_path, store)
 
 
-def _worker_count() -> int:
-    from qkms.server.workers import worker_count
-
-    try:
-        return worker_count(os.environ, os.cpu_count())
-    except ValueError as exc:
-        raise InvalidInputError("QKMS_DATA_PLANE_WORKERS", str(exc)) from None
-
-
 def _shared_metrics(workers: int) -> Any:
     """With several processes, one multiprocess metrics folder for them all, named in the
     environment before prometheus_client is imported (the workers inherit it); returns
     what removes it.  A folder the user named is emptied at start even for one process:
-    the library would add a previous run's counts."""
+    the library would add a previous run's counts.  ``PROMETHEUS_MULTIPROC_DIR`` is
+    prometheus-client's own variable, which it reads itself at import: it stays in the
+    environment (not in ``qkms.config``), where this process and its workers share it."""
     if workers < 2 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return lambda: None
     from qkms.server.workers import metrics_folder
@@ -148,20 +143,23 @@ async def _publish(metrics: Any, registry: Any, stop: asyncio.Event, every: floa
             await asyncio.wait_for(stop.wait(), timeout=every)
 
 
-def _start_workers(args: argparse.Namespace, sock: Any, count: int) -> Any:
-    """``count`` data-plane worker processes on ``sock``'s port (SO_REUSEPORT)."""
+def _start_workers(args: argparse.Namespace, sock: Any, count: int, writer: str) -> Any:
+    """``count`` data-plane worker processes on ``sock``'s port (SO_REUSEPORT); ``writer``:
+    this process's audit writer, which each worker's extends."""
     from qkms.server.metrics import process_dead
     from qkms.server.workers import WorkerPool, worker_command
 
     host, port = sock.getsockname()[:2]
-    pool = WorkerPool(worker_command(args.argv), host, port, count, exited=process_dead)
+    pool = WorkerPool(worker_command(args.argv), host, port, count, exited=process_dead,
+                      writer=writer)
     pool.start(sock)
     print(f"qkms serve: data plane on {'https' if args.tls_cert else 'http'}://{args.listen} "
           f"({count} worker processes)", flush=True)
     return pool
 
 
-async def _serve_worker(args: argparse.Namespace, settings: Settings, folder: Path) -> None:
+async def _serve_worker(args: argparse.Namespace, settings: Settings, config: ServeConfig,
+                        folder: Path) -> None:
     """One data-plane worker of ``qkms serve`` (started by it with ``--worker-fd``)."""
     import signal
     import socket
@@ -182,8 +180,9 @@ async def _serve_worker(args: argparse.Namespace, settings: Settings, folder: Pa
     publisher = asyncio.create_task(_publish(metrics, directory.registry, stop, args.poll))
     try:
         await serve_worker(directory, lambda: _standalone_api(args, directory, auth, sock,
-                                                               metrics, quiet=True),
-                           stop, poll=args.poll)
+                                                               metrics, config.metrics_token,
+                                                               quiet=True),
+                           stop, poll=args.poll, parent=config.worker_parent)
     finally:
         stop.set()
         await publisher
@@ -250,7 +249,7 @@ def _standalone_auth(args: argparse.Namespace) -> Any:
 
 
 async def _standalone_api(args: argparse.Namespace, runner: Any, auth: Any, sock: Any,
-                          metrics: Any, *, quiet: bool = False) -> Any:
+                          metrics: Any, metrics_token: str, *, quiet: bool = False) -> Any:
     from qkms.server.app import start_data_plane
     from qkms.server.auth import TokensFile
 
@@ -260,7 +259,8 @@ async def _standalone_api(args: argparse.Namespace, runner: Any, auth: Any, sock
             print("qkms serve: no --tokens file: key operations will answer 401", flush=True)
     tls = (args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     api = await start_data_plane(runner, runner.registry, auth, auth, args.listen, tls,
-                                 sock=sock, metrics=metrics, quiet=True)
+                                 sock=sock, metrics=metrics, quiet=True,
+                                 metrics_token=metrics_token)
     if not quiet:
         print(f"qkms serve: data plane on {'https' if tls else 'http'}://{args.listen}",
               flush=True)

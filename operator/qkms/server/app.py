@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import itertools
 import logging
-import os
 import re
 import socket
 import ssl
@@ -239,15 +238,17 @@ async def openapi(request: web.Request) -> web.Response:
     return _json(document())
 
 
-def make_app(plane: DataPlane, services: Services,
-             metrics_: Metrics | None = None) -> web.Application:
-    """``services`` is a callable returning the live services (they appear as policies do)."""
+def make_app(plane: DataPlane, services: Services, metrics_: Metrics | None = None,
+             metrics_token: str = "") -> web.Application:
+    """``services`` is a callable returning the live services (they appear as policies do);
+    ``metrics_token``: ``QKMS_METRICS_TOKEN`` (``ServeConfig``, ``OperatorConfig``), ""
+    for none."""
     app = web.Application(client_max_size=MAX_BODY)
     app[PLANE] = plane
     app[METRICS] = metrics_ or Metrics()
     app[SERVICES] = services
     app[CHAINS] = ChainFollower()
-    token = os.environ.get("QKMS_METRICS_TOKEN", "").strip()
+    token = metrics_token.strip()
     app[METRICS_TOKEN] = hashlib.sha256(token.encode()).digest() if token else b""
     app.on_cleanup.append(_flush_denials)
     app.router.add_post("/v1/keys/{namespace}/{target}", key_operation)
@@ -295,12 +296,13 @@ async def start_data_plane(directory: KeyDirectory, registry: Any, authenticator
                            authorizer: Any, listen: str,
                            tls: tuple[Path, Path, Path | None] | None = None, *,
                            sock: socket.socket | None = None, metrics: Metrics | None = None,
-                           quiet: bool = False) -> web.AppRunner:
+                           quiet: bool = False,
+                           metrics_token: str = "") -> web.AppRunner:
     """Build and start the server for a registry of services; returns the runner.
 
     ``metrics``: one the caller attached to the registry already (so it counted the
     services' audit entries from their first one); ``sock``: a socket bound already;
-    ``quiet``: the caller says where it listens."""
+    ``quiet``: the caller says where it listens; ``metrics_token``: as ``make_app``'s."""
     metrics_ = metrics
     if metrics_ is None:
         metrics_ = Metrics()
@@ -308,7 +310,7 @@ async def start_data_plane(directory: KeyDirectory, registry: Any, authenticator
         for service in registry.all():
             metrics_.attach(service)
     plane = DataPlane(directory, authenticator, authorizer, registry=registry)
-    app = make_app(plane, registry.all, metrics_)
+    app = make_app(plane, registry.all, metrics_, metrics_token)
     host, _, port = listen.rpartition(":")
     context = tls_context(*tls) if tls else None
     runner = await start(app, host or "0.0.0.0", int(port), context, sock)  # noqa: S104

@@ -37,6 +37,8 @@ from qkms.audit.entry import AuditEntry
 from qkms.service import KeyManagementService
 
 ROTATIONS = {"ROTATE", "MIGRATE"}
+# prometheus-client's own variable, which the library reads from the environment itself:
+# read here too (not in qkms.config), so qkms agrees with what the library does.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 

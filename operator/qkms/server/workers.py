@@ -1,8 +1,9 @@
 """Data-plane worker processes: N processes serve one port, side by side.
 
 Python runs one thread of bytecode at a time, so one process uses one core.  ``qkms serve``
-starts ``QKMS_DATA_PLANE_WORKERS`` worker processes (default: one per core) that each
-listen on the same port with ``SO_REUSEPORT``: the kernel spreads connections among them.
+starts ``QKMS_DATA_PLANE_WORKERS`` worker processes (``config.ServeConfig``; default: one
+per core) that each listen on the same port with ``SO_REUSEPORT``: the kernel spreads
+connections among them.
 Each worker writes its own audit chain (``QKMS_AUDIT_WRITER`` plus ``-w<n>``: its own
 folder under the environment's audit folder, read by ``qkms audit verify``), so workers
 never contend for a log, and each chain keeps its own order.  The parent process keeps
@@ -32,20 +33,8 @@ from pathlib import Path
 
 log = logging.getLogger("key-management:server")
 
-WORKERS_ENV = "QKMS_DATA_PLANE_WORKERS"
 RESTART_DELAY = 1.0  # seconds before a dead worker is started again
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def worker_count(env: Mapping[str, str], cpus: int | None) -> int:
-    """How many data-plane workers: ``QKMS_DATA_PLANE_WORKERS`` (1 to 64; ``auto`` or
-    unset: one per core).  Raises ValueError naming the variable for anything else."""
-    text = env.get(WORKERS_ENV, "").strip().lower()
-    if text in ("", "auto"):
-        return max(1, min(64, cpus or 1))
-    if not text.isdigit() or not 1 <= int(text) <= 64:
-        raise ValueError(f"{WORKERS_ENV} must be auto or an integer from 1 to 64, not {text!r}")
-    return int(text)
 
 
 def writer_name(base: str, index: int) -> str:
@@ -95,7 +84,8 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
 @dataclass
 class WorkerPool:
     """Start ``count`` workers, each ``command + ["--worker-fd", fd]`` with its own socket
-    bound to ``host:port`` (SO_REUSEPORT) and its own audit writer; restart one that dies;
+    bound to ``host:port`` (SO_REUSEPORT) and its own audit writer (``writer`` plus
+    ``-w<n>``, in the environment it starts the worker with); restart one that dies;
     stop them all.  The parent closes its copy of each socket once the worker has it, so
     no connection waits on a socket nobody accepts from.  ``exited`` is told the pid of
     each worker that is gone (its live metrics are dropped)."""
@@ -104,7 +94,8 @@ class WorkerPool:
     host: str
     port: int
     count: int
-    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))  # forwarded
+    writer: str = ""  # this process's audit writer (Settings.audit_writer)
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     restarts: int = 0
     exited: Callable[[int], None] = lambda pid: None
@@ -113,8 +104,7 @@ class WorkerPool:
     def _spawn(self, index: int, sock: socket.socket | None = None) -> None:
         sock = sock or reuseport_socket(self.host, self.port)
         try:
-            env = {**self.env, "QKMS_AUDIT_WRITER": writer_name(
-                self.env.get("QKMS_AUDIT_WRITER", "").strip(), index),
+            env = {**self.env, "QKMS_AUDIT_WRITER": writer_name(self.writer, index),
                 "QKMS_WORKER_PARENT": str(os.getpid())}
             self.procs[index] = subprocess.Popen(
                 [*self.command, "--worker-fd", str(sock.fileno())], env=env,
