@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from kubernetes import config
 
 from qkms.config import Settings
+from qkms.k8s.auth import KubeAuth
 from qkms.server.app import start_data_plane
-from qkms.server.auth import KubeAuth
 from qkms.standalone import Standalone
 from tests.support.controlplane import ISSUER, ControlPlane
 from tests.support.kubeclient import eventually

@@ -19,7 +19,8 @@ async def start(runtime: OperatorRuntime, config: OperatorConfig) -> Any:
     if not config.api_listen:
         return None
     from qkms.server.app import start_data_plane
-    from qkms.server.auth import KubeAuth
+
+    from .auth import KubeAuth
 
     # Tokens must be minted for qkms (a projected ServiceAccount token with this
     # audience): a token for the API server, or for anything else, is refused.
@@ -27,7 +28,7 @@ async def start(runtime: OperatorRuntime, config: OperatorConfig) -> Any:
                     audiences=list(config.audiences))
     tls = await tls_files(runtime, config)
     return await start_data_plane(runtime, runtime.registry, auth, auth, config.api_listen,
-                                  tls)
+                                  tls, metrics_token=config.metrics_token)
 
 
 async def tls_files(runtime: OperatorRuntime,
