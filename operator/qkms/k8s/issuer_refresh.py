@@ -95,19 +95,12 @@ async def _published(kube: Kube, body: Mapping[str, Any],
 
 # -- refreshing: under one lock per issuer, from a fresh read ------------------------------
 
-ISSUER_LOCKS: dict[Ident, asyncio.Lock] = {}
-KEY_ISSUERS_OF: dict[str, set[Ident]] = {}  # "namespace/name" of a key -> issuers using it
-KEY_SEEN: dict[str, str] = {}
-TIMERS: dict[Ident, asyncio.Task[None]] = {}
-BACKGROUND: set[asyncio.Task[Any]] = set()
-
-
-def _spawn(coroutine: Any) -> asyncio.Task[Any]:
-    """A task kept referenced until it ends; its coroutine carries the runtime it needs,
-    captured when spawned."""
+def _spawn(runtime: OperatorRuntime, coroutine: Any) -> asyncio.Task[Any]:
+    """A task kept referenced (on the runtime) until it ends; its coroutine carries the
+    runtime it needs, captured when spawned."""
     task = asyncio.create_task(coroutine)
-    BACKGROUND.add(task)
-    task.add_done_callback(BACKGROUND.discard)
+    runtime.issuers.tasks.add(task)
+    task.add_done_callback(runtime.issuers.tasks.discard)
     return task
 
 
@@ -120,12 +113,12 @@ async def refresh(runtime: OperatorRuntime, ident: Ident, *, resume: bool = True
                   ) -> tuple[dict[str, Any], IssuerState | None] | None:
     """Refresh the issuer now (None if it is gone): status written, timers set, and
     (``resume``) ``ON_READY`` called when it is ready.  ``kopf.TemporaryError``: retry."""
-    async with ISSUER_LOCKS.setdefault(ident, asyncio.Lock()):
+    async with runtime.issuers.locks.setdefault(ident, asyncio.Lock()):
         body = await _read_issuer(runtime.kube, ident)
         if body is None:
-            _forget(ident)
+            _forget(runtime, ident)
             return None
-        _watch_key(ident, body)
+        _watch_key(runtime, ident, body)
         status, retry, state = await refresh_issuer(runtime, body)
         await _patch_issuer(runtime.kube, body, status)
     if retry:  # a key still being made, a provider fault: tried again (status kept)
@@ -134,23 +127,24 @@ async def refresh(runtime: OperatorRuntime, ident: Ident, *, resume: bool = True
     _schedule(runtime, ident, body, status)
     if state is not None and resume:
         for hook in ON_READY:
-            _spawn(hook(runtime, body))
+            _spawn(runtime, hook(runtime, body))
     return status, state
 
 
-def _watch_key(ident: Ident, body: Mapping[str, Any]) -> None:
+def _watch_key(runtime: OperatorRuntime, ident: Ident, body: Mapping[str, Any]) -> None:
     ref = (body.get("spec") or {}).get("keyRef") or {}
     namespace = ref.get("namespace") or ident[1]
-    for issuers in KEY_ISSUERS_OF.values():
+    of_key = runtime.issuers.issuers_of_key
+    for issuers in of_key.values():
         issuers.discard(ident)
     if namespace and ref.get("name"):
-        KEY_ISSUERS_OF.setdefault(f"{namespace}/{ref['name']}", set()).add(ident)
+        of_key.setdefault(f"{namespace}/{ref['name']}", set()).add(ident)
 
 
-def _forget(ident: Ident) -> None:
-    for issuers in KEY_ISSUERS_OF.values():
+def _forget(runtime: OperatorRuntime, ident: Ident) -> None:
+    for issuers in runtime.issuers.issuers_of_key.values():
         issuers.discard(ident)
-    timer = TIMERS.pop(ident, None)
+    timer = runtime.issuers.timers.pop(ident, None)
     if timer is not None and timer is not asyncio.current_task():
         timer.cancel()
 
@@ -169,10 +163,10 @@ def _schedule(runtime: OperatorRuntime, ident: Ident, body: Mapping[str, Any],
     except (ValueError, QkmsError):
         return
     delay = max(1.0, (due - moment).total_seconds() + 1.0)
-    old = TIMERS.pop(ident, None)
+    old = runtime.issuers.timers.pop(ident, None)
     if old is not None and old is not asyncio.current_task():
         old.cancel()
-    TIMERS[ident] = _spawn(_later(runtime, ident, delay))
+    runtime.issuers.timers[ident] = _spawn(runtime, _later(runtime, ident, delay))
 
 
 async def _later(runtime: OperatorRuntime, ident: Ident, delay: float) -> None:
@@ -182,7 +176,7 @@ async def _later(runtime: OperatorRuntime, ident: Ident, delay: float) -> None:
     except (kopf.TemporaryError, ApiException, QkmsError) as exc:
         retry = runtime.config.issuer_retry_seconds
         log.warning("%s: refresh failed, again in %ss: %s", ident[2], retry, exc)
-        TIMERS[ident] = _spawn(_later(runtime, ident, retry))
+        runtime.issuers.timers[ident] = _spawn(runtime, _later(runtime, ident, retry))
 
 
 async def _refresh_quietly(runtime: OperatorRuntime, ident: Ident) -> None:
@@ -194,10 +188,11 @@ async def _refresh_quietly(runtime: OperatorRuntime, ident: Ident) -> None:
 
 
 def _schedule_retry(runtime: OperatorRuntime, ident: Ident) -> None:
-    old = TIMERS.pop(ident, None)
+    old = runtime.issuers.timers.pop(ident, None)
     if old is not None and old is not asyncio.current_task():
         old.cancel()
-    TIMERS[ident] = _spawn(_later(runtime, ident, runtime.config.issuer_retry_seconds))
+    runtime.issuers.timers[ident] = _spawn(
+        runtime, _later(runtime, ident, runtime.config.issuer_retry_seconds))
 async def _issuer_body(kube: Kube, namespace: str, ref: Mapping[str, Any]
                        ) -> dict[str, Any] | None:
     custom = kube.custom

@@ -53,9 +53,6 @@ from qkms.model.names import (
 
 from .issuer_ca import NotReady, call, issuer_ref, key_service, now, stamp
 from .issuer_refresh import (
-    ISSUER_LOCKS,
-    KEY_ISSUERS_OF,
-    KEY_SEEN,
     ON_READY,
     Ident,
     _condition,
@@ -92,27 +89,28 @@ async def reconcile_issuer(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.delete(*KEY_ISSUERS, optional=True)
 @kopf.on.delete(*CLUSTER_KEY_ISSUERS, optional=True)
-async def issuer_deleted(body: kopf.Body, **_: Any) -> None:
+async def issuer_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """No finalizer (optional): the ConfigMap goes with its owner; timers stop here."""
-    _forget(_ident(body))
+    _forget(runtime_of(memo), _ident(body))
 
 
 @kopf.on.event(*MANAGED_KEYS)
 async def key_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A rotation or revocation of a CA key refreshes its issuers at once."""
+    runtime = runtime_of(memo)
     meta = body["metadata"]
     key = f"{meta.get('namespace')}/{meta['name']}"
-    issuers = KEY_ISSUERS_OF.get(key)
+    issuers = runtime.issuers.issuers_of_key.get(key)
     if not issuers:
         return
     status = body.get("status") or {}
     mark = json.dumps([status.get("keyId"), status.get("phase"),
                        [(v.get("keyId"), v.get("state")) for v in status.get("versions") or []]])
-    if KEY_SEEN.get(key) == mark:
+    if runtime.issuers.key_seen.get(key) == mark:
         return
-    KEY_SEEN[key] = mark
+    runtime.issuers.key_seen[key] = mark
     for ident in list(issuers):
-        _spawn(_refresh_quietly(runtime_of(memo), ident))
+        _spawn(runtime, _refresh_quietly(runtime, ident))
 
 
 # -- CertificateRequests --------------------------------------------------------------
@@ -165,10 +163,6 @@ def _rules(issuer: KeyIssuer | ClusterKeyIssuer) -> ipolicy.Rules:
                     some(policy.allowed_email_addresses))
 
 
-DONE: set[str] = set()  # uids signed or refused by this process (a stale event is ignored)
-LOCKS: dict[str, asyncio.Lock] = {}
-
-
 @kopf.on.event(*CERTIFICATE_REQUESTS, when=ours)
 async def certificate_request(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo,
                               **_: Any) -> None:
@@ -183,8 +177,8 @@ async def certificate_request(event: kopf.RawEvent, body: kopf.Body, memo: kopf.
 async def _once(runtime: OperatorRuntime, body: Mapping[str, Any]) -> None:
     """Sign a pending request at most once per process, whoever asks (event or resume)."""
     uid = body["metadata"]["uid"]
-    async with LOCKS.setdefault(uid, asyncio.Lock()):
-        if pending(body) and uid not in DONE:
+    async with runtime.issuers.request_locks.setdefault(uid, asyncio.Lock()):
+        if pending(body) and uid not in runtime.issuers.done:  # a stale event is ignored
             await sign_request(runtime, body)
 
 
@@ -247,7 +241,7 @@ async def sign_request(runtime: OperatorRuntime, body: Mapping[str, Any]) -> Non
                                     usages=spec.get("usages") or [],
                                     is_ca=bool(spec.get("isCA")))
     except ix.Refused as exc:
-        DONE.add(meta["uid"])
+        runtime.issuers.done.add(meta["uid"])
         await state.service.audit_key_event(
             "ISSUE_CERTIFICATE", state.key_name, actor, result="denied", reason=str(exc),
             key_id=state.key_id,
@@ -268,7 +262,7 @@ async def sign_request(runtime: OperatorRuntime, body: Mapping[str, Any]) -> Non
             "Ready", False, "Pending", f"signing failed, will retry: {exc}")]})
         return
     leaf = ix.to_pem(ix.certificate(tbs, state.signature_alg, signature)).encode()
-    DONE.add(meta["uid"])
+    runtime.issuers.done.add(meta["uid"])
     subject = csr.subject.rfc4514_string()
     await state.service.audit_key_event(
         "ISSUE_CERTIFICATE", state.key_name, actor, key_id=state.key_id, details={
@@ -290,7 +284,7 @@ async def _refuse(runtime: OperatorRuntime, body: Mapping[str, Any], where: str,
                   message: str, issuer_body: Mapping[str, Any] | None = None) -> None:
     """Ready=False reason Failed (final), audited as a refused ISSUE_CERTIFICATE."""
     meta, spec = body["metadata"], body["spec"]
-    DONE.add(meta["uid"])
+    runtime.issuers.done.add(meta["uid"])
     found = await key_service(runtime, issuer_body or await _issuer_body(
         runtime.kube, meta["namespace"], spec["issuerRef"]) or {})
     if found is not None:
@@ -305,17 +299,14 @@ async def _refuse(runtime: OperatorRuntime, body: Mapping[str, Any], where: str,
 
 # -- revocation ----------------------------------------------------------------------------
 
-REVOKED: set[str] = set()  # uids whose certificate this process recorded as revoked
-
-
 async def revoke_certificate(runtime: OperatorRuntime, body: Mapping[str, Any]) -> None:
     """Record the request's certificate as revoked by its issuer, then sign a new CRL."""
     meta, spec = body["metadata"], body["spec"]
     where = f"{meta['namespace']}/{meta['name']}"
     encoded = (body.get("status") or {}).get("certificate")
-    if not encoded or meta["uid"] in REVOKED:
+    if not encoded or meta["uid"] in runtime.issuers.revoked:
         return
-    REVOKED.add(meta["uid"])
+    runtime.issuers.revoked.add(meta["uid"])
     ref = spec["issuerRef"]
     ident: Ident = (ref["kind"], None if ref["kind"] == "ClusterKeyIssuer"
                     else meta["namespace"], ref["name"])
@@ -326,7 +317,7 @@ async def revoke_certificate(runtime: OperatorRuntime, body: Mapping[str, Any]) 
         log.warning("%s: not revoked: %s", where, exc)
         return
     serial = format(leaf.serial_number, "x")
-    async with ISSUER_LOCKS.setdefault(ident, asyncio.Lock()):
+    async with runtime.issuers.locks.setdefault(ident, asyncio.Lock()):
         issuer_body = await _read_issuer(runtime.kube, ident)
         if issuer_body is None:
             return

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,6 +39,21 @@ def runtime_of(memo: Any) -> OperatorRuntime:
     hands every handler, daemon and timer a copy of that memo)."""
     runtime: OperatorRuntime = memo.runtime
     return runtime
+
+
+@dataclass
+class IssuerMemory:
+    """What the cert-manager issuer (issuers.py, issuer_refresh.py) remembers between handler
+    calls in this process; it lives on the runtime, and so on Kopf's memo."""
+
+    locks: dict[Any, asyncio.Lock] = field(default_factory=dict)  # per issuer
+    issuers_of_key: dict[str, set[Any]] = field(default_factory=dict)  # "ns/name" -> issuers
+    key_seen: dict[str, str] = field(default_factory=dict)  # the key status last acted on
+    timers: dict[Any, asyncio.Task[None]] = field(default_factory=dict)  # CRL refreshes
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)  # kept referenced until done
+    request_locks: dict[str, asyncio.Lock] = field(default_factory=dict)  # per request uid
+    done: set[str] = field(default_factory=set)  # request uids signed or refused here
+    revoked: set[str] = field(default_factory=set)  # request uids recorded as revoked
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,7 @@ class OperatorRuntime:
         self.ca_pem: bytes | None = None  # the data plane's own CA (QKMS_TLS=auto)
         self.ca_published: set[str] = set()
         self.pinned: dict[str, bytes] = {}  # environment -> checkpoint key pinned
+        self.issuers = IssuerMemory()
         self.announcer = Announcer(kube, timedelta(seconds=self.config.event_replay_seconds),
                                    datetime.now(UTC))
 
