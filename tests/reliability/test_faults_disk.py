@@ -84,7 +84,7 @@ class Serve:
         self.url = f"http://127.0.0.1:{free_port()}"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT)]),
                "QKMS_DATA_DIR": str(self.data), "QKMS_KEY_CACHE_SECONDS": "0",
-               "QKMS_AUDIT_CHECKPOINT_INTERVAL": "1"}
+               "QKMS_AUDIT_CHECKPOINT_SECONDS": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "qkms", "serve", "--manifests", str(self.folder),
              "--out", str(self.out), "--poll", "0.3", "--listen", self.url[len("http://"):],
