@@ -42,7 +42,7 @@ from tests.support.server_process import free_port
 
 from . import wrk
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 DURATION = float(os.environ.get("QKMS_BENCH_SECONDS", "10"))
 WARMUP = float(os.environ.get("QKMS_BENCH_WARMUP", "2"))
 ROUNDS = max(1, int(os.environ.get("QKMS_BENCH_ROUNDS", "1")))

@@ -52,7 +52,7 @@ from tests.support.moto import MotoServer
 from tests.support.openbao import OpenBao
 from tests.support.server_process import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 CHECKS = os.environ.get("QKMS_BENCH_RELIABILITY",
                         "crash,outage,kube,load,rotation").split(",")
 ROTATION_KEYS = int(os.environ.get("QKMS_BENCH_ROTATION_KEYS", "1000"))
