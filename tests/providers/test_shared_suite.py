@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
-from qkms.crypto import suite_for
+from qkms.crypto import ecdsa, suite_for
 from qkms.errors import KeyRevokedError, KeyStateError, QkmsError
 from qkms.model.algorithms import ALGORITHMS
 from qkms.model.enums import Family, Usage, VersionState
@@ -33,6 +33,20 @@ async def exercise(svc, key, name) -> None:
         # Offline, against the public key the provider returned.
         assert suite_for(name).load_public(key.public_key).verify(b"provider suite",
                                                                   result.signature)
+        # A batch's plain SIGNs (one provider call, one group commit): each verifies
+        # offline, low-S on secp256k1 as single SIGN gives it, and one entry per message.
+        messages = [b"batch %d" % i for i in range(3)]
+        before = len(svc.audit.recent(1000))
+        batch = await svc.sign_many(key.key_id, messages)
+        assert [r.key_id for r in batch] == [key.key_id] * 3
+        for message, signed in zip(messages, batch, strict=True):
+            assert suite_for(name).load_public(key.public_key).verify(message, signed.signature)
+            if name == "ECDSA-secp256k1":
+                assert ecdsa.split(signed.signature)[1] <= ecdsa.SECP256K1.half_n
+        entries = svc.audit.recent(1000)[before:]
+        assert [(e.operation, e.result, e.key_id) for e in entries] == \
+            [("SIGN", "success", key.key_id)] * 3
+        assert len({e.digests["data"] for e in entries}) == 3
         if key.public_key_pem and name.startswith(("Ed25519", "ECDSA", "RSA")) and "+" not in name:
             public = load_pem_public_key(key.public_key_pem.encode())
             assert public.public_bytes  # parses with cryptography

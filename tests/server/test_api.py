@@ -103,6 +103,34 @@ async def test_batch_like_transit_batch_input(plane):
     assert second["error"]["code"] == "decryption_failed" and second["status"] == 400
 
 
+async def test_a_batch_of_plain_signs_audits_each_item_and_falls_back_when_refused(plane):
+    """Plain SIGNs take one provider call and one group commit (service.sign_many): one
+    entry per item, each with its own keyed digest.  Where the version cannot sign, the
+    batch goes item by item, so each item is refused and audited as it would be alone;
+    an item with options or a version named goes item by item too."""
+    items = [{"input": b64(b"same")}, {"input": b64(b"other")}, {"input": b64(b"same")}]
+    before = len(plane.seen)
+    status, body = await post(plane, "/v1/keys/payments/ecdsa:sign", {"batch_input": items})
+    assert status == 200 and len(body["batch_results"]) == 3
+    signed = [e for e in plane.seen[before:] if e.operation == "SIGN"]
+    assert [e.result for e in signed] == ["success"] * 3
+    digests = [e.digests["data"] for e in signed]
+    assert digests[0] == digests[2] != digests[1]
+    assert [e.sequence for e in signed] == list(range(signed[0].sequence,
+                                                      signed[0].sequence + 3))
+    mixed = [{"input": b64(b"m"), "signature_format": "raw"}, {"input": b64(b"n")}]
+    status, body = await post(plane, "/v1/keys/payments/ecdsa:sign", {"batch_input": mixed})
+    assert status == 200 and len(base64.b64decode(body["batch_results"][0]["signature"])) == 64
+    await plane.service().revoke_key("payments/ecdsa", "test")
+    before = len(plane.seen)
+    status, body = await post(plane, "/v1/keys/payments/ecdsa:sign", {"batch_input": items})
+    assert status == 200
+    assert [(r["error"]["code"], r["status"]) for r in body["batch_results"]] == \
+        [("key_revoked", 409)] * 3
+    refused = [e for e in plane.seen[before:] if e.operation == "SIGN"]
+    assert [e.result for e in refused] == ["denied"] * 3
+
+
 @pytest.mark.parametrize("path,body,status,code,field", [
     (SIGN, {"input": "%%%"}, 400, "invalid_input", "input"),
     (SIGN, {}, 400, "invalid_input", "input"),

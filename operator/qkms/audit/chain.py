@@ -246,47 +246,71 @@ class AuditChain:
     # -- appending -----------------------------------------------------------------------
     async def append(self, entry: AuditEntry) -> AuditEntry:
         """Store ``entry``; return it with its sequence number and CID."""
+        return (await self.append_many([entry]))[0]
+
+    async def append_many(self, entries: list[AuditEntry]) -> list[AuditEntry]:
+        """Store ``entries`` in order, one after another in the chain, under one turn of
+        the lock and in one group commit (a batch's items); return them stored.  An entry
+        that cannot be encoded refuses it and those after it, as ``append`` would."""
         if not self._opened:
             await self.open()
         if _in_signer.get():
             raise AuditStorageError("the checkpoint signer must not write audit entries")
+        waiters: list[asyncio.Future[AuditEntry]] = []
+        stored: list[AuditEntry] = []
         async with self._lock:
             if self._broken is not None or self._closed:
                 raise AuditStorageError(self._broken or "audit chain is closed")
-            seq = self._size + 1
             try:
-                block = encode_entry(entry, seq, self._head)
-            except (TypeError, ValueError, UnicodeError) as exc:
-                self.stats["failures"] += 1
-                raise AuditStorageError(f"entry cannot be encoded: {exc}") from exc
-            raw = cid_raw(block)
-            if self.sync == "fsync":  # written with the group's fsync, in chain order
-                self._pending.append((seq, self._head, section(raw, block)))
-            else:
-                try:
-                    self._log.append(section(raw, block))
-                except OSError as exc:
-                    self.stats["failures"] += 1
-                    self.last_error = f"write failed: {exc.strerror or exc}"
-                    self._refusing = True
-                    log.error("audit: %s", self.last_error)
-                    raise AuditStorageError(self.last_error) from exc
-                self._refusing = False
-            self._size, self._head = seq, raw
-            stored = entry.stored(seq, cid_str(raw))
-            self._recent.append(stored)
-            self.stats["appended"] += 1
-            if (self._signer is not None and seq - self._signed_size >= self.checkpoint_every
-                    and time.monotonic() >= self._retry_at):
-                await self._checkpoint_locked()
-            waiter = None
-            if self.sync == "fsync" or self._listeners:
-                waiter = asyncio.get_running_loop().create_future()
-                self._queue.append((stored, waiter))
-                self._wake.set()
+                for entry in entries:
+                    stored.append(self._append_locked(entry))
+            finally:
+                if (self._signer is not None
+                        and self._size - self._signed_size >= self.checkpoint_every
+                        and time.monotonic() >= self._retry_at):
+                    await self._checkpoint_locked()
+                if self.sync == "fsync" or self._listeners:
+                    loop = asyncio.get_running_loop()
+                    for one in stored:
+                        waiter = loop.create_future()
+                        self._queue.append((one, waiter))
+                        waiters.append(waiter)
+                    self._wake.set()
         if self._pusher is not None:
             self._pusher.wake()
-        return await waiter if waiter is not None else stored
+        if not waiters:
+            return stored
+        if len(waiters) == 1:
+            return [await waiters[0]]
+        return list(await asyncio.gather(*waiters))  # every outcome retrieved, the first raised
+
+    def _append_locked(self, entry: AuditEntry) -> AuditEntry:
+        """Chain one entry (the lock held): encoded, then pending (fsync: written with
+        the group's fsync, in chain order) or written now."""
+        seq = self._size + 1
+        try:
+            block = encode_entry(entry, seq, self._head)
+        except (TypeError, ValueError, UnicodeError) as exc:
+            self.stats["failures"] += 1
+            raise AuditStorageError(f"entry cannot be encoded: {exc}") from exc
+        raw = cid_raw(block)
+        if self.sync == "fsync":
+            self._pending.append((seq, self._head, section(raw, block)))
+        else:
+            try:
+                self._log.append(section(raw, block))
+            except OSError as exc:
+                self.stats["failures"] += 1
+                self.last_error = f"write failed: {exc.strerror or exc}"
+                self._refusing = True
+                log.error("audit: %s", self.last_error)
+                raise AuditStorageError(self.last_error) from exc
+            self._refusing = False
+        self._size, self._head = seq, raw
+        stored = entry.stored(seq, cid_str(raw))
+        self._recent.append(stored)
+        self.stats["appended"] += 1
+        return stored
 
     async def _commit_loop(self) -> None:
         """Make queued entries durable (one fsync per batch), then deliver them in order."""

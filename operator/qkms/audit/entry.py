@@ -72,6 +72,10 @@ class AuditSink(Protocol):
         """Store the entry durably; return it with its sequence (and CID)."""
         ...
 
+    async def append_many(self, entries: list[AuditEntry]) -> list[AuditEntry]:
+        """Store entries in order, made durable together (a batch's items)."""
+        ...
+
     def recent(self, limit: int = 100) -> list[AuditEntry]: ...
 
     async def health(self) -> dict[str, Any]: ...
@@ -89,6 +93,9 @@ class MemoryAuditLog:
         stored = entry.stored(self._sequence, None)
         self._entries.append(stored)
         return stored
+
+    async def append_many(self, entries: list[AuditEntry]) -> list[AuditEntry]:
+        return [await self.append(entry) for entry in entries]
 
     def recent(self, limit: int = 100) -> list[AuditEntry]:
         return list(self._entries)[-limit:]

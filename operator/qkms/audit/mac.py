@@ -17,7 +17,6 @@ then it is dropped, with the entries it covered.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import logging
 import secrets
@@ -42,7 +41,7 @@ class MacKey:
     retired: datetime | None = None
 
     def digest(self, data: bytes) -> str:
-        return f"{PREFIX}{self.id}:{hmac.new(self.key, data, hashlib.sha256).hexdigest()}"
+        return f"{PREFIX}{self.id}:{hmac.digest(self.key, data, 'sha256').hex()}"
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "key": base64.b64encode(self.key).decode(),

@@ -36,6 +36,7 @@ calling the provider they always did.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -46,7 +47,7 @@ from qkms.store.sealed import SealedStore
 
 from . import capabilities
 from .base import Capability, CreatedKey, KeyHandle, ProviderHealth
-from .software import SoftwareKeys, Wrapper
+from .software import TURN, SoftwareKeys, Wrapper
 
 
 class NativeOrEnvelope(ABC):
@@ -119,6 +120,16 @@ class NativeOrEnvelope(ABC):
         if self.is_native(key):
             return await self.native_sign(key, data, prehashed=prehashed, pkcs1v15=pkcs1v15)
         return await self.envelope.sign(key, data, prehashed=prehashed, pkcs1v15=pkcs1v15)
+
+    async def sign_many(self, key: KeyHandle, messages: list[bytes]) -> list[bytes]:
+        if not self.is_native(key):
+            return await self.envelope.sign_many(key, messages)
+        out: list[bytes] = []
+        for start in range(0, len(messages), TURN):  # a turn's requests in flight at once
+            out += await asyncio.gather(*(self.native_sign(key, message, prehashed=False,
+                                                           pkcs1v15=False)
+                                          for message in messages[start:start + TURN]))
+        return out
 
     async def encrypt(self, key: KeyHandle, plaintext: bytes, aad: bytes) -> bytes:
         if self.is_native(key):

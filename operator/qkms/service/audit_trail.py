@@ -70,7 +70,6 @@ class AuditTrail(ServiceCore):
                       reason: str | None = None, digests: dict[str, str] | None = None,
                       details: dict[str, str] | None = None,
                       name: str | None = None) -> AuditEntry:
-        self.counters["operations"][f"{operation}:{result}"] += 1
         entry = AuditEntry(
             time=self.clock(), environment=self.environment.value, operation=operation,
             result=result, actor=actor, key_name=record.name if record else name,
@@ -78,25 +77,35 @@ class AuditTrail(ServiceCore):
             version=version.version if version else None, reason=reason,
             digests=digests or {}, details=details or {},
         )
+        return (await self._store([entry]))[0]
+
+    async def _store(self, entries: list[AuditEntry]) -> list[AuditEntry]:
+        """Append entries of one operation kind (one, or a batch's items: one group
+        commit), or go ahead unaudited where the audit fails open."""
+        first = entries[0]
+        self.counters["operations"][f"{first.operation}:{first.result}"] += len(entries)
         if not self.settings.audit_enabled:
-            await self._deliver(entry)
-            return entry
+            for entry in entries:
+                await self._deliver(entry)
+            return entries
         if not self._audit_key_checked:
             await self._ensure_audit_key()
         try:
-            stored = await self.audit.append(entry)
+            stored = await self.audit.append_many(entries)
         except Exception as exc:
             self.counters["failures"]["audit"] += 1
             failure = exc if isinstance(exc, AuditStorageError) else \
                 AuditStorageError(type(exc).__name__)
             if self.settings.fails_closed:
-                log.error("%s: refusing %s (fail-closed)", failure, operation)
+                log.error("%s: refusing %s (fail-closed)", failure, first.operation)
                 raise failure from exc
-            log.error("%s: %s goes ahead UNAUDITED (fail-open)", failure, operation)
-            await self._deliver(entry)
-            return entry
+            log.error("%s: %s goes ahead UNAUDITED (fail-open)", failure, first.operation)
+            for entry in entries:
+                await self._deliver(entry)
+            return entries
         if not self._sink_delivers:
-            await self._deliver(stored)
+            for entry in stored:
+                await self._deliver(entry)
         return stored
 
     async def audit_denied(self, operation: str, key_name: str | None, actor: Any,

@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from qkms import lifecycle
-from qkms.audit.entry import Actor
+from qkms.audit.entry import Actor, AuditEntry
 from qkms.crypto.base import InvalidCiphertext
 from qkms.errors import (
     DecryptionError,
@@ -23,6 +23,7 @@ from qkms.model.enums import Operation
 from qkms.model.keys import KeyRecord, KeyVersion
 from qkms.signing import NO_OPTIONS, SignOptions
 from qkms.signing import sign as sign_with_options
+from qkms.signing import sign_many as sign_each
 from qkms.signing import verify as verify_with_options
 
 from .inputs import (
@@ -93,6 +94,37 @@ class KeyOperations(KeyTransitions):
         await self._record(op_name, "success", actor, record, version,
                            digests=self._digests(op, data), details=details)
         return result
+
+    async def sign_many(self, key_id: Any, messages: list[bytes], *,
+                        actor: Any = None) -> list[OperationResult] | None:
+        """SIGN every message (a batch's items, no signature options) with one version:
+        one lookup and check, the signatures in one provider call (software: a tight
+        loop in the crypto pool), an audit entry per message in one group commit.
+
+        None where the version cannot be used or the provider fails: the caller then
+        goes item by item (``use_key``), so that each item is answered and audited as
+        alone.  Nothing was audited or returned by then, so nothing is done twice."""
+        actor = Actor.parse(actor)
+        try:
+            record, named = self._resolve(key_id)
+            version = self._usable(record, named, Operation.SIGN)
+            info = resolve_algorithm(version.algorithm)
+            signatures = await sign_each(self.provider, self._handle(version), info,
+                                         messages)
+        except QkmsError:
+            return None
+        now, environment = self.clock(), self.environment.value
+        digest = self.audit_mac.current().digest  # one keyring look for the batch
+        await self._store([
+            AuditEntry(time=now, environment=environment, operation="SIGN", result="success",
+                       actor=actor, key_name=record.name, key_id=version.key_id,
+                       version=version.version,
+                       digests={"data": digest(message)} if message else {},
+                       details={"algorithm": version.algorithm})
+            for message in messages])
+        return [OperationResult(Operation.SIGN.value, version.key_id, record.name,
+                                version.version, version.algorithm, signature=signature)
+                for signature in signatures]
 
     async def sign_bridge(self, key_id: Any, tbs: bytes, *, actor: Any = None,
                           rsa_padding: str | None = None) -> OperationResult:
