@@ -269,13 +269,16 @@ class AuditChain:
                         and self._size - self._signed_size >= self.checkpoint_every
                         and time.monotonic() >= self._retry_at):
                     await self._checkpoint_locked()
-                if self.sync == "fsync" or self._listeners:
+                if self.sync == "fsync":  # acknowledged once the group's fsync is done
                     loop = asyncio.get_running_loop()
                     for one in stored:
                         waiter = loop.create_future()
                         self._queue.append((one, waiter))
                         waiters.append(waiter)
                     self._wake.set()
+                else:  # written already: delivered here, in chain order (the lock held)
+                    for one in stored:
+                        await self._deliver(one)
         if self._pusher is not None:
             self._pusher.wake()
         if not waiters:
