@@ -11,7 +11,8 @@ import hashlib
 import json
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import mlkem
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from qkms.crypto import suite_for
@@ -112,6 +113,26 @@ def test_mldsa_nist_kat_keys_and_signatures(size) -> None:
         assert not public.verify(message, signature)  # qkms's verify uses the empty context
         ours = key.sign_with_context(message, context)
         assert suite.load_public(public.raw()).verify_with_context(message, ours, context)
+
+
+@pytest.mark.parametrize("size", DSA_SIZES)
+def test_mldsa_pure_signing_uses_nists_expanded_key(size) -> None:
+    """SIGN's pure ML-DSA runs PQClean's signer over the key dilithium-py expands from xi:
+    the expansion equals the KAT's sk, and each signature verifies under the KAT's public
+    key with OpenSSL's ML-DSA (through cryptography), not only with qkms's own verify."""
+    from qkms.crypto.pqc import _MLDSA_FAST
+
+    derive, _ = _MLDSA_FAST[f"ML-DSA-{size}"]
+    public_cls = getattr(mldsa, f"MLDSA{size}PublicKey")
+    for r in rsp_records(f"asymmetric/MLDSA/kat_MLDSA_{size}_det_pure.rsp", limit=KAT_COUNT):
+        xi, message = bytes.fromhex(r["xi"]), bytes.fromhex(r["msg"])
+        assert derive(xi) == (bytes.fromhex(r["pk"]), bytes.fromhex(r["sk"]))
+        key = suite_for(f"ML-DSA-{size}").load_private(xi)
+        signature = key.sign(message)
+        assert key._expanded == bytes.fromhex(r["sk"])  # the fast signer was used
+        public_cls.from_public_bytes(bytes.fromhex(r["pk"])).verify(signature, message)
+        with pytest.raises(InvalidSignature):
+            public_cls.from_public_bytes(bytes.fromhex(r["pk"])).verify(signature, message + b"!")
 
 
 @pytest.mark.parametrize("size", DSA_SIZES)
