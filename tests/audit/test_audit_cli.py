@@ -149,3 +149,24 @@ async def test_prune_dry_run_and_bad_input(data_dir, tmp_path, capsys):
     await filled(tmp_path / "x", 1)
     assert await qkms_audit("audit", "search", "--since", "yesterday",
                             "--data-dir", str(tmp_path / "x")) == 2
+
+
+async def test_search_by_input_finds_the_entries_that_handled_it(tmp_path, capsys):
+    """``audit search --input FILE`` (issue 14, item 2): the entries hold only keyed
+    digests, so the command finds a known input's entries with the store's MAC keys, and
+    a guess that was never signed finds nothing."""
+    from qkms.config import Settings
+    from qkms.service import KeyManagementService
+
+    svc = KeyManagementService(Settings(data_dir=tmp_path / "data"))
+    key = await svc.create_key(usage="SIGNING", algorithm="Ed25519", owner="pin")
+    for pin in (b"1234", b"5678", b"1234"):
+        await svc.use_key(key.key_id, "SIGN", pin)
+    await svc.close()
+    for guess, found in ((b"1234", 2), (b"5678", 1), (b"0000", 0)):
+        (tmp_path / "guess").write_bytes(guess)
+        assert await qkms_audit("audit", "search", "--data-dir", str(tmp_path / "data"),
+                                "--input", str(tmp_path / "guess")) == 0
+        entries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [(e["operation"], e["key_id"]) for e in entries] == [("SIGN", key.key_id)] * found
+        assert b"1234".hex() not in json.dumps(entries)

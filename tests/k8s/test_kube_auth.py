@@ -1,4 +1,4 @@
-"""The data plane's in-cluster authentication and authorization (``server/auth.py: KubeAuth``)
+"""The data plane's in-cluster authentication and authorization (``k8s/auth.py: KubeAuth``)
 against the real kube-apiserver, with real tokens and real RBAC.
 
 Callers present TokenRequest tokens bound to the audience ``qkms``; the reviews are made
