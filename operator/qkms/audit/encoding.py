@@ -139,7 +139,20 @@ def entry_reencodes(block: bytes, value: dict[str, Any]) -> bool:
 # -- entries ------------------------------------------------------------------------------
 
 def format_time(moment: datetime) -> str:
-    """RFC 3339 in UTC with microseconds and ``Z``: one spelling per instant (naive is UTC)."""
+    """RFC 3339 in UTC with microseconds and ``Z``: one spelling per instant (naive is UTC).
+    The last one is kept: a batch's entries share their time."""
+    global _LAST_TIME
+    last = _LAST_TIME  # one tuple, read once: safe with other threads formatting
+    if moment is last[0]:
+        return last[1]
+    _LAST_TIME = moment, _format_time(moment)
+    return _LAST_TIME[1]
+
+
+_LAST_TIME: tuple[datetime | None, str] = (None, "")
+
+
+def _format_time(moment: datetime) -> str:
     text = moment.isoformat(timespec="microseconds")
     if text.endswith("+00:00"):
         return text[:-6] + "Z"

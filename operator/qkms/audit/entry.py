@@ -54,9 +54,14 @@ class AuditEntry:
         return data
 
     def stored(self, sequence: int, cid: str | None) -> AuditEntry:
-        """A copy with its place in the log (hot path: cheaper than ``dataclasses.replace``)."""
+        """A copy with its place in the log."""
+        return self.varied(sequence=sequence, cid=cid)
+
+    def varied(self, **changes: Any) -> AuditEntry:
+        """A copy with ``changes`` (hot path: cheaper than ``dataclasses.replace``; the
+        changes are trusted to be fields of the right types)."""
         copy = object.__new__(AuditEntry)
-        copy.__dict__.update(self.__dict__, sequence=sequence, cid=cid)
+        copy.__dict__.update(self.__dict__, **changes)
         return copy
 
 

@@ -71,7 +71,7 @@ def _b64(item: dict[str, Any], key: str, where: str, *, required: bool = False) 
     if not isinstance(value, str):
         raise InvalidInputError(f"{where}{key}", "must be a base64 string")
     try:
-        return base64.b64decode(value, validate=True)
+        return binascii.a2b_base64(value, strict_mode=True)  # b64decode(validate=True), cheaper
     except (binascii.Error, ValueError):
         raise InvalidInputError(f"{where}{key}", "is not valid base64") from None
 

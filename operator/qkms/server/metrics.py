@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -110,6 +111,7 @@ class Metrics:
                                           1, 2.5, 5))
         self.services: list[KeyManagementService] = []
         self._algorithms: dict[str, str] = {}
+        self._operation_children: dict[tuple[str, str, str], Any] = {}
         states = States(self)
         if self.shared:  # what every process counted, plus this one's view of the store
             self.exposed = CollectorRegistry()
@@ -136,7 +138,11 @@ class Metrics:
         elif entry.operation in ROTATIONS:
             self.rotations.labels(entry.reason or "unknown", entry.result).inc()
         else:
-            self.operations.labels(entry.operation, algorithm, entry.result).inc(times)
+            labels = (entry.operation, algorithm, entry.result)
+            child = self._operation_children.get(labels)
+            if child is None:  # labels() validates and locks: once per combination
+                child = self._operation_children[labels] = self.operations.labels(*labels)
+            child.inc(times)
 
     def observe_latency(self, provider: str, operation: str, seconds: float) -> None:
         self.latency.labels(provider, operation).observe(seconds)

@@ -113,15 +113,13 @@ class KeyOperations(KeyTransitions):
                                          messages)
         except QkmsError:
             return None
-        now, environment = self.clock(), self.environment.value
         digest = self.audit_mac.current().digest  # one keyring look for the batch
-        await self._store([
-            AuditEntry(time=now, environment=environment, operation="SIGN", result="success",
-                       actor=actor, key_name=record.name, key_id=version.key_id,
-                       version=version.version,
-                       digests={"data": digest(message)} if message else {},
-                       details={"algorithm": version.algorithm})
-            for message in messages])
+        entry = AuditEntry(time=self.clock(), environment=self.environment.value,
+                           operation="SIGN", result="success", actor=actor,
+                           key_name=record.name, key_id=version.key_id,
+                           version=version.version, details={"algorithm": version.algorithm})
+        await self._store([entry.varied(digests={"data": digest(message)} if message else {})
+                           for message in messages])
         return [OperationResult(Operation.SIGN.value, version.key_id, record.name,
                                 version.version, version.algorithm, signature=signature)
                 for signature in signatures]
