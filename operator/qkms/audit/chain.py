@@ -246,12 +246,21 @@ class AuditChain:
     # -- appending -----------------------------------------------------------------------
     async def append(self, entry: AuditEntry) -> AuditEntry:
         """Store ``entry``; return it with its sequence number and CID."""
-        return (await self.append_many([entry]))[0]
+        waiters, stored = await self._chain([entry])
+        return await waiters[0] if waiters else stored[0]
 
     async def append_many(self, entries: list[AuditEntry]) -> list[AuditEntry]:
         """Store ``entries`` in order, one after another in the chain, under one turn of
         the lock and in one group commit (a batch's items); return them stored.  An entry
         that cannot be encoded refuses it and those after it, as ``append`` would."""
+        waiters, stored = await self._chain(entries)
+        if not waiters:
+            return stored
+        return list(await asyncio.gather(*waiters))  # every outcome retrieved, the first raised
+
+    async def _chain(self, entries: list[AuditEntry]
+                     ) -> tuple[list[asyncio.Future[AuditEntry]], list[AuditEntry]]:
+        """Chain ``entries`` under the lock; what to await (fsync) and what was stored."""
         if not self._opened:
             await self.open()
         if _in_signer.get():
@@ -281,11 +290,7 @@ class AuditChain:
                         await self._deliver(one)
         if self._pusher is not None:
             self._pusher.wake()
-        if not waiters:
-            return stored
-        if len(waiters) == 1:
-            return [await waiters[0]]
-        return list(await asyncio.gather(*waiters))  # every outcome retrieved, the first raised
+        return waiters, stored
 
     def _append_locked(self, entry: AuditEntry) -> AuditEntry:
         """Chain one entry (the lock held): encoded, then pending (fsync: written with

@@ -54,8 +54,10 @@ class AuditEntry:
         return data
 
     def stored(self, sequence: int, cid: str | None) -> AuditEntry:
-        """A copy with its place in the log."""
-        return self.varied(sequence=sequence, cid=cid)
+        """A copy with its place in the log (as ``varied``, without its keyword dict)."""
+        copy = object.__new__(AuditEntry)
+        copy.__dict__.update(self.__dict__, sequence=sequence, cid=cid)
+        return copy
 
     def varied(self, **changes: Any) -> AuditEntry:
         """A copy with ``changes`` (hot path: cheaper than ``dataclasses.replace``; the

@@ -91,7 +91,8 @@ class AuditTrail(ServiceCore):
         if not self._audit_key_checked:
             await self._ensure_audit_key()
         try:
-            stored = await self.audit.append_many(entries)
+            stored = ([await self.audit.append(first)] if len(entries) == 1
+                      else await self.audit.append_many(entries))
         except Exception as exc:
             self.counters["failures"]["audit"] += 1
             failure = exc if isinstance(exc, AuditStorageError) else \
