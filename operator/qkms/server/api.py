@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from qkms.errors import Forbidden, InvalidInputError, QkmsError, Unauthenticated
 from qkms.model.enums import Environment, Operation
-from qkms.providers.software import batch_scope
+from qkms.providers.software import TURN, batch_scope  # TURN: a batch's items at once
 from qkms.service import MAX_DERIVE_LENGTH, KeyManagementService, OperationResult
 from qkms.signing import NO_OPTIONS, SignOptions
 
@@ -30,7 +30,6 @@ from .denials import Denials, bounded
 from .errors import error_body, status_of
 
 MAX_BATCH = 1000
-BATCH_CHUNK = 50  # items of one batch in flight at once
 OPERATIONS = {op.value.lower(): op for op in Operation}
 _COMMON = {"context", "key_id"}
 SIGN_OPTIONS = ("signature_format", "prehashed", "recovery_id", "low_s",  # qkms.signing
@@ -224,10 +223,10 @@ class DataPlane:
             results: list[dict[str, Any]] = []
             pairs = list(zip(items, calls, strict=True))
             with batch_scope():
-                for start in range(0, len(pairs), BATCH_CHUNK):
+                for start in range(0, len(pairs), TURN):
                     results += await asyncio.gather(*(
                         self._one(service, key, operation, item, kwargs, identity, batch=True)
-                        for item, kwargs in pairs[start:start + BATCH_CHUNK]))
+                        for item, kwargs in pairs[start:start + TURN]))
                     await asyncio.sleep(0)  # a turn for everyone else between chunks
             return {"batch_results": results}
         kwargs = self._arguments(operation, body, "")
