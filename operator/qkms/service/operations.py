@@ -117,8 +117,10 @@ class KeyOperations(KeyTransitions):
         entry = AuditEntry(time=self.clock(), environment=self.environment.value,
                            operation="SIGN", result="success", actor=actor,
                            key_name=record.name, key_id=version.key_id,
-                           version=version.version, details={"algorithm": version.algorithm})
-        await self._store([entry.varied(digests={"data": digest(message)} if message else {})
+                           version=version.version)
+        algorithm = version.algorithm  # each entry its own dicts: listeners may keep them
+        await self._store([entry.varied(digests={"data": digest(message)} if message else {},
+                                        details={"algorithm": algorithm})
                            for message in messages])
         return [OperationResult(Operation.SIGN.value, version.key_id, record.name,
                                 version.version, version.algorithm, signature=signature)
