@@ -5,8 +5,6 @@ its live gauges go); the multiprocess folder is removed when serve stops."""
 
 from __future__ import annotations
 
-import base64
-import http.client
 import json
 import os
 import signal
@@ -17,39 +15,17 @@ from collections import Counter
 from pathlib import Path
 
 from tests.server.conftest import free_port
+from tests.server.serve_process import request, serve_env, sign, start, stop, write_tokens
 
-ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "tok-metrics"  # noqa: S105 - a test token for a loopback server
-TOKENS = f"""\
-tokens:
-  - serviceAccount: payments/checkout
-    token: {TOKEN}
-grants:
-  - serviceAccount: payments/checkout
-    namespace: payments
-    verbs: [sign, metrics]
-"""
-
-
-def _request(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-    """One request on a new connection, so the kernel may give it to any worker."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request(method, path, body, {"Authorization": f"Bearer {TOKEN}",
-                                          "Content-Type": "application/json"})
-        answer = conn.getresponse()
-        return answer.status, answer.read()
-    finally:
-        conn.close()
 
 
 def _sign(port: int) -> int:
-    body = json.dumps({"input": base64.b64encode(b"m").decode()}).encode()
-    return _request(port, "POST", "/v1/keys/payments/user-service-signing:sign", body)[0]
+    return sign(port, TOKEN)[0]
 
 
 def _scrape(port: int) -> tuple[float, Counter[str]]:
-    status, body = _request(port, "GET", "/metrics/keys")
+    status, body = request(port, TOKEN, "GET", "/metrics/keys")
     assert status == 200, body
     total, by_operation = 0.0, Counter[str]()
     for line in body.decode().splitlines():
@@ -74,24 +50,13 @@ def _chain(tmp_path: Path, env: dict[str, str]) -> list[dict]:
 
 
 def test_scrapes_count_every_process_after_a_worker_is_killed(tmp_path) -> None:
-    (tmp_path / "tokens.yaml").write_text(TOKENS)
+    tokens = write_tokens(tmp_path, TOKEN, ["sign", "metrics"])
     (tmp_path / "tmp").mkdir()
     port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("QKMS_", "PROMETHEUS_"))}
-    env.update(PYTHONPATH=str(ROOT / "operator"), QKMS_DATA_DIR=str(tmp_path / "data"),
-               QKMS_DATA_PLANE_WORKERS="2", TMPDIR=str(tmp_path / "tmp"))
-    proc = subprocess.Popen([sys.executable, "-m", "qkms", "serve", "--manifests",
-                             str(ROOT / "examples"), "--listen", f"127.0.0.1:{port}",
-                             "--tokens", str(tmp_path / "tokens.yaml")],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    env = serve_env(tmp_path, QKMS_DATA_PLANE_WORKERS="2", TMPDIR=str(tmp_path / "tmp"))
+    proc, _ = start(tmp_path, port, tokens, env)
     audit = tmp_path / "data" / "dev" / "audit"
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if "data plane on" in line:
-                break
         folder = [p for p in (tmp_path / "tmp").iterdir() if p.name.startswith("qkms-metrics-")]
         assert len(folder) == 1, folder  # the multiprocess folder serve made
         for _ in range(60):
@@ -122,8 +87,7 @@ def test_scrapes_count_every_process_after_a_worker_is_killed(tmp_path) -> None:
             assert by_operation == wanted, (by_operation, wanted)
         assert signs >= 9  # a connection may meet the killed worker's last moments
     finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+        code, err = stop(proc)
+    assert code == 0, err
     assert "Traceback" not in err, err
     assert list((tmp_path / "tmp").iterdir()) == []  # the multiprocess folder is gone

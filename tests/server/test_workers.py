@@ -6,11 +6,7 @@ worker's chain."""
 
 from __future__ import annotations
 
-import base64
-import http.client
 import json
-import os
-import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -23,19 +19,9 @@ from qkms.config import Settings
 from qkms.server.workers import writer_name
 from qkms.service import KeyManagementService
 from tests.server.conftest import free_port
+from tests.server.serve_process import serve_env, sign, start, stop, write_tokens
 
-ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "tok-workers"  # noqa: S105 - a test token for a loopback server
-SIGN = "/v1/keys/payments/user-service-signing:sign"
-TOKENS = f"""\
-tokens:
-  - serviceAccount: payments/checkout
-    token: {TOKEN}
-grants:
-  - serviceAccount: payments/checkout
-    namespace: payments
-    verbs: [sign, verify]
-"""
 
 
 def test_each_worker_writes_its_own_chain() -> None:
@@ -43,22 +29,9 @@ def test_each_worker_writes_its_own_chain() -> None:
     assert writer_name("", 1) == "w1" and writer_name("qkms-0", 2) == "qkms-0-w2"
 
 
-def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QKMS_")}
-    return {**env, "PYTHONPATH": str(ROOT / "operator"), "QKMS_DATA_DIR": str(tmp_path / "data"),
-            **extra}
-
-
 def _sign(port: int) -> tuple[int, dict]:
-    """One request on a new connection (so the kernel may pick any worker)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("POST", SIGN, json.dumps({"input": base64.b64encode(b"m").decode()}),
-                     {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
-        answer = conn.getresponse()
-        return answer.status, json.loads(answer.read())
-    finally:
-        conn.close()
+    status, body = sign(port, TOKEN)
+    return status, json.loads(body)
 
 
 def _entries(folder: Path) -> int:
@@ -69,34 +42,23 @@ def _entries(folder: Path) -> int:
 def served(tmp_path):
     """``qkms serve`` with two data-plane workers and a catalog TTL of a minute: only the
     change feed can explain a change seen at once."""
-    (tmp_path / "tokens.yaml").write_text(TOKENS)
+    tokens = write_tokens(tmp_path, TOKEN, ["sign", "verify"])
     port = free_port()
-    env = _env(tmp_path, QKMS_DATA_PLANE_WORKERS="2", QKMS_CATALOG_TTL_SECONDS="60")
-    proc = subprocess.Popen([sys.executable, "-m", "qkms", "serve", "--manifests",
-                             str(ROOT / "examples"), "--listen", f"127.0.0.1:{port}",
-                             "--tokens", str(tmp_path / "tokens.yaml")],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    lines = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line)
-        if "data plane on" in line:
-            break
+    env = serve_env(tmp_path, QKMS_DATA_PLANE_WORKERS="2", QKMS_CATALOG_TTL_SECONDS="60")
+    proc, lines = start(tmp_path, port, tokens, env)
     assert lines and "(2 worker processes)" in lines[-1], "".join(lines)
     try:
         yield port
     finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
+        code, err = stop(proc)
+        assert code == 0, err
         assert "Traceback" not in err and TOKEN not in err, err
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "qkms", *args], cwd=tmp_path,
-                          env=_env(tmp_path, QKMS_AUDIT_WRITER="cli"), capture_output=True,
-                          text=True, timeout=120, check=False)
+                          env=serve_env(tmp_path, QKMS_AUDIT_WRITER="cli"),
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_workers_share_the_port_and_see_a_revocation_at_once(served, tmp_path) -> None:
