@@ -183,6 +183,35 @@ def insecure_kek_allowed(env: Mapping[str, str] | None = None) -> bool:
 
 
 WORKERS_ENV = "QKMS_DATA_PLANE_WORKERS"
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+
+
+def available_cores(cpu_max: Path = CPU_MAX) -> int:
+    """The cores this process may use: those it may run on, capped by the container's
+    CPU limit (cgroup v2 ``cpu.max``, a pod's ``resources.limits.cpu``, rounded up), so
+    that ``auto`` in a pod limited to 500m starts one worker, not one per node core."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit to read: every core it may run on
+    return max(1, cores)
+
+
+def data_plane_workers(env: Mapping[str, str], cpus: int | None = None) -> int:
+    """``QKMS_DATA_PLANE_WORKERS``: 1 to 64, or ``auto`` (unset): one per available core
+    (``cpus``, else ``available_cores()``)."""
+    text = env.get(WORKERS_ENV, "").strip().lower()
+    if text in ("", "auto"):
+        return max(1, min(64, cpus if cpus is not None else available_cores()))
+    if text.isdigit() and 1 <= int(text) <= 64:
+        return int(text)
+    raise InvalidInputError(WORKERS_ENV, f"must be auto or an integer from 1 to 64, not {text!r}")
 
 
 @dataclass(frozen=True)
@@ -199,17 +228,10 @@ class ServeConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None,
                  cpus: int | None = None) -> ServeConfig:
-        """``cpus``: how many cores ``auto`` means (``os.cpu_count()`` when None)."""
+        """``cpus``: how many cores ``auto`` means (``available_cores()`` when None)."""
         env = os.environ if env is None else env
-        text = env.get(WORKERS_ENV, "").strip().lower()
-        if text in ("", "auto"):
-            workers = max(1, min(64, (cpus if cpus is not None else os.cpu_count()) or 1))
-        elif text.isdigit() and 1 <= int(text) <= 64:
-            workers = int(text)
-        else:
-            raise InvalidInputError(WORKERS_ENV,
-                                    f"must be auto or an integer from 1 to 64, not {text!r}")
-        return cls(workers=workers, metrics_token=env.get("QKMS_METRICS_TOKEN", "").strip(),
+        return cls(workers=data_plane_workers(env, cpus),
+                   metrics_token=env.get("QKMS_METRICS_TOKEN", "").strip(),
                    worker_parent=_integer(env, "QKMS_WORKER_PARENT"))
 
 
@@ -325,9 +347,14 @@ class OperatorConfig:
     tls_client_ca: Path | None = None  # QKMS_TLS_CLIENT_CA: mutual TLS
     # QKMS_METRICS_TOKEN: a bearer token that may read /metrics/keys ("": none). A secret.
     metrics_token: str = field(default="", repr=False)
+    # QKMS_DATA_PLANE_WORKERS: data-plane processes of this replica (k8s/dataplane.py);
+    # auto: one per core of the container's CPU limit; 1: served by the operator itself.
+    workers: int = 1
+    worker_parent: int | None = None  # QKMS_WORKER_PARENT: as ServeConfig's
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
+    def from_env(cls, env: dict[str, str] | None = None,
+                 cpus: int | None = None) -> OperatorConfig:
         env = dict(os.environ if env is None else env)
         defaults = cls()
         state = env.get("QKMS_STATE", defaults.state).strip()
@@ -381,4 +408,6 @@ class OperatorConfig:
             tls_key=Path(key) if cert and key else None,
             tls_client_ca=Path(client_ca) if client_ca else None,
             metrics_token=env.get("QKMS_METRICS_TOKEN", "").strip(),
+            workers=data_plane_workers(env, cpus),
+            worker_parent=_integer(env, "QKMS_WORKER_PARENT"),
         )

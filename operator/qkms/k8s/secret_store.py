@@ -38,6 +38,8 @@ from qkms.model.names import (
     RECORD_KIND_LABEL,
     RECORD_SCOPE_LABEL,
 )
+from qkms.store.catalog import KEYS, key_name
+from qkms.store.changes import Notices
 from qkms.store.records import check_record_name
 
 from .kube_api import LIST_CHUNK, TIMEOUT
@@ -94,7 +96,9 @@ class SecretRecordStore:
     to read a record, and another replica's rotation or revocation arrives at watch
     latency. Writes go to the API (blocking: callers run them in a worker thread) and then
     into the mirror, so a writer reads its own writes; an event older than what the
-    mirror holds (by resourceVersion) never replaces it.
+    mirror holds (by resourceVersion) never replaces it.  ``changes`` tells the catalog
+    which key records the watch brought (another replica's or data-plane worker's
+    rotation or revocation), so it re-reads them before the next use, not after its TTL.
     """
 
     def __init__(self, core: client.CoreV1Api, namespace: str, scope: str, *,
@@ -111,6 +115,7 @@ class SecretRecordStore:
         self._version = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.changes = Notices()
         with _reachable():
             self.resync()
         if watch:
@@ -133,18 +138,20 @@ class SecretRecordStore:
         labels = secret.metadata.labels or {}
         return (kind, name) if kind and name and labels.get(RECORD_KIND_LABEL) == kind else None
 
-    def _remember(self, address: Address, version: int, data: bytes | None) -> None:
-        """Take what the API says at `version` unless the mirror knows something newer."""
+    def _remember(self, address: Address, version: int, data: bytes | None) -> bool:
+        """Take what the API says at `version` unless the mirror knows something newer;
+        whether it did."""
         with self._lock:
             known = max(self._records.get(address, (0, b""))[0], self._gone.get(address, 0))
             if version and known and version <= known:
-                return
+                return False
             if data is None:
                 self._records.pop(address, None)
                 self._gone[address] = version
             else:
                 self._records[address] = (version, data)
                 self._gone.pop(address, None)
+            return True
 
     def resync(self) -> None:
         """A paged list of every record Secret: the mirror becomes the API's view, bar
@@ -213,6 +220,7 @@ class SecretRecordStore:
     def _relist(self) -> None:
         try:
             self.resync()
+            self.changes.heard_all()  # what changed in the gap is not known: every record
         except Exception as exc:  # noqa: BLE001 - retried by the watch loop
             if not self._stop.is_set():
                 log.warning("listing record Secrets (%s): %s", self.scope,
@@ -230,7 +238,8 @@ class SecretRecordStore:
             return
         data = None if event["type"] == "DELETED" else \
             base64.b64decode((secret.data or {}).get("record", ""))
-        self._remember(address, _version(meta), data)
+        if self._remember(address, _version(meta), data) and address[0] == KEYS:
+            self.changes.heard(key_name(address[1]))  # a write of this process never is
 
     # -- the RecordStore protocol ----------------------------------------------------
     def get(self, kind: str, name: str) -> bytes | None:

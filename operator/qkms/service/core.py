@@ -87,7 +87,10 @@ class ServiceCore:
         chain_root = (audit.root if isinstance(audit, AuditChain)
                       else audit_folder(self.settings.data_dir, self.settings.audit_writer)
                       if audit is None and self.settings.audit_enabled else None)
-        feed = ChangeFeed(self.settings.data_dir / "store") if records is None else None
+        # Other processes' writes: the data dir's feed file, or what the store hears itself
+        # (the Kubernetes store's watch: ``changes``, a ``store.changes.Notices``).
+        feed = ChangeFeed(self.settings.data_dir / "store") if records is None else \
+            getattr(records, "changes", None)
         self.catalog = Catalog(self.sealed, generation_floors(chain_root) if chain_root else {},
                                feed)
         self.catalog.load()

@@ -14,8 +14,9 @@ its uses answer 503 ``record_rollback``, and the newer state this process knew (
 revocation, say) stays in memory.  Revoking the key writes a newer generation and
 ends the refusal; so does putting the newest record back.
 
-With a ``feed`` (``store.changes``), every write is announced to the other processes over
-the same store, and ``follow`` re-reads what they wrote before a key is used.
+With a ``feed`` (``store.changes``: a data dir's file, or what the Kubernetes store's
+watch heard), every write is announced to the other processes over the same store, and
+``follow`` re-reads what they wrote before a key is used.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pydantic import ValidationError
 from qkms.errors import RecordCorruptError, RecordRollbackError
 from qkms.model.keys import KeyRecord
 
-from .changes import ChangeFeed
+from .changes import ChangeSource
 from .sealed import SealedStore
 
 log = logging.getLogger("key-management:store")
@@ -41,9 +42,14 @@ def record_name(name: str) -> str:
     return name.replace("/", "~")
 
 
+def key_name(record: str) -> str:
+    """The key a catalog record is named after (``record_name``'s inverse)."""
+    return record.replace("~", "/")
+
+
 class Catalog:
     def __init__(self, store: SealedStore, floors: dict[str, int] | None = None,
-                 feed: ChangeFeed | None = None) -> None:
+                 feed: ChangeSource | None = None) -> None:
         self.store = store
         self.feed = feed
         self.floors: dict[str, int] = dict(floors or {})

@@ -9,13 +9,18 @@ the next request served by any other, well before the catalog TTL (the ceiling w
 feed is missing).  When the file grows past ``LIMIT`` the writer appends ``RESTART`` and
 replaces it with an empty one; a reader that reads ``RESTART`` opens the new file and
 re-reads every record.
+
+A store that hears of changes itself (the Kubernetes store's watch of its Secrets) gives
+the catalog ``Notices`` instead: the same ``poll``, filled by the store.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
+from typing import Protocol
 
 FILE = "changes"
 LIMIT = 1 << 20
@@ -29,6 +34,47 @@ def parse_names(data: bytes) -> tuple[list[str], bool]:
     text = data[: data.rfind(b"\n") + 1].decode("utf-8", "replace")
     names = [line for line in text.split("\n") if line]
     return [n for n in names if n != RESTART], RESTART in names
+
+
+class ChangeSource(Protocol):
+    """What the catalog follows: ``ChangeFeed`` (a data dir's file) or ``Notices``."""
+
+    def note(self, name: str) -> None: ...  # this process wrote ``name``'s record
+    def poll(self) -> list[str] | None: ...  # names changed since; None: re-read all
+    def close(self) -> None: ...
+
+
+class Notices:
+    """Changes a store heard of itself, from any thread (its watch), for ``poll``: the
+    names of records others wrote, or ``RELOAD_ALL`` after the store lost track (it
+    listed everything again).  ``note`` does nothing: the store's watch tells the others."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._names: list[str] = []
+        self._all = False
+
+    def heard(self, name: str) -> None:
+        with self._lock:
+            self._names.append(name)
+
+    def heard_all(self) -> None:
+        with self._lock:
+            self._all = True
+
+    def note(self, name: str) -> None:
+        pass
+
+    def poll(self) -> list[str] | None:
+        if not self._names and not self._all:  # the usual case, without the lock
+            return []
+        with self._lock:
+            names, everything = self._names, self._all
+            self._names, self._all = [], False
+        return RELOAD_ALL if everything else names
+
+    def close(self) -> None:
+        pass
 
 
 class ChangeFeed:
