@@ -6,6 +6,7 @@ test_operator_config.py.)"""
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from qkms.config import (
     OperatorConfig,
     ServeConfig,
     Settings,
+    available_cores,
     insecure_kek_allowed,
 )
 from qkms.errors import InvalidDurationError, InvalidInputError
@@ -83,6 +85,28 @@ def test_serve_config() -> None:
     with pytest.raises(InvalidInputError) as refused:
         ServeConfig.from_env({"QKMS_WORKER_PARENT": "me"})
     assert refused.value.field == "QKMS_WORKER_PARENT"
+
+
+def test_auto_workers_follow_the_containers_cpu_limit(tmp_path) -> None:
+    """``auto`` in a pod limited to 500m is one worker, not one per node core: the cgroup
+    v2 ``cpu.max`` quota caps the cores this process may run on, rounded up."""
+    cpu_max = tmp_path / "cpu.max"
+    runnable = len(os.sched_getaffinity(0))
+    for text, cores in (("50000 100000\n", 1), ("150000 100000\n", min(2, runnable)),
+                        ("max 100000\n", runnable), ("garbage", runnable)):
+        cpu_max.write_text(text)
+        assert available_cores(cpu_max) == cores, text
+    assert available_cores(tmp_path / "missing") == runnable
+
+
+def test_the_operator_takes_the_same_workers_setting() -> None:
+    assert OperatorConfig.from_env({}, cpus=3).workers == 3
+    config = OperatorConfig.from_env({"QKMS_DATA_PLANE_WORKERS": "2",
+                                      "QKMS_WORKER_PARENT": "77"}, cpus=8)
+    assert (config.workers, config.worker_parent) == (2, 77)
+    with pytest.raises(InvalidInputError) as refused:
+        OperatorConfig.from_env({"QKMS_DATA_PLANE_WORKERS": "many"})
+    assert refused.value.field == "QKMS_DATA_PLANE_WORKERS"
 
 
 def test_the_operator_reads_the_metrics_token_too() -> None:

@@ -13,7 +13,7 @@ from qkms.errors import InvalidInputError
 
 
 def test_defaults_with_nothing_set() -> None:
-    config = OperatorConfig.from_env({})
+    config = OperatorConfig.from_env({}, cpus=1)  # workers: auto, one per core
     assert config == OperatorConfig()
     assert (config.namespace, config.state, config.data_dir) == \
         ("qkms-system", "secrets", Path("/tmp/qkms"))
@@ -38,7 +38,7 @@ def test_every_variable_is_parsed() -> None:
         "QKMS_API_LISTEN": "127.0.0.1:9443", "QKMS_AUDIENCES": "kms.example, qkms",
         "QKMS_AUTH_CACHE_SECONDS": "0", "QKMS_TLS": "AUTO",
         "QKMS_TLS_CERT": "/tls/tls.crt", "QKMS_TLS_KEY": "/tls/tls.key",
-        "QKMS_TLS_CLIENT_CA": "/tls/ca.crt"})
+        "QKMS_TLS_CLIENT_CA": "/tls/ca.crt", "QKMS_DATA_PLANE_WORKERS": "1"})
     assert config == OperatorConfig(
         namespace="kms", state="files", data_dir=Path("/var/lib/qkms"),
         watch_namespaces=("apps", "payments"), peering_priority=7, peering_lifetime=3,

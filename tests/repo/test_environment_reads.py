@@ -1,7 +1,8 @@
 """qkms reads its environment in one place: ``config.py`` (issue 11).  Elsewhere only the
 variables of other programs' conventions are read, each where that program needs it:
 prometheus-client's multiprocess folder, the Kubernetes client's KUBECONFIG, and DEBUG for
-the log level; and the worker supervisor forwards the environment whole to its children."""
+the log level; and the worker supervisors (``qkms serve``'s, an operator replica's) forward
+the environment whole to their children."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ ALLOWED = {  # file: what its reading lines must name
     "cli/cluster.py": ("KUBECONFIG",),
     "logs.py": ("DEBUG",),
     "server/workers.py": ("forwarded", "``os.environ``"),  # the children's, as given
+    "k8s/dataplane.py": ("forwarded",),  # an operator's workers', as given
+    "k8s/handlers.py": ("metrics_folder(os.environ)",),  # PROMETHEUS_MULTIPROC_DIR
 }
 
 

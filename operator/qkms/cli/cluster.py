@@ -36,9 +36,13 @@ async def operator(args: argparse.Namespace) -> None:
             raise QkmsError(f"no Kubernetes cluster to run in ({_no_cluster(exc)}); set "
                             "KUBECONFIG, or run `qkms serve` for standalone mode without a "
                             "cluster") from None
+    logs.configure(json_lines=True)
+    if args.worker_fd is not None:  # a data-plane worker the operator started
+        from qkms.k8s.dataplane import run_worker
+
+        return await run_worker(args.worker_fd)
     from qkms.k8s.main import run_operator
 
-    logs.configure(json_lines=True)
     await run_operator(standalone=args.standalone, namespaces=args.namespace or [],
                        liveness=args.liveness)
 

@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="serve only these namespaces (default: cluster-wide)")
     op.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                     help="liveness endpoint URL ('' to disable)")
+    op.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)  # a data-plane worker's
     crd_cmd = top.add_parser("crds", help="print the CRDs generated from the models")
     crd_cmd.add_argument("--write", type=Path, help="write them into this folder instead")
     pqc = top.add_parser("pqc", help="post-quantum readiness")

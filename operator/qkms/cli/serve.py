@@ -72,6 +72,7 @@ async def _serve(args: argparse.Namespace, settings: Settings, config: ServeConf
     metrics = None
     if serving:  # count every audited operation from the first reconcile, as the chain does
         from qkms.server.metrics import Metrics
+        from qkms.server.workers import publish_metrics
 
         metrics = Metrics()
         runner.registry.on_new.append(metrics.attach)
@@ -85,7 +86,7 @@ async def _serve(args: argparse.Namespace, settings: Settings, config: ServeConf
                 pool = _start_workers(args, sock, workers, settings.audit_writer)
                 sock = None  # the first worker has it
                 watcher = asyncio.create_task(pool.watch(stop))
-                publisher = asyncio.create_task(_publish(metrics, runner.registry, stop,
+                publisher = asyncio.create_task(publish_metrics(metrics, runner.registry, stop,
                                                          args.poll))
             elif runner.ready.is_set():  # keys exist before the first request can arrive
                 api = await _standalone_api(args, runner, auth, sock, metrics,
@@ -132,17 +133,6 @@ def _shared_metrics(workers: int) -> Any:
     return metrics_folder(os.environ)  # type: ignore[arg-type]
 
 
-async def _publish(metrics: Any, registry: Any, stop: asyncio.Event, every: float) -> None:
-    """Keep this process's audit-failure counts current in the shared metrics: the
-    process that answers a scrape renders every process's."""
-    import contextlib
-
-    while not stop.is_set():
-        metrics.sync(registry.all())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=every)
-
-
 def _start_workers(args: argparse.Namespace, sock: Any, count: int, writer: str) -> Any:
     """``count`` data-plane worker processes on ``sock``'s port (SO_REUSEPORT); ``writer``:
     this process's audit writer, which each worker's extends."""
@@ -165,6 +155,7 @@ async def _serve_worker(args: argparse.Namespace, settings: Settings, config: Se
     import socket
 
     from qkms.server.metrics import Metrics
+    from qkms.server.workers import publish_metrics
     from qkms.standalone import ManifestDirectory, serve_worker
 
     sock = socket.socket(fileno=args.worker_fd)
@@ -177,7 +168,7 @@ async def _serve_worker(args: argparse.Namespace, settings: Settings, config: Se
     directory = ManifestDirectory(settings, folder, say=lambda line: None)
     metrics = Metrics()
     directory.registry.on_new.append(metrics.attach)
-    publisher = asyncio.create_task(_publish(metrics, directory.registry, stop, args.poll))
+    publisher = asyncio.create_task(publish_metrics(metrics, directory.registry, stop, args.poll))
     try:
         await serve_worker(directory, lambda: _standalone_api(args, directory, auth, sock,
                                                                metrics, config.metrics_token,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,8 +57,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     if "runtime" in memo:  # a startup handler retried after the runtime was made
         return
     memo.config = config
+    if config.workers > 1 and config.api_listen:  # before prometheus_client is imported
+        from qkms.server.workers import metrics_folder
+
+        memo.remove_metrics = metrics_folder(os.environ)  # type: ignore[arg-type]
     memo.runtime = runtime = await asyncio.to_thread(OperatorRuntime.from_env, config)
-    await dataplane.start(runtime, config)
+    memo.data_plane = await dataplane.start(runtime, config)
     memo.anchors = audit_anchors.AnchorPublisher(runtime.kube.core, runtime.namespace)
     memo.background = [
         asyncio.create_task(sweep_intents_forever(runtime, config.intent_sweep_seconds),
@@ -95,12 +100,16 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     audit logs."""
     for task in memo.get("background", []):
         task.cancel()
+    if memo.get("data_plane") is not None:  # its workers close their own chains
+        await memo.data_plane.cleanup()
     if "runtime" in memo:
         services = runtime_of(memo).registry.all()
         for service in services:
             await service.close()
         if "anchors" in memo:
             await audit_anchors.publish_once(memo.anchors, lambda: services)
+    if "remove_metrics" in memo:
+        memo.remove_metrics()
 
 
 # The controllers, one per concern: importing them registers their handlers with Kopf.

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("key-management:server")
 
@@ -143,6 +144,27 @@ class WorkerPool:
                 proc.kill()
                 proc.wait()
             self.exited(proc.pid)
+
+
+async def publish_metrics(metrics: Any, registry: Any, stop: asyncio.Event,
+                          every: float) -> None:
+    """Keep this process's audit-failure counts current in the shared metrics (every
+    ``every`` seconds until ``stop``): the process that answers a scrape renders every
+    process's."""
+    while not stop.is_set():
+        metrics.sync(registry.all())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every)
+
+
+async def until_stopped(stop: asyncio.Event, parent: int | None = None,
+                        every: float = 1.0) -> None:
+    """Wait for ``stop``, or until the process that started this worker is gone
+    (``parent``: its pid; None: this process's parent now)."""
+    parent = parent or os.getppid()
+    while not stop.is_set() and not parent_gone(parent):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every)
 
 
 def parent_gone(parent: int) -> bool:
