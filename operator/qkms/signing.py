@@ -60,6 +60,9 @@ class SignOptions:
               recovery_id: Any = False, low_s: Any = None,
               rsa_padding: Any = None) -> SignOptions:
         """Types and values only; ``check`` decides against the key's algorithm."""
+        if (signature_format is None and prehashed is False and recovery_id is False
+                and low_s is None and rsa_padding is None):
+            return NO_OPTIONS  # the usual call: nothing to parse
         fmt = None
         if signature_format is not None:
             if not isinstance(signature_format, str) or \
@@ -87,7 +90,7 @@ class SignOptions:
 
     @property
     def given(self) -> bool:
-        return self != NO_OPTIONS
+        return self is not NO_OPTIONS and self != NO_OPTIONS
 
     def check(self, info: AlgorithmInfo, operation: Operation) -> None:
         """Refuse what the algorithm or the operation cannot honour, naming the option."""
@@ -147,6 +150,8 @@ async def sign(provider: Any, handle: Any, info: AlgorithmInfo, data: bytes,
     A prehashed signature is verified before it is returned: providers differ in how they
     take a digest (AWS KMS's MessageType DIGEST, which moto ignores and hashes again),
     and a signature over the wrong digest must fail here, not in a wallet."""
+    if options is NO_OPTIONS and info.name not in ecdsa.CURVES:
+        return Signed(await provider.sign(handle, data))  # one form, nothing to finish
     options.check_digest(data)
     for _ in range(_ATTEMPTS):
         if options.prehashed:

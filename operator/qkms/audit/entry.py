@@ -24,12 +24,15 @@ class Actor:
     @classmethod
     def parse(cls, value: Any) -> Actor:
         if value is None:
-            return cls()
+            return SERVICE if cls is Actor else cls()
         if isinstance(value, Actor):
             return value
         if isinstance(value, dict):
             return cls(type=str(value.get("type", "USER")), id=str(value.get("id", "unknown")))
         return cls(type="USER", id=str(value))
+
+
+SERVICE = Actor()  # the actor of calls that name none: one frozen instance for them all
 
 
 @dataclass(frozen=True)

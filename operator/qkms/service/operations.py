@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from functools import cached_property
 from typing import Any
 
 from qkms import lifecycle
@@ -18,9 +19,10 @@ from qkms.errors import (
     QkmsError,
 )
 from qkms.issuer.ca import certified_spki
-from qkms.model.algorithms import check_operation, resolve_algorithm
-from qkms.model.enums import Operation
+from qkms.model.algorithms import AlgorithmInfo, check_operation, resolve_algorithm
+from qkms.model.enums import Operation, VersionState
 from qkms.model.keys import KeyRecord, KeyVersion
+from qkms.providers.base import KeyHandle
 from qkms.signing import NO_OPTIONS, SignOptions
 from qkms.signing import sign as sign_with_options
 from qkms.signing import sign_many as sign_each
@@ -37,6 +39,10 @@ from .tokens import make_token, parse_token, token_aad
 from .transitions import KeyTransitions
 
 log = logging.getLogger("key-management:service")
+
+_OPERATIONS = {op.value: op for op in Operation}  # the usual spelling, without _enum's work
+MAX_PREPARED = 4096  # (key, version named, operation) answers kept; then begun afresh
+Prepared = tuple[KeyVersion, AlgorithmInfo, KeyHandle, OperationResult]
 
 
 class KeyOperations(KeyTransitions):
@@ -64,10 +70,12 @@ class KeyOperations(KeyTransitions):
         SIGN and VERIFY take the signature options of ``qkms.signing`` (ECDSA forms,
         prehashed digests, Ethereum recovery ids, RSA PKCS#1 v1.5)."""
         actor = Actor.parse(actor)
-        op_name = str(operation).strip().upper()
+        op = _OPERATIONS.get(operation) if isinstance(operation, str) else None
+        op_name = op.value if op is not None else str(operation).strip().upper()
         record = version = None
         try:
-            op = _enum(Operation, operation, "operation")
+            if op is None:
+                op = _enum(Operation, operation, "operation")
             options = SignOptions.parse(signature_format, prehashed, recovery_id, low_s,
                                         rsa_padding)
             record, named = self._resolve(key_id)
@@ -107,10 +115,8 @@ class KeyOperations(KeyTransitions):
         actor = Actor.parse(actor)
         try:
             record, named = self._resolve(key_id)
-            version = self._usable(record, named, Operation.SIGN)
-            info = resolve_algorithm(version.algorithm)
-            signatures = await sign_each(self.provider, self._handle(version), info,
-                                         messages)
+            version, info, handle, blank = self._prepared(record, named, Operation.SIGN)
+            signatures = await sign_each(self.provider, handle, info, messages)
         except QkmsError:
             return None
         digest = self.audit_mac.current().digest  # one keyring look for the batch
@@ -122,9 +128,7 @@ class KeyOperations(KeyTransitions):
         await self._store([entry.varied(digests={"data": digest(message)} if message else {},
                                         details={"algorithm": algorithm})
                            for message in messages])
-        return [OperationResult(Operation.SIGN.value, version.key_id, record.name,
-                                version.version, version.algorithm, signature=signature)
-                for signature in signatures]
+        return [blank.varied(signature=signature) for signature in signatures]
 
     async def sign_bridge(self, key_id: Any, tbs: bytes, *, actor: Any = None,
                           rsa_padding: str | None = None) -> OperationResult:
@@ -197,6 +201,36 @@ class KeyOperations(KeyTransitions):
             return {}
         return {"data": self.audit_mac.digest(_bytes(data, "data"))}
 
+    def _prepared(self, record: KeyRecord, named: KeyVersion | None,
+                  op: Operation) -> Prepared:
+        """What ``_usable`` decides for ``op`` on this record, with the version's algorithm,
+        provider handle and an empty result: derived once per record and reused while the
+        catalog hands out that same record object.
+
+        ``_resolve`` still runs on every call (the catalog's freshness checks), and any
+        change to the key (rotation, revocation, another replica's write, read back)
+        gives a new record object, so a cached answer never outlives the record it was
+        derived from.  Only ACTIVE versions are kept: their checks do not depend on the
+        time, where a grace period's do (each call checks those again)."""
+        key = (record.name, named.key_id if named is not None else None, op)
+        hit = self._prepared_ops.get(key)
+        if hit is not None and hit[0] is record:
+            return hit[1]
+        version = self._usable(record, named, op)
+        prepared = (version, resolve_algorithm(version.algorithm), self._handle(version),
+                    OperationResult(op.value, version.key_id, record.name, version.version,
+                                    version.algorithm))
+        if version.state is VersionState.ACTIVE:
+            if len(self._prepared_ops) >= MAX_PREPARED:
+                self._prepared_ops.clear()
+            self._prepared_ops[key] = (record, prepared)
+        return prepared
+
+    @cached_property
+    def _prepared_ops(self) -> dict[tuple[str, str | None, Operation],
+                                    tuple[KeyRecord, Prepared]]:
+        return {}
+
     def _usable(self, record: KeyRecord, named: KeyVersion | None, op: Operation) -> KeyVersion:
         """The version an operation runs on: the one named, else the active one."""
         version = named or lifecycle.active_version(record) or record.current
@@ -213,14 +247,9 @@ class KeyOperations(KeyTransitions):
         if op is Operation.DECRYPT:
             options.check(resolve_algorithm(record.algorithm), op)
             return await self._decrypt(record, named, data, _context(context))
-        version = self._usable(record, named, op)
-        info = resolve_algorithm(version.algorithm)
+        version, info, handle, blank = self._prepared(record, named, op)
         options.check(info, op)
-        handle = self._handle(version)
-
-        def result(**outputs: Any) -> OperationResult:
-            return OperationResult(op.value, version.key_id, record.name, version.version,
-                                   version.algorithm, **outputs)
+        result = blank.varied
 
         if op is Operation.SIGN:
             public = self._public_key(version) if options.given else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 log = logging.getLogger("key-management:service")
 
@@ -25,6 +26,13 @@ class OperationResult:
     shared_secret: bytes | None = field(default=None, repr=False)
     derived_key: bytes | None = field(default=None, repr=False)
     recovery_id: int | None = None  # SIGN with recovery_id (ECDSA-secp256k1): 0 or 1
+
+    def varied(self, **outputs: Any) -> OperationResult:
+        """A copy with ``outputs`` (hot path: a frozen dataclass's ``__init__`` sets each
+        field through ``object.__setattr__``; the outputs are trusted to be fields)."""
+        copy = object.__new__(OperationResult)
+        copy.__dict__.update(self.__dict__, **outputs)
+        return copy
 
 
 @dataclass(frozen=True)
