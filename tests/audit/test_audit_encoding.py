@@ -156,3 +156,23 @@ def test_time_is_utc_with_microseconds():
     moment = datetime(2026, 3, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
     assert encoding.format_time(moment) == "2026-03-01T10:00:00.000000Z"
     assert encoding.parse_time("2026-03-01T10:00:00.000000Z") == moment
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(timezones=st.none() | st.timezones()), st.integers(0, 999_999))
+def test_time_text_reused_within_a_second_is_the_full_spelling(moment, micro):
+    """``format_time`` keeps the last second's text: the microseconds of any moment, in
+    that second or another, are still spelled as ``isoformat`` spells them."""
+    from datetime import UTC
+
+    def spelled(m):
+        if m.tzinfo is None:
+            return m.isoformat(timespec="microseconds") + "Z"
+        return m.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+    try:
+        utc = moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    except OverflowError:
+        return
+    for m in (moment, utc, utc.replace(microsecond=micro), moment):
+        assert encoding.format_time(m) == spelled(m)

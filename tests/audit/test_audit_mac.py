@@ -28,3 +28,13 @@ def test_digests_are_keyed_rotated_and_kept_for_the_retention_period() -> None:
     now[0] += timedelta(days=2)
     assert f"dropped {first.split(':')[1]}" in mac.maintain(retention=timedelta(days=365))
     assert first not in mac.candidates(b"1234")
+
+
+def test_a_digest_is_hmac_sha256_of_the_data_under_the_key() -> None:
+    import hmac
+
+    mac = AuditMac(SealedStore(MemoryRecordStore(), Sealer(b"k" * 32)))
+    key = mac.current()
+    for data in (b"", b"1234", bytes(range(256)) * 5):
+        expected = hmac.new(key.key, data, "sha256").hexdigest()
+        assert mac.digest(data) == key.digest(data) == f"hmac-sha256:{key.id}:{expected}"

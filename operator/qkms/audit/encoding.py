@@ -152,7 +152,18 @@ def format_time(moment: datetime) -> str:
 _LAST_TIME: tuple[datetime | None, str] = (None, "")
 
 
+_LAST_SECOND: tuple[tuple[int, ...] | None, str] = (None, "")
+
+
 def _format_time(moment: datetime) -> str:
+    global _LAST_SECOND
+    if moment.tzinfo is UTC:  # the usual case: a second's text is made once, then reused
+        second = (moment.second, moment.minute, moment.hour, moment.day, moment.month,
+                  moment.year)
+        last = _LAST_SECOND
+        if second != last[0]:
+            last = _LAST_SECOND = second, moment.isoformat(timespec="seconds")[:-6]
+        return f"{last[1]}.{moment.microsecond:06d}Z"
     text = moment.isoformat(timespec="microseconds")
     if text.endswith("+00:00"):
         return text[:-6] + "Z"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 from typing import Any
 
 from qkms import lifecycle
@@ -32,6 +33,7 @@ from .inputs import (
 )
 
 log = logging.getLogger("key-management:service")
+_BLANK = AuditEntry(datetime.min, "", "", "")  # what each entry is made from (every field set)
 
 
 class AuditTrail(ServiceCore):
@@ -70,7 +72,7 @@ class AuditTrail(ServiceCore):
                       reason: str | None = None, digests: dict[str, str] | None = None,
                       details: dict[str, str] | None = None,
                       name: str | None = None) -> AuditEntry:
-        entry = AuditEntry(
+        entry = _BLANK.varied(  # as AuditEntry(...) would, without a setattr per field
             time=self.clock(), environment=self.environment.value, operation=operation,
             result=result, actor=actor, key_name=record.name if record else name,
             key_id=version.key_id if version else None,
