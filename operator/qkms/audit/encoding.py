@@ -23,6 +23,7 @@ the rest (see ``entry_prefix``).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -184,11 +185,12 @@ def _texts(mapping: dict[str, Any]) -> dict[str, str]:
     return mapping
 
 
-def entry_value(entry: AuditEntry, seq: int, prev: bytes | None) -> dict[str, Any]:
+def entry_value(entry: AuditEntry, seq: int, prev: bytes | None,
+                link: Callable[[bytes], bytes] = Link) -> dict[str, Any]:
     """The data model of one entry block; never data or key material, only digests."""
     return {
         "seq": seq,
-        "prev": None if prev is None else Link(prev),
+        "prev": None if prev is None else link(prev),
         "time": format_time(entry.time),
         "type": ENTRY_TYPE,
         "actor": {"id": entry.actor.id, "type": entry.actor.type},
@@ -209,13 +211,14 @@ ENTRY_KEYS = frozenset(entry_value(AuditEntry(datetime(2000, 1, 1), "", "", ""),
 
 def encode_entry(entry: AuditEntry, seq: int, prev: bytes | None) -> bytes:
     """``encode(entry_value(...))``; straight to libipld when no field holds bytes."""
-    value = entry_value(entry, seq, prev)
     actor = entry.actor
-    if bytes in {type(entry.key_id), type(entry.reason), type(entry.result),
+    if bytes in (type(entry.key_id), type(entry.reason), type(entry.result),
                  type(entry.key_name), type(entry.operation), type(entry.environment),
-                 type(entry.version), type(actor.id), type(actor.type)}:
-        return encode(value)  # bytes where text belongs: keep them a byte string
-    return encode_dag_cbor(value)
+                 type(entry.version), type(actor.id), type(actor.type)):
+        # bytes where text belongs: keep them a byte string
+        return encode(entry_value(entry, seq, prev))
+    # prev as plain bytes: a CID's, which libipld writes as the link ``Link`` stands for
+    return encode_dag_cbor(entry_value(entry, seq, prev, link=bytes))
 
 
 def entry_from_value(value: dict[str, Any], cid: str | None = None) -> AuditEntry:
@@ -293,6 +296,8 @@ def signed_part(value: dict[str, Any]) -> bytes:
 # -- CARv1 sections (also the on-disk record form) ---------------------------------------
 
 def varint(n: int) -> bytes:
+    if n < 0x4000:  # every entry's section: one or two bytes, without the loop
+        return bytes((n,)) if n < 0x80 else bytes((n & 0x7F | 0x80, n >> 7))
     out = bytearray()
     while n >= 0x80:
         out.append(n & 0x7F | 0x80)
