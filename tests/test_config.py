@@ -22,7 +22,9 @@ from qkms.config import (
     ServeConfig,
     Settings,
     available_cores,
+    cpu_limit,
     insecure_kek_allowed,
+    pod_cores,
 )
 from qkms.errors import InvalidDurationError, InvalidInputError
 
@@ -88,15 +90,20 @@ def test_serve_config() -> None:
 
 
 def test_auto_workers_follow_the_containers_cpu_limit(tmp_path) -> None:
-    """``auto`` in a pod limited to 500m is one worker, not one per node core: the cgroup
-    v2 ``cpu.max`` quota caps the cores this process may run on, rounded up."""
+    """``auto`` counts the cores a process may run on, capped by the cgroup v2 ``cpu.max``
+    quota (rounded up); an operator replica without a CPU limit starts one (``pod_cores``),
+    not one per node core."""
     cpu_max = tmp_path / "cpu.max"
     runnable = len(os.sched_getaffinity(0))
-    for text, cores in (("50000 100000\n", 1), ("150000 100000\n", min(2, runnable)),
-                        ("max 100000\n", runnable), ("garbage", runnable)):
+    for text, limit, cores, pod in (("50000 100000\n", 1, 1, 1),
+                                    ("150000 100000\n", 2, min(2, runnable), min(2, runnable)),
+                                    ("max 100000\n", None, runnable, 1),
+                                    ("garbage", None, runnable, 1)):
         cpu_max.write_text(text)
-        assert available_cores(cpu_max) == cores, text
-    assert available_cores(tmp_path / "missing") == runnable
+        assert (cpu_limit(cpu_max), available_cores(cpu_max), pod_cores(cpu_max)) == \
+            (limit, cores, pod), text
+    assert (available_cores(tmp_path / "missing"), pod_cores(tmp_path / "missing")) == \
+        (runnable, 1)
 
 
 def test_the_operator_takes_the_same_workers_setting() -> None:

@@ -186,32 +186,41 @@ WORKERS_ENV = "QKMS_DATA_PLANE_WORKERS"
 CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
 
 
+def cpu_limit(cpu_max: Path = CPU_MAX) -> int | None:
+    """The cores of the container's CPU limit (cgroup v2 ``cpu.max``: a pod's
+    ``resources.limits.cpu``), rounded up; None when there is none."""
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        return None
+
+
 def available_cores(cpu_max: Path = CPU_MAX) -> int:
-    """The cores this process may use: those it may run on, capped by the container's
-    CPU limit (cgroup v2 ``cpu.max``, a pod's ``resources.limits.cpu``, rounded up), so
-    that ``auto`` in a pod limited to 500m starts one worker, not one per node core."""
+    """The cores this process may run on, capped by the container's CPU limit."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    try:
-        quota, period = cpu_max.read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass  # no cgroup v2 limit to read: every core it may run on
-    return max(1, cores)
+    return max(1, min(cores, cpu_limit(cpu_max) or cores))
 
 
 def data_plane_workers(env: Mapping[str, str], cpus: int | None = None) -> int:
-    """``QKMS_DATA_PLANE_WORKERS``: 1 to 64, or ``auto`` (unset): one per available core
-    (``cpus``, else ``available_cores()``)."""
+    """``QKMS_DATA_PLANE_WORKERS``: 1 to 64, or ``auto`` (unset): ``cpus`` (else
+    ``available_cores()``), at most 64."""
     text = env.get(WORKERS_ENV, "").strip().lower()
     if text in ("", "auto"):
         return max(1, min(64, cpus if cpus is not None else available_cores()))
     if text.isdigit() and 1 <= int(text) <= 64:
         return int(text)
     raise InvalidInputError(WORKERS_ENV, f"must be auto or an integer from 1 to 64, not {text!r}")
+
+
+def pod_cores(cpu_max: Path = CPU_MAX) -> int:
+    """What ``auto`` means for an operator replica: one worker per core of its CPU limit
+    (500m: one), and one without a limit: a pod with none would otherwise start one per
+    node core, each ~100 MiB, past its memory limit."""
+    return available_cores(cpu_max) if cpu_limit(cpu_max) is not None else 1
 
 
 @dataclass(frozen=True)
@@ -348,7 +357,7 @@ class OperatorConfig:
     # QKMS_METRICS_TOKEN: a bearer token that may read /metrics/keys ("": none). A secret.
     metrics_token: str = field(default="", repr=False)
     # QKMS_DATA_PLANE_WORKERS: data-plane processes of this replica (k8s/dataplane.py);
-    # auto: one per core of the container's CPU limit; 1: served by the operator itself.
+    # auto: one per core of the container's CPU limit (``pod_cores``); 1: the operator's.
     workers: int = 1
     worker_parent: int | None = None  # QKMS_WORKER_PARENT: as ServeConfig's
 
@@ -408,6 +417,6 @@ class OperatorConfig:
             tls_key=Path(key) if cert and key else None,
             tls_client_ca=Path(client_ca) if client_ca else None,
             metrics_token=env.get("QKMS_METRICS_TOKEN", "").strip(),
-            workers=data_plane_workers(env, cpus),
+            workers=data_plane_workers(env, pod_cores() if cpus is None else cpus),
             worker_parent=_integer(env, "QKMS_WORKER_PARENT"),
         )

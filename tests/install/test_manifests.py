@@ -270,6 +270,7 @@ def test_operator_environment(deployment: dict[str, Any]) -> None:
     assert env["HOME"]["value"] == "/tmp"
     # The data plane: HTTPS with qkms's own CA, tokens minted for the audience "qkms".
     assert env["QKMS_TLS"]["value"] == "auto" and env["QKMS_AUDIENCES"]["value"] == "qkms"
+    assert env["QKMS_DATA_PLANE_WORKERS"]["value"] == "auto"  # one per core of limits.cpu
     assert "DEBUG" not in env  # off unless asked for
     # Credentials come from Secrets, never inline.
     for name, var in env.items():
@@ -435,7 +436,7 @@ VALUES_OVERRIDDEN: dict[str, Any] = {
                      "effect": "NoSchedule"}],
     "nodeSelector": {"kubernetes.io/os": "linux"},
     "imagePullSecrets": [{"name": "ghcr"}],
-    "dataPlane": {"tlsSecretName": "qkms-cert", "tokenAudience": "kms.example"},
+    "dataPlane": {"tlsSecretName": "qkms-cert", "tokenAudience": "kms.example", "workers": 3},
 }
 
 
@@ -464,7 +465,7 @@ def test_helm_values_change_what_they_say() -> None:
     assert env["DEBUG"] == "key-management:*"
     # A certificate from elsewhere (cert-manager's Secret) instead of qkms's own CA.
     assert "QKMS_TLS" not in env and env["QKMS_TLS_CERT"] == "/etc/qkms/tls/tls.crt"
-    assert env["QKMS_AUDIENCES"] == "kms.example"
+    assert env["QKMS_AUDIENCES"] == "kms.example" and env["QKMS_DATA_PLANE_WORKERS"] == "3"
     assert {"name": "tls", "secret": {"secretName": "qkms-cert"}} in pod["volumes"]
     assert container["envFrom"] == [{"secretRef": {"name": "qkms-vault"}}]
     (claim,) = deployment["spec"]["volumeClaimTemplates"]
@@ -527,6 +528,8 @@ def test_namespace_scoped_mode_grants_the_same_in_roles_only() -> None:
     {"replicas": 0},
     {"watchNamespaces": ["Payments"]},
     {"watchNamespaces": "payments"},
+    {"dataPlane": {"workers": 0}},
+    {"dataPlane": {"workers": "all"}},
 ])
 def test_helm_values_schema_refuses_bad_values(values: dict[str, Any]) -> None:
     with pytest.raises(helm.HelmValuesError):

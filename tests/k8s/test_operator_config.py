@@ -13,7 +13,7 @@ from qkms.errors import InvalidInputError
 
 
 def test_defaults_with_nothing_set() -> None:
-    config = OperatorConfig.from_env({}, cpus=1)  # workers: auto, one per core
+    config = OperatorConfig.from_env({}, cpus=1)  # workers: auto (config.pod_cores)
     assert config == OperatorConfig()
     assert (config.namespace, config.state, config.data_dir) == \
         ("qkms-system", "secrets", Path("/tmp/qkms"))

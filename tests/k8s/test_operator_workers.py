@@ -41,6 +41,11 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _rss(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) // 1024
+
+
 def _entries(folder: Path) -> int:
     return sum(1 for _ in iter_log(folder)) if (folder / "segments").is_dir() else 0
 
@@ -94,6 +99,8 @@ async def test_workers_serve_one_port_and_see_rotation_and_revocation_at_once(
             if all(_entries(audit / w) for w in ("w1", "w2")):
                 break
         assert all(_entries(audit / w) for w in ("w1", "w2")), operator.log_tail()
+        print("FIGURE resident memory (MiB): operator", _rss(operator.pid),
+              "workers", [_rss(pid) for pid in workers])
         secret = await kube.get("secrets", f"{KEY}-public", NS)
         if secret is not None:  # projected: check a worker's signature against it
             public = load_pem_public_key(base64.b64decode(secret["data"]["public.pem"]))
