@@ -34,3 +34,28 @@ def test_a_restarted_feed_makes_readers_reload_everything(tmp_path, monkeypatch)
     writer.note("payments/after")
     assert reader.poll() == ["payments/after"]  # and the new file is followed
     assert (tmp_path / "changes").stat().st_size < 64
+
+
+def test_an_unchanged_count_answers_without_reading_the_file(tmp_path, monkeypatch) -> None:
+    """The usual poll reads the mapped count only: no fstat, no read. A note moves the
+    count after its line is written, so a reader that sees the count move finds the line;
+    a feed whose count cannot be mapped reads the file on every poll, as before."""
+    writer, reader = ChangeFeed(tmp_path), ChangeFeed(tmp_path)
+    calls = []
+    real_fstat = changes.os.fstat
+    monkeypatch.setattr(changes.os, "fstat", lambda fd: calls.append(fd) or real_fstat(fd))
+    for _ in range(100):
+        assert reader.poll() == []
+    assert calls == []
+    writer.note("payments/signing")
+    assert reader.poll() == ["payments/signing"] and reader.poll() == []
+    assert (tmp_path / "changes.seq").stat().st_mode & 0o777 == 0o600
+    (tmp_path / "changes.seq").unlink()
+    (tmp_path / "changes.seq").mkdir()  # cannot be mapped: this reader reads the file each time
+    unmapped = ChangeFeed(tmp_path)
+    assert unmapped._count is None  # noqa: SLF001 - the fallback is what is tested
+    writer.note("payments/other")
+    assert unmapped.poll() == ["payments/other"] and reader.poll() == ["payments/other"]
+    assert unmapped.poll() == [] and len(calls) > 1
+    for feed in (writer, reader, unmapped):
+        feed.close()

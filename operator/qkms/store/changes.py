@@ -2,13 +2,15 @@
 
 Every catalog write appends the key's name to ``<store>/changes`` (one short line, one
 ``O_APPEND`` write, after the record itself is in place).  Every other process over the
-same store (a data-plane worker, a replica, ``qkms keys revoke``) checks the size of its
-open copy of the file before each use of a key, one ``fstat``, and re-reads the records
-named since its last look: a rotation or revocation through one process is honoured by
-the next request served by any other, well before the catalog TTL (the ceiling when the
-feed is missing).  When the file grows past ``LIMIT`` the writer appends ``RESTART`` and
-replaces it with an empty one; a reader that reads ``RESTART`` opens the new file and
-re-reads every record.
+same store (a data-plane worker, a replica, ``qkms keys revoke``) looks before each use of
+a key and re-reads the records named since its last look, so a rotation or revocation
+through one process is honoured by the next request served by any other, well before the
+catalog TTL (the ceiling when the feed is missing).  The look is one read of shared
+memory: each note then counts up ``<store>/changes.seq`` (8 bytes every process maps;
+the increment under ``flock``), and only when that count moved does a reader ``fstat``
+and read the file (a process that cannot map it does so every time).  When the file grows
+past ``LIMIT`` the writer appends ``RESTART`` and replaces it with an empty one; a reader
+that reads ``RESTART`` opens the new file and re-reads every record.
 
 A store that hears of changes itself (the Kubernetes store's watch of its Secrets) gives
 the catalog ``Notices`` instead: the same ``poll``, filled by the store.
@@ -17,12 +19,17 @@ the catalog ``Notices`` instead: the same ``poll``, filled by the store.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import mmap
 import os
+import struct
 import threading
 from pathlib import Path
 from typing import Protocol
 
 FILE = "changes"
+SEQ = "changes.seq"
+_COUNT = struct.Struct("<Q")
 LIMIT = 1 << 20
 RESTART = "\x00restart"
 RELOAD_ALL = None
@@ -82,7 +89,35 @@ class ChangeFeed:
         self.path = Path(folder) / FILE
         self._fd: int | None = None
         self._offset = 0
+        self._count: mmap.mmap | None = None
+        self._count_fd: int | None = None
+        self._seen = -1
+        self._map_count()
         self._open(at_end=True)  # what came before is loaded already
+
+    def _map_count(self) -> None:
+        """Map ``changes.seq`` (made if missing); without it, every poll reads the file."""
+        with contextlib.suppress(OSError, ValueError):
+            fd = os.open(self.path.with_name(SEQ), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                if os.fstat(fd).st_size < _COUNT.size:
+                    os.ftruncate(fd, _COUNT.size)  # zeros; another process's count stays
+                self._count = mmap.mmap(fd, _COUNT.size)
+            except (OSError, ValueError):
+                os.close(fd)
+                raise
+            self._count_fd = fd
+            self._seen = _COUNT.unpack_from(self._count)[0]
+
+    def _count_up(self) -> None:
+        if self._count is None or self._count_fd is None:
+            return
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._count_fd, fcntl.LOCK_EX)
+            try:
+                _COUNT.pack_into(self._count, 0, _COUNT.unpack_from(self._count)[0] + 1)
+            finally:
+                fcntl.flock(self._count_fd, fcntl.LOCK_UN)
 
     def _open(self, *, at_end: bool) -> bool:
         with contextlib.suppress(OSError):
@@ -97,6 +132,7 @@ class ChangeFeed:
     def note(self, name: str) -> None:
         """Tell the other processes ``name``'s record changed (best effort: the TTL stays)."""
         self._append(name.replace("\n", " ").replace("\x00", " "))
+        self._count_up()  # after the line is in the file: a reader that sees it finds it
 
     def _append(self, line: str) -> int:
         try:
@@ -118,7 +154,12 @@ class ChangeFeed:
 
     def poll(self) -> list[str] | None:
         """Names changed since the last poll; ``RELOAD_ALL`` (None) if the feed restarted;
-        [] when nothing changed (the usual case: one ``fstat``)."""
+        [] when nothing changed (the usual case: one read of the mapped count)."""
+        count = -1
+        if self._count is not None:
+            count = _COUNT.unpack_from(self._count)[0]
+            if count == self._seen:
+                return []
         if self._fd is None:
             if not self._open(at_end=False):
                 return []
@@ -126,11 +167,14 @@ class ChangeFeed:
         try:
             size = os.fstat(self._fd).st_size
             if size <= self._offset:
+                self._seen = count  # a count moved past what the file says: caught up
                 return []
             data = os.pread(self._fd, size - self._offset, self._offset)
         except OSError:
             return []
         self._offset += data.rfind(b"\n") + 1
+        if self._offset == size:  # nothing torn left to read: the count is caught up
+            self._seen = count
         names, restarted = parse_names(data)
         if restarted:
             self._open(at_end=False)
@@ -141,3 +185,7 @@ class ChangeFeed:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._count is not None and self._count_fd is not None:
+            self._count.close()
+            os.close(self._count_fd)
+            self._count = self._count_fd = None
