@@ -207,15 +207,16 @@ class DataPlane:
             calls = [self._arguments(operation, item, f"batch_input[{i}].")
                      for i, item in enumerate(items)]
             await service.precheck(key, operation, actor=identity.actor)
-            for i, item in enumerate(items):
+            plain = operation is Operation.SIGN and not any(  # no version named, no options
+                "key_id" in item or any(o in item for o in SIGN_OPTIONS) for item in items)
+            for i, item in enumerate(items if not plain else ()):  # plain: nothing to check
                 self._own_version(service, key, item, f"batch_input[{i}].")
                 await self._check_options(service, key, operation, item, identity,
                                           f"batch_input[{i}].")
-            if operation is Operation.SIGN and not any(
-                    "key_id" in item or any(o in item for o in SIGN_OPTIONS) for item in items):
-                plain = await self._sign_many(service, key, calls, identity)
-                if plain is not None:
-                    return {"batch_results": plain}
+            if plain:
+                signed = await self._sign_many(service, key, calls, identity)
+                if signed is not None:
+                    return {"batch_results": signed}
             # Item by item: in chunks, each run concurrently (its items' audit entries share
             # one group-commit fsync), with every key loaded once for the whole batch and
             # the private operations in the crypto pool: the loop stays free for other
