@@ -86,8 +86,8 @@ async def _serve(args: argparse.Namespace, settings: Settings, config: ServeConf
                 pool = _start_workers(args, sock, workers, settings.audit_writer)
                 sock = None  # the first worker has it
                 watcher = asyncio.create_task(pool.watch(stop))
-                publisher = asyncio.create_task(publish_metrics(metrics, runner.registry, stop,
-                                                         args.poll))
+                publisher = asyncio.create_task(publish_metrics(metrics, runner.registry,
+                                                                stop, args.poll))
             elif runner.ready.is_set():  # keys exist before the first request can arrive
                 api = await _standalone_api(args, runner, auth, sock, metrics,
                                             config.metrics_token)
