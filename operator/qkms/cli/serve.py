@@ -72,11 +72,11 @@ async def _serve(args: argparse.Namespace, settings: Settings, config: ServeConf
     metrics = None
     if serving:  # count every audited operation from the first reconcile, as the chain does
         from qkms.server.metrics import Metrics
-        from qkms.server.workers import publish_metrics
+        from qkms.server.workers import Supervised
 
         metrics = Metrics()
         runner.registry.on_new.append(metrics.attach)
-    api = pool = publisher = None
+    api = supervised = None
     task = asyncio.create_task(runner.run(stop, poll=args.poll, once=args.once))
     try:
         if sock is not None:
@@ -85,20 +85,14 @@ async def _serve(args: argparse.Namespace, settings: Settings, config: ServeConf
             if runner.ready.is_set() and workers > 1:  # keys exist: the workers may start
                 pool = _start_workers(args, sock, workers, settings.audit_writer)
                 sock = None  # the first worker has it
-                watcher = asyncio.create_task(pool.watch(stop))
-                publisher = asyncio.create_task(publish_metrics(metrics, runner.registry,
-                                                                stop, args.poll))
+                supervised = Supervised.start(pool, metrics, runner.registry, stop, args.poll)
             elif runner.ready.is_set():  # keys exist before the first request can arrive
                 api = await _standalone_api(args, runner, auth, sock, metrics,
                                             config.metrics_token)
         await task
     finally:
-        if pool is not None:
-            stop.set()
-            await watcher
-            await pool.stop()
-        if publisher is not None:
-            await publisher
+        if supervised is not None:
+            await supervised.cleanup()
         if api is not None:
             await api.cleanup()
         elif sock is not None:

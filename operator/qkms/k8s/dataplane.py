@@ -20,7 +20,6 @@ import signal
 import socket
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +28,6 @@ from qkms.config import OperatorConfig
 from .runtime import OperatorRuntime
 
 TLS = tuple[Path, Path, Path | None]
-
-
-@dataclass
-class Workers:
-    """The worker processes of this replica and what watches them."""
-
-    pool: Any  # server.workers.WorkerPool
-    stop: asyncio.Event
-    tasks: list[asyncio.Task[None]]
-
-    async def cleanup(self) -> None:
-        self.stop.set()
-        await asyncio.gather(*self.tasks)
-        await self.pool.stop()
 
 
 async def start(runtime: OperatorRuntime, config: OperatorConfig) -> Any:
@@ -69,12 +54,12 @@ def kube_auth(runtime: OperatorRuntime, config: OperatorConfig) -> Any:
                     audiences=list(config.audiences))
 
 
-def start_workers(runtime: OperatorRuntime, config: OperatorConfig, tls: TLS | None) -> Workers:
+def start_workers(runtime: OperatorRuntime, config: OperatorConfig, tls: TLS | None) -> Any:
     """``config.workers`` processes of ``qkms operator --worker-fd`` on the listen port, given
     this process's certificate files and namespaces; this process still counts the
     reconciler's audit entries into the pod's metrics."""
     from qkms.server.metrics import Metrics, process_dead
-    from qkms.server.workers import WorkerPool, publish_metrics, reuseport_socket
+    from qkms.server.workers import Supervised, WorkerPool, reuseport_socket
 
     host, _, port = config.api_listen.rpartition(":")
     host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - as QKMS_API_LISTEN asks
@@ -93,10 +78,7 @@ def start_workers(runtime: OperatorRuntime, config: OperatorConfig, tls: TLS | N
     runtime.registry.on_new.append(metrics.attach)
     for service in runtime.registry.all():
         metrics.attach(service)
-    stop = asyncio.Event()
-    return Workers(pool, stop, [asyncio.create_task(pool.watch(stop)),
-                                asyncio.create_task(publish_metrics(metrics, runtime.registry,
-                                                                    stop, 5.0))])
+    return Supervised.start(pool, metrics, runtime.registry, asyncio.Event(), 5.0)
 
 
 async def run_worker(fd: int) -> None:
@@ -118,7 +100,7 @@ async def run_worker(fd: int) -> None:
     registry.on_new.append(metrics.attach)
     auth = kube_auth(runtime, config)
     tls = (config.tls_cert, config.tls_key, config.tls_client_ca) \
-        if config.tls_cert is not None and config.tls_key is not None else None
+        if config.tls_cert is not None and config.tls_key is not None else None  # the parent's
     api = await start_data_plane(runtime, registry, auth, auth, config.api_listen, tls,
                                  sock=sock, metrics=metrics, quiet=True,
                                  metrics_token=config.metrics_token)

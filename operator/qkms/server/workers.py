@@ -167,6 +167,28 @@ async def until_stopped(stop: asyncio.Event, parent: int | None = None,
             await asyncio.wait_for(stop.wait(), timeout=every)
 
 
+@dataclass
+class Supervised:
+    """A started pool with what restarts its dead workers and what keeps this process's
+    metrics published, until ``cleanup`` (``qkms serve``'s and an operator replica's)."""
+
+    pool: WorkerPool
+    stop: asyncio.Event
+    tasks: list[asyncio.Task[None]]
+
+    @classmethod
+    def start(cls, pool: WorkerPool, metrics: Any, registry: Any, stop: asyncio.Event,
+              every: float) -> Supervised:
+        return cls(pool, stop, [asyncio.create_task(pool.watch(stop)),
+                                asyncio.create_task(publish_metrics(metrics, registry, stop,
+                                                                    every))])
+
+    async def cleanup(self) -> None:
+        self.stop.set()
+        await asyncio.gather(*self.tasks)
+        await self.pool.stop()
+
+
 def parent_gone(parent: int) -> bool:
     """Whether the process that started this worker is gone (it was re-parented)."""
     return os.getppid() != parent
