@@ -13,7 +13,8 @@ processes, taking everything from the Pod object as the API server holds it:
   that name one claim share one folder, as they would share one volume), an ``emptyDir``
   a folder of its own, a ``secret`` a folder of its keys read from the API at start;
   environment values and arguments that name a mount path are rewritten to the folder
-  (nothing runs in a mount namespace here);
+  (nothing runs in a mount namespace here), and a volume at ``/tmp`` is the process's
+  ``TMPDIR``;
 - the credentials: a real TokenRequest token of the Pod's ServiceAccount, handed over as a
   kubeconfig (in a pod, the projected token and ``load_incluster_config``);
 - ports: each containerPort gets a free port on 127.0.0.1.
@@ -267,6 +268,8 @@ class LocalPod:
         base.update(KUBECONFIG=str(self.kubeconfig), PYTHONUNBUFFERED="1",
                     PYTHONPATH=os.pathsep.join(filter(None, paths)))
         base.update(await self.environment(container))
+        if (tmp := self.host_path(container, "/tmp")) != "/tmp":  # a volume at /tmp
+            base.setdefault("TMPDIR", tmp)
         # The data plane listens where the container port says (8443), here a free port.
         if 8443 in self.ports:
             base.setdefault("QKMS_API_LISTEN", f"127.0.0.1:{self.ports[8443]}")

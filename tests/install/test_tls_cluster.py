@@ -7,6 +7,7 @@ and publishes the CA (ConfigMap qkms-ca) where its keys are; a workload that pro
 token for the audience ``qkms`` and that CA signs, through QkmsClient and `qkms call`
 reading the projected paths. A token for the API server (the default ServiceAccount token)
 is refused, plain HTTP gets nowhere, and the client will not send a token in the clear.
+The certificate's files in the pod's /tmp go when the operator stops.
 Standalone, `qkms serve` refuses plain HTTP off loopback.
 """
 
@@ -69,6 +70,8 @@ async def test_data_plane_is_https_with_audience_bound_tokens(tmp_path: Path) ->
             (projected / "token").write_text(token)
             (projected / "ca.crt").write_text(ca)
             assert replica.api_url.startswith("https://")
+            pod_tmp = replica.mounts["tmp"]  # the pod's /tmp, an emptyDir: kept on restart
+            assert len(list(pod_tmp.glob("qkms-tls-*"))) == 1  # the serving key's files
             os.environ["QKMS_TOKEN_FILE"] = str(projected / "token")
             os.environ["QKMS_CA_FILE"] = str(projected / "ca.crt")
             try:
@@ -109,6 +112,7 @@ async def test_data_plane_is_https_with_audience_bound_tokens(tmp_path: Path) ->
         finally:
             await replica.stop()
             print(replica.log()[-6000:])
+        assert not list(pod_tmp.glob("qkms-tls-*")), "the key's files outlived the operator"
 
 
 def test_standalone_serves_plain_http_only_on_loopback(tmp_path: Path) -> None:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +32,41 @@ from .runtime import OperatorRuntime
 TLS = tuple[Path, Path, Path | None]
 
 
-async def start(runtime: OperatorRuntime, config: OperatorConfig) -> Any:
+@dataclass
+class Serving:
+    """The data plane (this process's server, or its supervised workers) and the private
+    folder of qkms's own certificate files, removed when it stops."""
+
+    server: Any
+    folder: Path | None
+
+    async def cleanup(self) -> None:
+        try:
+            await self.server.cleanup()
+        finally:
+            if self.folder is not None:
+                shutil.rmtree(self.folder, ignore_errors=True)
+
+
+async def start(runtime: OperatorRuntime, config: OperatorConfig) -> Serving | None:
     """Serve the data plane on ``QKMS_API_LISTEN`` (0.0.0.0:8443; empty: none), from this
     process or from ``config.workers`` worker processes; returns what ``cleanup`` stops."""
     if not config.api_listen:
         return None
     from qkms.server.app import start_data_plane
 
-    tls = await tls_files(runtime, config)
-    if config.workers > 1:
-        return start_workers(runtime, config, tls)
-    auth = kube_auth(runtime, config)
-    return await start_data_plane(runtime, runtime.registry, auth, auth, config.api_listen,
-                                  tls, metrics_token=config.metrics_token)
+    tls, folder = await tls_files(runtime, config)
+    try:
+        if config.workers > 1:
+            return Serving(start_workers(runtime, config, tls), folder)
+        auth = kube_auth(runtime, config)
+        return Serving(await start_data_plane(runtime, runtime.registry, auth, auth,
+                                              config.api_listen, tls,
+                                              metrics_token=config.metrics_token), folder)
+    except BaseException:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def kube_auth(runtime: OperatorRuntime, config: OperatorConfig) -> Any:
@@ -125,23 +149,57 @@ async def run_worker(fd: int) -> None:
         await audit_anchors.publish_once(anchors, lambda: services)
 
 
-async def tls_files(runtime: OperatorRuntime, config: OperatorConfig) -> TLS | None:
+async def tls_files(runtime: OperatorRuntime, config: OperatorConfig
+                    ) -> tuple[TLS | None, Path | None]:
     """The data plane's certificate: files (``QKMS_TLS_CERT``/``KEY``, cert-manager's),
-    else ``QKMS_TLS=auto`` (the manifests' default: qkms's own CA, qkms/k8s/tls.py).
+    else ``QKMS_TLS=auto`` (the manifests' default: qkms's own CA, qkms/k8s/tls.py), whose
+    files are written to a private folder (returned too: ``Serving`` removes it).
     Plain HTTP only on loopback (``QKMS_TLS=off``, or unset there: config.py checks)."""
     if config.tls_cert is not None and config.tls_key is not None:
-        return config.tls_cert, config.tls_key, config.tls_client_ca
+        return (config.tls_cert, config.tls_key, config.tls_client_ca), None
     if config.tls == "off":
-        return None
+        return None, None
     from . import tls
 
     files = await asyncio.to_thread(tls.load_or_create_tls, runtime.kube.core,
                                     runtime.namespace)
     runtime.ca_pem = files["ca.crt"]
     await runtime.publish_ca(runtime.namespace)
-    folder = Path(tempfile.mkdtemp(prefix="qkms-tls-"))  # 0700, on the pod's /tmp
+    folder = private_folder(Path(tempfile.gettempdir()))
     for name in ("tls.crt", "tls.key"):
         path = folder / name
         path.touch(mode=0o600)
         path.write_bytes(files[name])
-    return folder / "tls.crt", folder / "tls.key", config.tls_client_ca
+    return (folder / "tls.crt", folder / "tls.key", config.tls_client_ca), folder
+
+
+FOLDER_PREFIX = "qkms-tls-"
+
+
+def private_folder(base: Path) -> Path:
+    """A new 0700 folder under ``base`` named by this process.  Folders an earlier process
+    of this user left there first go: one killed before its cleanup (a container restart
+    keeps the pod's /tmp, an emptyDir), so that no copy of the key outlives its process.
+    A folder of a live process, of another user, or a symlink is left alone."""
+    for old in base.glob(f"{FOLDER_PREFIX}*"):
+        pid = _pid_in(old.name)
+        if pid is None or old.is_symlink() or old.stat().st_uid != os.getuid():
+            continue
+        if pid == os.getpid() or not _alive(pid):  # our pid: an earlier run in this pod
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-", dir=base))
+
+
+def _pid_in(name: str) -> int | None:
+    pid, sep, _ = name.removeprefix(FOLDER_PREFIX).partition("-")
+    return int(pid) if sep and pid.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
