@@ -183,7 +183,10 @@ def private_folder(base: Path) -> Path:
     A folder of a live process, of another user, or a symlink is left alone."""
     for old in base.glob(f"{FOLDER_PREFIX}*"):
         pid = _pid_in(old.name)
-        if pid is None or old.is_symlink() or old.stat().st_uid != os.getuid():
+        try:
+            if pid is None or old.is_symlink() or old.stat().st_uid != os.getuid():
+                continue
+        except OSError:  # gone meanwhile
             continue
         if pid == os.getpid() or not _alive(pid):  # our pid: an earlier run in this pod
             shutil.rmtree(old, ignore_errors=True)
