@@ -44,8 +44,7 @@ async def _serve(args: argparse.Namespace, settings: Settings, config: ServeConf
     """The parent of ``qkms serve``: the reconciler, and the data plane in this process
     (one worker) or in ``config.workers`` worker processes."""
     workers = config.workers
-    import signal
-
+    from qkms.server.workers import Supervised, stop_on_signals
     from qkms.standalone import Standalone
 
     for flag, path in (("--tokens", args.tokens), ("--tls-cert", args.tls_cert),
@@ -64,15 +63,11 @@ async def _serve(args: argparse.Namespace, settings: Settings, config: ServeConf
     if args.manifests is None:
         print(f"qkms serve: no --manifests given; serving the bundled examples in {folder}")
     out = args.out or settings.data_dir / "projections"
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     runner = Standalone(settings, folder, out, say=lambda line: print(line, flush=True))
     metrics = None
     if serving:  # count every audited operation from the first reconcile, as the chain does
         from qkms.server.metrics import Metrics
-        from qkms.server.workers import Supervised
 
         metrics = Metrics()
         runner.registry.on_new.append(metrics.attach)
@@ -145,20 +140,16 @@ def _start_workers(args: argparse.Namespace, sock: Any, count: int, writer: str)
 async def _serve_worker(args: argparse.Namespace, settings: Settings, config: ServeConfig,
                         folder: Path) -> None:
     """One data-plane worker of ``qkms serve`` (started by it with ``--worker-fd``)."""
-    import signal
     import socket
 
     from qkms.server.metrics import Metrics
-    from qkms.server.workers import publish_metrics
+    from qkms.server.workers import publish_metrics, stop_on_signals
     from qkms.standalone import ManifestDirectory, serve_worker
 
     sock = socket.socket(fileno=args.worker_fd)
     sock.setblocking(False)
     auth = _standalone_auth(args)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     directory = ManifestDirectory(settings, folder, say=lambda line: None)
     metrics = Metrics()
     directory.registry.on_new.append(metrics.attach)

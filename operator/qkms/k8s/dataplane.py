@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -111,7 +110,7 @@ async def run_worker(fd: int) -> None:
     anchor it."""
     from qkms.server.app import start_data_plane
     from qkms.server.metrics import Metrics
-    from qkms.server.workers import publish_metrics, until_stopped
+    from qkms.server.workers import publish_metrics, stop_on_signals, until_stopped
 
     from . import audit_anchors
 
@@ -123,15 +122,11 @@ async def run_worker(fd: int) -> None:
     metrics = Metrics()
     registry.on_new.append(metrics.attach)
     auth = kube_auth(runtime, config)
-    tls = (config.tls_cert, config.tls_key, config.tls_client_ca) \
-        if config.tls_cert is not None and config.tls_key is not None else None  # the parent's
-    api = await start_data_plane(runtime, registry, auth, auth, config.api_listen, tls,
+    api = await start_data_plane(runtime, registry, auth, auth, config.api_listen,
+                                 given_files(config),  # the parent's (start_workers)
                                  sock=sock, metrics=metrics, quiet=True,
                                  metrics_token=config.metrics_token)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     anchors = audit_anchors.AnchorPublisher(runtime.kube.core, runtime.namespace)
     background = [asyncio.create_task(publish_metrics(metrics, registry, stop, 5.0)),
                   asyncio.create_task(audit_anchors.publish_forever(
@@ -155,8 +150,8 @@ async def tls_files(runtime: OperatorRuntime, config: OperatorConfig
     else ``QKMS_TLS=auto`` (the manifests' default: qkms's own CA, qkms/k8s/tls.py), whose
     files are written to a private folder (returned too: ``Serving`` removes it).
     Plain HTTP only on loopback (``QKMS_TLS=off``, or unset there: config.py checks)."""
-    if config.tls_cert is not None and config.tls_key is not None:
-        return (config.tls_cert, config.tls_key, config.tls_client_ca), None
+    if (given := given_files(config)) is not None:
+        return given, None
     if config.tls == "off":
         return None, None
     from . import tls
@@ -171,6 +166,13 @@ async def tls_files(runtime: OperatorRuntime, config: OperatorConfig
         path.touch(mode=0o600)
         path.write_bytes(files[name])
     return (folder / "tls.crt", folder / "tls.key", config.tls_client_ca), folder
+
+
+def given_files(config: OperatorConfig) -> TLS | None:
+    """The certificate files named in the environment (``QKMS_TLS_CERT``/``KEY``), if any."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    return config.tls_cert, config.tls_key, config.tls_client_ca
 
 
 FOLDER_PREFIX = "qkms-tls-"
@@ -204,5 +206,5 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
-        return True
+        pass
     return True

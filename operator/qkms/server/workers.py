@@ -157,6 +157,16 @@ async def publish_metrics(metrics: Any, registry: Any, stop: asyncio.Event,
             await asyncio.wait_for(stop.wait(), timeout=every)
 
 
+def stop_on_signals() -> asyncio.Event:
+    """An event that SIGINT and SIGTERM set (in the running loop): what a process of
+    ``qkms serve`` or of an operator's data plane waits on, to stop cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
 async def until_stopped(stop: asyncio.Event, parent: int | None = None,
                         every: float = 1.0) -> None:
     """Wait for ``stop``, or until the process that started this worker is gone
